@@ -1,0 +1,72 @@
+// Package config loads usagebreaker's config file and, through package rules,
+// every rule file it names: strictly (unknown keys are errors), with ${VAR}
+// expansion and *_file secrets, reporting each problem as FILE:LINE: message.
+package config
+
+import (
+	"time"
+
+	"github.com/usagebreaker/usagebreaker/rules"
+)
+
+// Secret is a string that never prints: fmt, slog, YAML and JSON all show
+// "<secret>". Use Reveal to get the value where it is really needed.
+type Secret string
+
+// Reveal returns the secret's value.
+func (s Secret) Reveal() string { return string(s) }
+
+// Config is a loaded, validated config with its rules.
+type Config struct {
+	Path     string `yaml:"-"` // absolute path of the config file
+	Instance string `yaml:"instance"`
+
+	Twilio    Twilio    `yaml:"twilio"`
+	Server    Server    `yaml:"server"`
+	State     State     `yaml:"state"`
+	Reconcile Reconcile `yaml:"reconcile"`
+	RuleFiles []string  `yaml:"rule_files"`
+	Poll      Poll      `yaml:"poll"`
+	Admin     Admin     `yaml:"admin"`
+
+	Rules *rules.Set `yaml:"-"`
+	// Files lists every file the config was built from (the config file, each
+	// rule file, each *_file secret), absolute, for change detection.
+	Files []string `yaml:"-"`
+}
+
+// Twilio is the parent account and how to reach its API.
+type Twilio struct {
+	AccountSID     string        `yaml:"account_sid"`
+	AuthToken      Secret        `yaml:"auth_token"` // or auth_token_file
+	APIBaseURL     string        `yaml:"api_base_url"`    // default https://api.twilio.com
+	MaxConcurrency int           `yaml:"max_concurrency"` // default 10
+	Timeout        time.Duration `yaml:"timeout"`         // per request attempt; default 10s
+}
+
+// Server is the two listeners.
+type Server struct {
+	Listen      string `yaml:"listen"`       // default ":8080"
+	PublicURL   string `yaml:"public_url"`   // required; no trailing slash after loading
+	AdminListen string `yaml:"admin_listen"` // default "127.0.0.1:9111"
+}
+
+// State is where the database lives.
+type State struct {
+	Path string `yaml:"path"` // default "data/usagebreaker.db", relative to the config file
+}
+
+// Reconcile is when the reconciler runs besides start and reload.
+type Reconcile struct {
+	Schedule string `yaml:"schedule"` // robfig/cron spec; default "@every 10m"
+}
+
+// Poll is the usage polling fallback.
+type Poll struct {
+	Schedule string `yaml:"schedule"` // default "@every 5m"; "" turns polling off
+}
+
+// Admin is the admin API.
+type Admin struct {
+	Token Secret `yaml:"token"` // or token_file; empty: the admin API is off
+}

@@ -1,0 +1,3 @@
+module github.com/usagebreaker/usagebreaker
+
+go 1.26.8

@@ -1,0 +1,152 @@
+// Package store keeps usagebreaker's durable state: trigger firings, the
+// incidents they open, and the actions each incident must carry out.
+//
+// The only implementation is SQLite (sqlite.go, modernc.org/sqlite: pure Go, so
+// the binary stays static), in WAL mode with synchronous=FULL: when a write
+// method returns nil the data survives a crash of the process or the machine.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Incident and action states.
+const (
+	StatePending = "pending" // work remains
+	StateDone    = "done"    // finished (see Outcome)
+	StateFailed  = "failed"  // gave up (see Detail)
+)
+
+// Incident sources.
+const (
+	SourceCallback = "callback"
+	SourcePoll     = "poll"
+)
+
+// ActionTrip is the kind of an incident's primary action: suspend, notify or
+// dry-run, as the rule says. Its state and outcome are mirrored on the incident.
+const ActionTrip = "trip"
+
+// ErrNotFound is returned when a requested row does not exist.
+var ErrNotFound = errors.New("not found")
+
+// Firing is one detection of a crossed threshold: a verified callback, or a
+// poll that found usage at or over the threshold.
+type Firing struct {
+	Source string // SourceCallback | SourcePoll
+	// IdempotencyToken identifies the firing. For callbacks it is Twilio's
+	// token; for polls the poller makes one up from rule, account and period.
+	IdempotencyToken string
+	Rule             string
+	AccountSID       string
+	AccountName      string // the subaccount's friendly name at the time
+	// Period names the rule's interval the firing falls in, e.g.
+	// "daily:2026-11-24", "monthly:2026-11", "yearly:2026", "alltime".
+	Period          string
+	UsageTriggerSID string
+	UsageCategory   string
+	TriggerBy       string
+	Recurring       string
+	TriggerValue    string
+	CurrentValue    string
+	DateFired       string
+	Action          string // the rule's action at the time: suspend | notify
+	DryRun          bool
+	ReceivedAt      time.Time
+	// Actions are the kinds of action rows to create with a new incident; the
+	// first is normally ActionTrip. Ignored when the incident already exists.
+	Actions []string
+}
+
+// RecordResult says what RecordFiring did.
+type RecordResult struct {
+	Incident Incident
+	// DuplicateToken: this IdempotencyToken was recorded before; nothing changed.
+	DuplicateToken bool
+	// NewIncident: this firing opened the incident. False when the token is a
+	// duplicate or another firing already opened the (rule, account, period) incident.
+	NewIncident bool
+}
+
+// Incident is one trip: one per (rule, account, period).
+type Incident struct {
+	ID               int64
+	Rule             string
+	AccountSID       string
+	AccountName      string
+	Period           string
+	Source           string // of the first firing
+	IdempotencyToken string // of the first firing
+	UsageTriggerSID  string
+	UsageCategory    string
+	TriggerBy        string
+	Recurring        string
+	TriggerValue     string
+	CurrentValue     string
+	DateFired        string
+	Action           string
+	DryRun           bool
+	State            string // pending | done | failed (of the ActionTrip action)
+	Outcome          string // suspended | already_suspended | dry_run | notified | skipped | failed | ""
+	Detail           string // why: the error, or why it was skipped
+	Firings          int    // firings recorded for this incident (1 + repeats with other tokens)
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
+}
+
+// Action is one unit of work an incident must carry out, retried until done or failed.
+type Action struct {
+	ID            int64
+	IncidentID    int64
+	Kind          string // ActionTrip, later "notify:{name}", "end_calls", ...
+	State         string
+	Attempts      int
+	NextAttemptAt time.Time
+	Outcome       string
+	Detail        string
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
+}
+
+// IncidentFilter narrows ListIncidents; zero fields match everything.
+type IncidentFilter struct {
+	Rule       string
+	AccountSID string
+	Limit      int // 0 means 100
+}
+
+// Store is the durable state.
+//
+// Concurrency contract: every method is safe to call from many goroutines at
+// once. Each write method is one transaction: it either happened completely and
+// durably when it returns nil, or not at all. RecordFiring serialises with
+// itself, so two concurrent firings with the same token or the same (rule,
+// account, period) produce exactly one incident.
+type Store interface {
+	// RecordFiring records a firing and, if its (Rule, AccountSID, Period) has no
+	// incident yet, opens one with a pending action of each kind in f.Actions.
+	RecordFiring(ctx context.Context, f Firing) (RecordResult, error)
+
+	// Incident returns one incident, or ErrNotFound.
+	Incident(ctx context.Context, id int64) (Incident, error)
+	// ListIncidents returns incidents, newest first.
+	ListIncidents(ctx context.Context, f IncidentFilter) ([]Incident, error)
+
+	// PendingActions returns every pending action whose NextAttemptAt is at or
+	// before now, oldest first, at most limit (0: no limit).
+	PendingActions(ctx context.Context, now time.Time, limit int) ([]Action, error)
+	// CountPendingActions counts pending actions regardless of NextAttemptAt.
+	CountPendingActions(ctx context.Context) (int, error)
+	// RetryAction records a failed attempt: attempts+1, the error as Detail, and
+	// when to try next. The action stays pending.
+	RetryAction(ctx context.Context, id int64, nextAttemptAt time.Time, detail string) error
+	// FinishAction ends an action as done or failed with its outcome and detail.
+	// For an ActionTrip action the incident's State, Outcome and Detail follow.
+	// Finishing an action that is no longer pending returns ErrNotFound and changes nothing.
+	FinishAction(ctx context.Context, id int64, state, outcome, detail string) error
+
+	// Close releases the database.
+	Close() error
+}
