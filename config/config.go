@@ -38,7 +38,7 @@ type Config struct {
 // Twilio is the parent account and how to reach its API.
 type Twilio struct {
 	AccountSID     string        `yaml:"account_sid"`
-	AuthToken      Secret        `yaml:"auth_token"` // or auth_token_file
+	AuthToken      Secret        `yaml:"auth_token"`      // or auth_token_file
 	APIBaseURL     string        `yaml:"api_base_url"`    // default https://api.twilio.com
 	MaxConcurrency int           `yaml:"max_concurrency"` // default 10
 	Timeout        time.Duration `yaml:"timeout"`         // per request attempt; default 10s

@@ -34,6 +34,8 @@ type Rule struct {
 
 	File string // the rule file it came from (as resolved)
 	Line int    // the line of the rule's "- name:" entry
+
+	compiled *compiled // Include and Exclude, compiled by Load
 }
 
 // OwnedPrefix is the FriendlyName prefix of every trigger an instance owns.

@@ -44,6 +44,7 @@ type Trigger struct {
 	TriggerValue   decimal.Decimal
 	CurrentValue   decimal.Decimal
 	DateFired      string // RFC 2822, "" until it fires
+	DateCreated    string // RFC 2822, as Twilio reports it
 }
 
 // TriggerSpec is what to create. TriggerValue is a decimal string; a leading

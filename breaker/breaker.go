@@ -1,0 +1,148 @@
+// Package breaker is usagebreaker's core: the reconciler that keeps each
+// subaccount's Usage Triggers as the rules want them, and the trip pipeline
+// that turns a verified firing into exactly one action:
+//
+//	dedup (store.RecordFiring) -> verify (rule, account, value) -> act (suspend,
+//	notify or dry-run at Twilio) -> record (store.FinishAction) -> metrics/logs
+//
+// It depends only on twilioapi.API and store.Store, so tests run it against an
+// in-memory fake or the simulator.
+package breaker
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/usagebreaker/usagebreaker/rules"
+	"github.com/usagebreaker/usagebreaker/store"
+	"github.com/usagebreaker/usagebreaker/twilioapi"
+)
+
+// Settings is the part of the config the breaker acts on. It is swapped
+// atomically on reload; a running reconcile or action finishes with the
+// settings it started with.
+type Settings struct {
+	Instance  string
+	PublicURL string
+	Rules     *rules.Set
+}
+
+// Options configure a Breaker.
+type Options struct {
+	API      twilioapi.API
+	Store    store.Store
+	Settings Settings
+	Logger   *slog.Logger
+	Metrics  *Metrics         // nil: unregistered metrics
+	Now      func() time.Time // nil: time.Now
+	// Fanout is how many subaccounts the reconciler works on at once
+	// (default 8); the Twilio client bounds requests in flight on its own.
+	Fanout int
+	// Workers is how many actions run at once (default 4).
+	Workers int
+	// RetryMin and RetryMax bound the backoff between attempts of a failed
+	// action (defaults 1s and 5m).
+	RetryMin, RetryMax time.Duration
+}
+
+// Breaker owns the reconciler, the account cache and the action executor.
+type Breaker struct {
+	api      twilioapi.API
+	store    store.Store
+	log      *slog.Logger
+	m        *Metrics
+	now      func() time.Time
+	fanout   int
+	workers  int
+	retryMin time.Duration
+	retryMax time.Duration
+
+	settings atomic.Pointer[Settings]
+	accounts *Accounts
+
+	reconcileMu sync.Mutex // never two reconciles at once
+	lastRecon   atomic.Pointer[ReconcileResult]
+
+	wake     chan struct{} // nudges the executor
+	inflight sync.Map      // action ID -> struct{}: running now
+}
+
+// New builds a Breaker; nothing runs until Reconcile or RunExecutor is called.
+func New(o Options) *Breaker {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics(nil)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Fanout <= 0 {
+		o.Fanout = 8
+	}
+	if o.Workers <= 0 {
+		o.Workers = 4
+	}
+	if o.RetryMin <= 0 {
+		o.RetryMin = time.Second
+	}
+	if o.RetryMax <= 0 {
+		o.RetryMax = 5 * time.Minute
+	}
+	b := &Breaker{
+		api: o.API, store: o.Store, log: o.Logger, m: o.Metrics, now: o.Now,
+		fanout: o.Fanout, workers: o.Workers, retryMin: o.RetryMin, retryMax: o.RetryMax,
+		accounts: NewAccounts(o.API, o.Now),
+		wake:     make(chan struct{}, 1),
+	}
+	s := o.Settings
+	b.settings.Store(&s)
+	return b
+}
+
+// SetSettings swaps the settings (on reload).
+func (b *Breaker) SetSettings(s Settings) { b.settings.Store(&s) }
+
+// Settings returns the current settings.
+func (b *Breaker) Settings() Settings { return *b.settings.Load() }
+
+// Accounts is the subaccount and token cache.
+func (b *Breaker) Accounts() *Accounts { return b.accounts }
+
+// Rule returns the current rule with that name, or nil.
+func (b *Breaker) Rule(name string) *rules.Rule { return b.settings.Load().Rules.Get(name) }
+
+// Wake makes the executor look for due actions now.
+func (b *Breaker) Wake() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// UpdatePendingGauge refreshes usagebreaker_actions_pending from the store.
+func (b *Breaker) UpdatePendingGauge(ctx context.Context) {
+	n, err := b.store.CountPendingActions(ctx)
+	if err != nil {
+		b.log.Warn("cannot count pending actions", "err", err)
+		return
+	}
+	b.m.ActionsPending.Set(float64(n))
+}
+
+// PublicURL is the base URL Twilio calls, from the current settings.
+func (b *Breaker) PublicURL() string { return b.settings.Load().PublicURL }
+
+// LookupAccount returns a subaccount for a callback (see Accounts.Lookup).
+func (b *Breaker) LookupAccount(ctx context.Context, sid string) (twilioapi.Account, error) {
+	return b.accounts.Lookup(ctx, sid)
+}
+
+// RefreshAccount re-fetches an account whose token failed (see Accounts.Refresh).
+func (b *Breaker) RefreshAccount(ctx context.Context, sid string) (twilioapi.Account, bool) {
+	return b.accounts.Refresh(ctx, sid)
+}

@@ -1,0 +1,313 @@
+package breaker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/mail"
+	"sync"
+	"time"
+
+	"github.com/usagebreaker/usagebreaker/internal/decimal"
+	"github.com/usagebreaker/usagebreaker/rules"
+	"github.com/usagebreaker/usagebreaker/store"
+	"github.com/usagebreaker/usagebreaker/twilioapi"
+)
+
+// Incident outcomes (store.Incident.Outcome). The first four are also the
+// outcome label of usagebreaker_suspensions_total.
+const (
+	OutcomeSuspended        = "suspended"
+	OutcomeAlreadySuspended = "already_suspended"
+	OutcomeDryRun           = "dry_run"
+	OutcomeFailed           = "failed"
+	OutcomeNotified         = "notified"
+	OutcomeSkipped          = "skipped"
+)
+
+// Callback is a verified Usage Trigger callback's parameters.
+type Callback struct {
+	AccountSID       string
+	UsageTriggerSID  string
+	DateFired        string
+	Recurring        string
+	UsageCategory    string
+	TriggerBy        string
+	TriggerValue     string
+	CurrentValue     string
+	UsageRecordURI   string
+	IdempotencyToken string
+}
+
+// PeriodKey names the interval of a rule's recurring that t (GMT) falls in:
+// "daily:2026-11-24", "monthly:2026-11", "yearly:2026" or "alltime". One
+// incident exists per (rule, subaccount, period key).
+func PeriodKey(recurring string, t time.Time) string {
+	t = t.UTC()
+	switch recurring {
+	case "daily":
+		return "daily:" + t.Format("2006-01-02")
+	case "monthly":
+		return "monthly:" + t.Format("2006-01")
+	case "yearly":
+		return "yearly:" + t.Format("2006")
+	default:
+		return "alltime"
+	}
+}
+
+// firedAt is when Twilio says the trigger fired (RFC 2822), else fallback.
+func firedAt(dateFired string, fallback time.Time) time.Time {
+	if t, err := mail.ParseDate(dateFired); err == nil {
+		return t
+	}
+	return fallback
+}
+
+// AcceptResult says what Accept recorded.
+type AcceptResult struct {
+	Incident store.Incident
+	// Duplicate: nothing new (a repeat of the token, or another firing of an
+	// incident that already exists).
+	Duplicate bool
+}
+
+// Accept durably records a verified callback for rule r from subaccount acct
+// and wakes the executor. When it returns nil the firing survives a crash and
+// the callback may be answered 200; the action runs afterwards.
+func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Account, cb Callback) (AcceptResult, error) {
+	now := b.now()
+	f := store.Firing{
+		Source:           store.SourceCallback,
+		IdempotencyToken: cb.IdempotencyToken,
+		Rule:             r.Name,
+		AccountSID:       acct.SID,
+		AccountName:      acct.FriendlyName,
+		Period:           PeriodKey(r.Recurring, firedAt(cb.DateFired, now)),
+		UsageTriggerSID:  cb.UsageTriggerSID,
+		UsageCategory:    cb.UsageCategory,
+		TriggerBy:        cb.TriggerBy,
+		Recurring:        cb.Recurring,
+		TriggerValue:     cb.TriggerValue,
+		CurrentValue:     cb.CurrentValue,
+		DateFired:        cb.DateFired,
+		Action:           r.Action,
+		DryRun:           r.DryRun,
+		ReceivedAt:       now,
+		Actions:          []string{store.ActionTrip},
+	}
+	return b.record(ctx, f)
+}
+
+func (b *Breaker) record(ctx context.Context, f store.Firing) (AcceptResult, error) {
+	res, err := b.store.RecordFiring(ctx, f)
+	if err != nil {
+		return AcceptResult{}, fmt.Errorf("record firing: %w", err)
+	}
+	if res.NewIncident {
+		b.m.Incidents.WithLabelValues(f.Rule, f.Source).Inc()
+		b.m.ActionsPending.Add(float64(len(f.Actions)))
+		b.Wake()
+	}
+	return AcceptResult{Incident: res.Incident, Duplicate: !res.NewIncident}, nil
+}
+
+// RunExecutor runs due actions until ctx ends: at start (resuming whatever a
+// previous process left pending), when woken, and every second for retries.
+// When ctx ends it stops taking actions and gives those in flight up to drain
+// to finish; what is still unfinished then stays pending for the next start.
+func (b *Breaker) RunExecutor(ctx context.Context, drain time.Duration) {
+	actx, cancelActions := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelActions()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, b.workers)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	b.UpdatePendingGauge(ctx)
+	for {
+		b.runDue(ctx, actx, sem, &wg)
+		select {
+		case <-ctx.Done():
+			done := make(chan struct{})
+			go func() { wg.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(drain):
+				b.log.Warn("shutdown: actions still running after the drain timeout; they stay pending for the next start", "drain", drain)
+				cancelActions()
+				<-done
+			}
+			return
+		case <-b.wake:
+		case <-tick.C:
+		}
+	}
+}
+
+func (b *Breaker) runDue(ctx, actx context.Context, sem chan struct{}, wg *sync.WaitGroup) {
+	acts, err := b.store.PendingActions(ctx, b.now(), 256)
+	if err != nil {
+		if ctx.Err() == nil {
+			b.log.Error("cannot read pending actions", "err", err)
+		}
+		return
+	}
+	for _, a := range acts {
+		if _, busy := b.inflight.LoadOrStore(a.ID, struct{}{}); busy {
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			b.inflight.Delete(a.ID)
+			return
+		}
+		wg.Add(1)
+		go func(a store.Action) {
+			defer func() {
+				<-sem
+				b.inflight.Delete(a.ID)
+				wg.Done()
+			}()
+			b.execute(actx, a)
+		}(a)
+	}
+}
+
+// RunDueOnce runs every due action to completion (tests and the demo use it
+// to step the pipeline deterministically).
+func (b *Breaker) RunDueOnce(ctx context.Context) {
+	var wg sync.WaitGroup
+	b.runDue(ctx, ctx, make(chan struct{}, b.workers), &wg)
+	wg.Wait()
+}
+
+func (b *Breaker) execute(ctx context.Context, a store.Action) {
+	switch a.Kind {
+	case store.ActionTrip:
+		b.executeTrip(ctx, a)
+	default:
+		b.finish(ctx, a, store.StateFailed, OutcomeFailed, fmt.Sprintf("unknown action kind %q", a.Kind))
+	}
+}
+
+// errSkip carries why an incident is not acted on.
+type errSkip struct{ why string }
+
+func (e errSkip) Error() string { return e.why }
+
+func (b *Breaker) executeTrip(ctx context.Context, a store.Action) {
+	inc, err := b.store.Incident(ctx, a.IncidentID)
+	if err != nil {
+		b.retry(ctx, a, fmt.Errorf("read incident: %w", err))
+		return
+	}
+	r := b.Rule(inc.Rule)
+	log := b.log.With("incident", inc.ID, "rule", inc.Rule, "account", inc.AccountSID, "account_name", inc.AccountName, "source", inc.Source)
+	outcome, detail, err := b.trip(ctx, inc, r)
+	var skip errSkip
+	switch {
+	case errors.As(err, &skip):
+		b.m.Skipped.WithLabelValues(inc.Rule).Inc()
+		log.Warn("incident skipped", "why", skip.why)
+		b.finish(ctx, a, store.StateDone, OutcomeSkipped, skip.why)
+	case err != nil && (twilioapi.IsRetryable(err) || errors.Is(err, ErrLookupLimited) || ctx.Err() != nil):
+		log.Warn("action failed, will retry", "attempt", a.Attempts+1, "err", err)
+		b.retry(ctx, a, err)
+	case err != nil:
+		if r != nil && r.Action == rules.ActionSuspend {
+			b.m.Suspensions.WithLabelValues(inc.Rule, OutcomeFailed).Inc()
+		}
+		log.Error("action failed for good", "err", err)
+		b.finish(ctx, a, store.StateFailed, OutcomeFailed, err.Error())
+	default:
+		if r.Action == rules.ActionSuspend {
+			b.m.Suspensions.WithLabelValues(inc.Rule, outcome).Inc()
+		}
+		log.Info("incident handled", "outcome", outcome, "detail", detail, "current_value", inc.CurrentValue, "threshold", r.Threshold.String())
+		b.finish(ctx, a, store.StateDone, outcome, detail)
+	}
+}
+
+// trip verifies the incident against the current rule and account, then acts.
+func (b *Breaker) trip(ctx context.Context, inc store.Incident, r *rules.Rule) (outcome, detail string, err error) {
+	// Verify.
+	if r == nil {
+		return "", "", errSkip{fmt.Sprintf("rule %q no longer exists", inc.Rule)}
+	}
+	acct, err := b.accounts.Lookup(ctx, inc.AccountSID)
+	if errors.Is(err, ErrNotSubaccount) {
+		return "", "", errSkip{"the account is not a subaccount of the parent any more"}
+	}
+	if err != nil {
+		return "", "", err
+	}
+	if !r.Matches(acct.SID, acct.FriendlyName) {
+		return "", "", errSkip{fmt.Sprintf("rule %q no longer matches account %q", r.Name, acct.FriendlyName)}
+	}
+	if inc.Source == store.SourceCallback && (inc.UsageCategory != r.UsageCategory || inc.TriggerBy != r.TriggerBy) {
+		return "", "", errSkip{fmt.Sprintf("the trigger that fired watches %s by %s, the rule now watches %s by %s",
+			inc.UsageCategory, inc.TriggerBy, r.UsageCategory, r.TriggerBy)}
+	}
+	cur, err := decimal.Parse(inc.CurrentValue)
+	if err != nil {
+		return "", "", errSkip{fmt.Sprintf("current value %q is not a number", inc.CurrentValue)}
+	}
+	if cur.Cmp(r.Threshold) < 0 {
+		return "", "", errSkip{fmt.Sprintf("current value %s is below the rule's threshold %s", cur, r.Threshold)}
+	}
+
+	// Act.
+	switch {
+	case r.DryRun:
+		return OutcomeDryRun, fmt.Sprintf("dry run: would %s (value %s >= threshold %s)", r.Action, cur, r.Threshold), nil
+	case r.Action == rules.ActionNotify:
+		return OutcomeNotified, fmt.Sprintf("value %s >= threshold %s; rule only notifies", cur, r.Threshold), nil
+	}
+	// Read before writing: after a crash or a lost answer the account may
+	// already be suspended, and then nothing is written twice.
+	now, err := b.api.FetchAccount(ctx, acct.SID)
+	if err != nil {
+		return "", "", err
+	}
+	b.accounts.Put(now)
+	switch now.Status {
+	case twilioapi.StatusSuspended:
+		return OutcomeAlreadySuspended, "the account was already suspended", nil
+	case twilioapi.StatusClosed:
+		return OutcomeAlreadySuspended, "the account is closed", nil
+	}
+	upd, err := b.api.SetAccountStatus(ctx, acct.SID, twilioapi.StatusSuspended)
+	if err != nil {
+		return "", "", err
+	}
+	b.accounts.Put(upd)
+	return OutcomeSuspended, fmt.Sprintf("value %s >= threshold %s", cur, r.Threshold), nil
+}
+
+func (b *Breaker) finish(ctx context.Context, a store.Action, state, outcome, detail string) {
+	if err := b.store.FinishAction(ctx, a.ID, state, outcome, detail); err != nil && !errors.Is(err, store.ErrNotFound) {
+		b.log.Error("cannot record the action's end; it will run again and find the work done", "action", a.ID, "err", err)
+		return
+	}
+	b.m.ActionsPending.Dec()
+}
+
+func (b *Breaker) retry(ctx context.Context, a store.Action, cause error) {
+	b.m.ActionAttemptErrors.WithLabelValues(a.Kind).Inc()
+	next := b.now().Add(b.backoff(a.Attempts))
+	if err := b.store.RetryAction(context.WithoutCancel(ctx), a.ID, next, cause.Error()); err != nil {
+		b.log.Error("cannot record a failed attempt", "action", a.ID, "err", err)
+	}
+}
+
+// backoff is exponential from RetryMin, capped at RetryMax, with equal jitter.
+func (b *Breaker) backoff(attempts int) time.Duration {
+	d := b.retryMin
+	for i := 0; i < attempts && d < b.retryMax; i++ {
+		d *= 2
+	}
+	d = min(d, b.retryMax)
+	return d/2 + rand.N(d/2+1)
+}

@@ -1,0 +1,388 @@
+// Package daemon assembles usagebreaker from a config file: the store, the
+// Twilio client, the breaker, the two listeners, the schedules and reload. It
+// is what `usagebreaker run` and `usagebreaker demo` start; cmd/usagebreaker
+// stays a thin layer of flags and signals.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/robfig/cron/v3"
+
+	"github.com/usagebreaker/usagebreaker/breaker"
+	"github.com/usagebreaker/usagebreaker/config"
+	"github.com/usagebreaker/usagebreaker/internal/version"
+	"github.com/usagebreaker/usagebreaker/rules"
+	"github.com/usagebreaker/usagebreaker/store"
+	"github.com/usagebreaker/usagebreaker/twilioapi"
+	"github.com/usagebreaker/usagebreaker/webhook"
+)
+
+// Options configure a Daemon beyond its config file.
+type Options struct {
+	ConfigPath string
+	Logger     *slog.Logger
+	// CallbackListener and AdminListener, when set, are used instead of
+	// listening on server.listen and server.admin_listen (tests, the demo).
+	CallbackListener net.Listener
+	AdminListener    net.Listener
+	// TwilioTransport, when set, is the base HTTP transport to Twilio.
+	TwilioTransport http.RoundTripper
+	// ShutdownTimeout bounds the graceful shutdown (default 10s).
+	ShutdownTimeout time.Duration
+	// Now is the clock for periods and retries (default time.Now).
+	Now func() time.Time
+}
+
+// Daemon is a running usagebreaker.
+type Daemon struct {
+	opts     Options
+	log      *slog.Logger
+	reg      *prometheus.Registry
+	st       store.Store
+	api      twilioapi.API
+	br       *breaker.Breaker
+	bm       *breaker.Metrics
+	cfg      atomic.Pointer[config.Config]
+	ready    atomic.Bool
+	reloadMu sync.Mutex
+
+	reconcileReq chan struct{}
+	cron         *cron.Cron
+	cronMu       sync.Mutex
+	cronIDs      []cron.EntryID
+
+	cbLn, adminLn   net.Listener
+	cbSrv, adminSrv *http.Server
+
+	reloadOK      prometheus.Gauge
+	reloadOKTime  prometheus.Gauge
+	reconcileRuns *prometheus.CounterVec
+}
+
+// New loads the config, opens the state and builds everything; it starts
+// nothing. A bad config or an unusable state gives an error naming why.
+func New(ctx context.Context, o Options) (*Daemon, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.ShutdownTimeout <= 0 {
+		o.ShutdownTimeout = 10 * time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	cfg, err := config.Load(o.ConfigPath)
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{opts: o, log: o.Logger, reg: prometheus.NewRegistry(), reconcileReq: make(chan struct{}, 1)}
+	d.cfg.Store(cfg)
+	d.registerOwnMetrics()
+
+	st, err := store.Open(ctx, cfg.State.Path)
+	if err != nil {
+		return nil, fmt.Errorf("state: %w", err)
+	}
+	d.st = st
+	api, err := twilioapi.New(twilioapi.Options{
+		AccountSID:     cfg.Twilio.AccountSID,
+		AuthToken:      cfg.Twilio.AuthToken.Reveal(),
+		BaseURL:        cfg.Twilio.APIBaseURL,
+		MaxConcurrency: cfg.Twilio.MaxConcurrency,
+		Timeout:        cfg.Twilio.Timeout,
+		Registerer:     d.reg,
+		Logger:         o.Logger.With("component", "twilio"),
+		Transport:      o.TwilioTransport,
+	})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("twilio client: %w", err)
+	}
+	d.api = api
+	d.bm = breaker.NewMetrics(d.reg)
+	d.br = breaker.New(breaker.Options{
+		API:      api,
+		Store:    st,
+		Settings: settingsOf(cfg),
+		Logger:   o.Logger,
+		Metrics:  d.bm,
+		Now:      o.Now,
+		Fanout:   cfg.Twilio.MaxConcurrency,
+	})
+	d.reloadOK.Set(1)
+	d.reloadOKTime.SetToCurrentTime()
+	return d, nil
+}
+
+func settingsOf(cfg *config.Config) breaker.Settings {
+	return breaker.Settings{Instance: cfg.Instance, PublicURL: cfg.Server.PublicURL, Rules: cfg.Rules}
+}
+
+func (d *Daemon) registerOwnMetrics() {
+	d.reloadOK = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "usagebreaker_config_last_reload_successful",
+		Help: "1 if the last config reload succeeded (or none was tried), 0 if it was rejected.",
+	})
+	d.reloadOKTime = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "usagebreaker_config_last_reload_success_timestamp_seconds",
+		Help: "Unix time of the last successful config load or reload.",
+	})
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "usagebreaker_build_info",
+		Help: "Always 1; the labels say which build is running.",
+	}, []string{"version", "revision", "goversion"})
+	buildInfo.WithLabelValues(version.Version, version.Rev(), version.GoVersion()).Set(1)
+	d.reconcileRuns = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "usagebreaker_reconciles_total",
+		Help: "Reconciles run, by result (ok, error).",
+	}, []string{"result"})
+	d.reg.MustRegister(d.reloadOK, d.reloadOKTime, buildInfo, d.reconcileRuns,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+}
+
+// Breaker is the core (tests use it to step the pipeline).
+func (d *Daemon) Breaker() *breaker.Breaker { return d.br }
+
+// Registry is the daemon's metrics registry.
+func (d *Daemon) Registry() *prometheus.Registry { return d.reg }
+
+// Config is the config in force.
+func (d *Daemon) Config() *config.Config { return d.cfg.Load() }
+
+// Ready reports whether the first reconcile is done.
+func (d *Daemon) Ready() bool { return d.ready.Load() }
+
+// CallbackAddr and AdminAddr are the listeners' addresses once Run has started them.
+func (d *Daemon) CallbackAddr() net.Addr { return d.cbLn.Addr() }
+
+// AdminAddr is the admin listener's address.
+func (d *Daemon) AdminAddr() net.Addr { return d.adminLn.Addr() }
+
+// Listen opens both listeners (unless given in Options). Run calls it if it
+// was not called; calling it first lets a caller learn the addresses.
+func (d *Daemon) Listen() error {
+	cfg := d.cfg.Load()
+	if d.cbLn == nil {
+		d.cbLn = d.opts.CallbackListener
+		if d.cbLn == nil {
+			ln, err := net.Listen("tcp", cfg.Server.Listen)
+			if err != nil {
+				return fmt.Errorf("server.listen %s: %w", cfg.Server.Listen, err)
+			}
+			d.cbLn = ln
+		}
+	}
+	if d.adminLn == nil {
+		d.adminLn = d.opts.AdminListener
+		if d.adminLn == nil {
+			ln, err := net.Listen("tcp", cfg.Server.AdminListen)
+			if err != nil {
+				return fmt.Errorf("server.admin_listen %s: %w", cfg.Server.AdminListen, err)
+			}
+			d.adminLn = ln
+		}
+	}
+	return nil
+}
+
+// Run serves until ctx ends, then shuts down gracefully: it stops taking
+// callbacks, lets in-flight requests and actions finish (within
+// ShutdownTimeout; unfinished actions stay pending for the next start), and
+// closes the state. It returns nil after a clean shutdown.
+func (d *Daemon) Run(ctx context.Context) error {
+	if err := d.Listen(); err != nil {
+		d.st.Close()
+		return err
+	}
+	cfg := d.cfg.Load()
+	d.cbSrv = &http.Server{
+		Handler:           d.callbackMux(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       20 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
+	}
+	d.adminSrv = &http.Server{
+		Handler:           d.adminMux(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- serve(d.cbSrv, d.cbLn, "callback") }()
+	go func() { errc <- serve(d.adminSrv, d.adminLn, "admin") }()
+	d.log.Info("usagebreaker started", "version", version.Version, "instance", cfg.Instance,
+		"rules", cfg.Rules.Len(), "callback_listener", d.cbLn.Addr().String(), "admin_listener", d.adminLn.Addr().String(),
+		"public_url", cfg.Server.PublicURL)
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); d.br.RunExecutor(runCtx, d.opts.ShutdownTimeout) }()
+	go func() { defer wg.Done(); d.reconcileLoop(runCtx) }()
+
+	d.cron = cron.New(cron.WithLocation(time.UTC))
+	if err := d.schedule(cfg); err != nil {
+		stop()
+		wg.Wait()
+		d.st.Close()
+		return err
+	}
+	d.cron.Start()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		runErr = err
+	}
+	d.log.Info("shutting down", "timeout", d.opts.ShutdownTimeout)
+	shCtx, cancel := context.WithTimeout(context.Background(), d.opts.ShutdownTimeout)
+	defer cancel()
+	// Stop taking callbacks first; a callback being recorded finishes.
+	if err := d.cbSrv.Shutdown(shCtx); err != nil {
+		d.log.Warn("callback listener did not drain", "err", err)
+	}
+	<-d.cron.Stop().Done()
+	stop()
+	wg.Wait()
+	if err := d.adminSrv.Shutdown(shCtx); err != nil {
+		d.log.Warn("admin listener did not drain", "err", err)
+	}
+	if err := d.st.Close(); err != nil {
+		d.log.Error("closing state", "err", err)
+	}
+	d.log.Info("stopped")
+	return runErr
+}
+
+func serve(srv *http.Server, ln net.Listener, name string) error {
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("%s listener: %w", name, err)
+	}
+	return nil
+}
+
+func (d *Daemon) callbackMux() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle(rules.CallbackPathPrefix, webhook.New(d.br, d.bm, d.log.With("component", "webhook")))
+	mux.HandleFunc("/", http.NotFound)
+	return mux
+}
+
+// schedule (re)installs the reconcile schedule.
+func (d *Daemon) schedule(cfg *config.Config) error {
+	d.cronMu.Lock()
+	defer d.cronMu.Unlock()
+	id, err := d.cron.AddFunc(cfg.Reconcile.Schedule, d.RequestReconcile)
+	if err != nil {
+		return fmt.Errorf("reconcile.schedule %q: %w", cfg.Reconcile.Schedule, err)
+	}
+	for _, old := range d.cronIDs {
+		d.cron.Remove(old)
+	}
+	d.cronIDs = []cron.EntryID{id}
+	return nil
+}
+
+// RequestReconcile asks for a reconcile soon; requests made while one runs
+// coalesce into one more run afterwards, with the settings then in force.
+func (d *Daemon) RequestReconcile() {
+	select {
+	case d.reconcileReq <- struct{}{}:
+	default:
+	}
+}
+
+func (d *Daemon) reconcileLoop(ctx context.Context) {
+	d.reconcileOnce(ctx) // at start
+	d.ready.Store(true)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.reconcileReq:
+			d.reconcileOnce(ctx)
+		}
+	}
+}
+
+func (d *Daemon) reconcileOnce(ctx context.Context) {
+	res, err := d.br.Reconcile(ctx)
+	if err != nil {
+		d.reconcileRuns.WithLabelValues("error").Inc()
+		if ctx.Err() == nil {
+			d.log.Error("reconcile finished with errors", "err", err, "created", res.Created, "updated", res.Updated,
+				"deleted", res.Deleted, "unchanged", res.Unchanged, "accounts", res.Active, "duration", res.Duration)
+		}
+		return
+	}
+	d.reconcileRuns.WithLabelValues("ok").Inc()
+	d.log.Info("reconcile done", "created", res.Created, "updated", res.Updated, "deleted", res.Deleted,
+		"unchanged", res.Unchanged, "accounts", res.Active, "subaccounts", res.Subaccounts, "duration", res.Duration)
+}
+
+// Reload re-reads the config and every rule file. The new set is validated in
+// full first; if anything is wrong the old set keeps running and the error is
+// returned. A good reload swaps atomically and starts a reconcile.
+func (d *Daemon) Reload() error {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	old := d.cfg.Load()
+	cfg, err := config.Load(d.opts.ConfigPath)
+	if err == nil {
+		err = reloadable(old, cfg)
+	}
+	if err != nil {
+		d.reloadOK.Set(0)
+		d.log.Error("config reload rejected; the old config keeps running", "err", err)
+		return err
+	}
+	if d.cron != nil && cfg.Reconcile.Schedule != old.Reconcile.Schedule {
+		if err := d.schedule(cfg); err != nil {
+			d.reloadOK.Set(0)
+			return err
+		}
+	}
+	d.cfg.Store(cfg)
+	d.br.SetSettings(settingsOf(cfg))
+	d.reloadOK.Set(1)
+	d.reloadOKTime.SetToCurrentTime()
+	d.log.Info("config reloaded", "rules", cfg.Rules.Len())
+	d.RequestReconcile()
+	return nil
+}
+
+// reloadable rejects changes that a reload cannot apply safely.
+func reloadable(old, cfg *config.Config) error {
+	var errs []error
+	check := func(what, a, b string) {
+		if a != b {
+			errs = append(errs, fmt.Errorf("%s cannot change on reload (%q -> %q); restart usagebreaker to apply it", what, a, b))
+		}
+	}
+	check("instance", old.Instance, cfg.Instance)
+	check("server.listen", old.Server.Listen, cfg.Server.Listen)
+	check("server.admin_listen", old.Server.AdminListen, cfg.Server.AdminListen)
+	check("state.path", old.State.Path, cfg.State.Path)
+	check("twilio.account_sid", old.Twilio.AccountSID, cfg.Twilio.AccountSID)
+	check("twilio.api_base_url", old.Twilio.APIBaseURL, cfg.Twilio.APIBaseURL)
+	if old.Twilio.AuthToken != cfg.Twilio.AuthToken {
+		errs = append(errs, errors.New("twilio.auth_token cannot change on reload; restart usagebreaker to use the new token"))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,101 @@
+package rules
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// badRules maps each file in testdata/bad to the exact error LoadFiles gives
+// for it. Every file there must be listed; each has one problem.
+var badRules = map[string]string{
+	"yaml-syntax.yaml":                 `testdata/bad/yaml-syntax.yaml:4: invalid YAML: did not find expected ',' or ']'`,
+	"empty.yaml":                       "testdata/bad/empty.yaml:1: rules is required",
+	"rules-not-list.yaml":              "testdata/bad/rules-not-list.yaml:2: rules: must be a list, not a mapping",
+	"rule-not-mapping.yaml":            "testdata/bad/rule-not-mapping.yaml:2: rules[0]: must be a mapping, not a string",
+	"rule-null.yaml":                   "testdata/bad/rule-null.yaml:2: rules[0]: must be a mapping, not null",
+	"unknown-top-key.yaml":             `testdata/bad/unknown-top-key.yaml:10: unknown key "rule" (did you mean "rules"?)`,
+	"name-missing.yaml":                "testdata/bad/name-missing.yaml:2: rules[0]: name is required",
+	"name-bad.yaml":                    `testdata/bad/name-bad.yaml:2: rules[0]: name: "SMS_Daily" must be 1 to 32 characters of a-z, 0-9 and "-"`,
+	"name-long.yaml":                   `testdata/bad/name-long.yaml:2: rules[0]: name: "abcdefghijklmnopqrstuvwxyz0123456" must be 1 to 32 characters of a-z, 0-9 and "-"`,
+	"duplicate-name.yaml":              `testdata/bad/duplicate-name.yaml:10: rule "sms-spend-daily": duplicate name; first defined at testdata/bad/duplicate-name.yaml:2`,
+	"duplicate-key.yaml":               `testdata/bad/duplicate-key.yaml:10: rule "sms-spend-daily": duplicate key "name" (first at line 2)`,
+	"unknown-key.yaml":                 `testdata/bad/unknown-key.yaml:10: rule "sms-spend-daily": unknown key "descripton" (did you mean "description"?)`,
+	"future-key.yaml":                  `testdata/bad/future-key.yaml:10: rule "sms-spend-daily": unknown key "end_calls" (not supported in this version)`,
+	"accounts-missing.yaml":            `testdata/bad/accounts-missing.yaml:2: rule "sms-spend-daily": accounts is required`,
+	"accounts-not-mapping.yaml":        `testdata/bad/accounts-not-mapping.yaml:3: rule "sms-spend-daily": accounts: must be a mapping, not a list`,
+	"accounts-unknown-key.yaml":        `testdata/bad/accounts-unknown-key.yaml:5: rule "sms-spend-daily": unknown key "excludes" in accounts (did you mean "exclude"?)`,
+	"include-missing.yaml":             `testdata/bad/include-missing.yaml:3: rule "sms-spend-daily": accounts.include is required`,
+	"include-empty.yaml":               `testdata/bad/include-empty.yaml:4: rule "sms-spend-daily": accounts.include: at least one entry is required`,
+	"include-scalar.yaml":              `testdata/bad/include-scalar.yaml:4: rule "sms-spend-daily": accounts.include: must be a list, not a string`,
+	"include-null-entry.yaml":          `testdata/bad/include-null-entry.yaml:6: rule "sms-spend-daily": accounts.include[1]: must be a string, not null`,
+	"include-empty-entry.yaml":         `testdata/bad/include-empty-entry.yaml:4: rule "sms-spend-daily": accounts.include[0]: must not be empty`,
+	"include-not-string.yaml":          `testdata/bad/include-not-string.yaml:4: rule "sms-spend-daily": accounts.include[0]: must be a string, not a mapping`,
+	"include-bad-class.yaml":           `testdata/bad/include-bad-class.yaml:6: rule "sms-spend-daily": accounts.include[1]: bad pattern "tenant-[abc": "[" without a closing "]"`,
+	"include-empty-class.yaml":         `testdata/bad/include-empty-class.yaml:4: rule "sms-spend-daily": accounts.include[0]: bad pattern "tenant-[]": empty character class "[]"`,
+	"include-bad-escape.yaml":          `testdata/bad/include-bad-escape.yaml:4: rule "sms-spend-daily": accounts.include[0]: bad pattern "tenant\\": ends with a lone "\"`,
+	"exclude-bad-range.yaml":           `testdata/bad/exclude-bad-range.yaml:5: rule "sms-spend-daily": accounts.exclude[0]: bad pattern "tenant-[z-a]": bad range "z-a" in character class`,
+	"include-bad-sid.yaml":             `testdata/bad/include-bad-sid.yaml:4: rule "sms-spend-daily": accounts.include[0]: "AC0123456789abcdef" looks like an account SID but is not AC followed by 32 hex digits`,
+	"exclude-bad-sid.yaml":             `testdata/bad/exclude-bad-sid.yaml:7: rule "sms-spend-daily": accounts.exclude[1]: "AC0123456789abcdef0123456789abcdef0" looks like an account SID but is not AC followed by 32 hex digits`,
+	"category-missing.yaml":            `testdata/bad/category-missing.yaml:2: rule "sms-spend-daily": usage_category is required`,
+	"category-typo.yaml":               `testdata/bad/category-typo.yaml:5: rule "sms-spend-daily": unknown usage_category "totalprices" (did you mean "totalprice"?)`,
+	"category-unknown.yaml":            `testdata/bad/category-unknown.yaml:5: rule "sms-spend-daily": unknown usage_category "frobnication"`,
+	"category-syntax.yaml":             `testdata/bad/category-syntax.yaml:5: rule "sms-spend-daily": usage_category: "SMS_Outbound" is not a usage category name (lower-case letters, digits and "-") (did you mean "sms-outbound"?)`,
+	"trigger-by-bad.yaml":              `testdata/bad/trigger-by-bad.yaml:6: rule "sms-spend-daily": trigger_by: "cost" must be one of count, usage, price`,
+	"trigger-by-count-totalprice.yaml": `testdata/bad/trigger-by-count-totalprice.yaml:6: rule "sms-spend-daily": trigger_by: count never fires for usage_category totalprice (it has no count); use price`,
+	"recurring-missing.yaml":           `testdata/bad/recurring-missing.yaml:2: rule "sms-spend-daily": recurring is required`,
+	"recurring-bad.yaml":               `testdata/bad/recurring-bad.yaml:7: rule "sms-spend-daily": recurring: "weekly" must be one of daily, monthly, yearly, alltime`,
+	"threshold-missing.yaml":           `testdata/bad/threshold-missing.yaml:2: rule "sms-spend-daily": threshold is required`,
+	"threshold-null.yaml":              `testdata/bad/threshold-null.yaml:8: rule "sms-spend-daily": threshold is required`,
+	"threshold-zero.yaml":              `testdata/bad/threshold-zero.yaml:8: rule "sms-spend-daily": threshold: "0" must be greater than 0`,
+	"threshold-negative.yaml":          `testdata/bad/threshold-negative.yaml:8: rule "sms-spend-daily": threshold: "-5" must be greater than 0`,
+	"threshold-words.yaml":             `testdata/bad/threshold-words.yaml:8: rule "sms-spend-daily": threshold: "fifty" is not a decimal number`,
+	"threshold-exponent.yaml":          `testdata/bad/threshold-exponent.yaml:8: rule "sms-spend-daily": threshold: "1e3" is not a decimal number`,
+	"threshold-offset.yaml":            `testdata/bad/threshold-offset.yaml:8: rule "sms-spend-daily": threshold: "+50" starts with "+", which Twilio reads as an offset above current usage; write the threshold itself`,
+	"threshold-precision.yaml":         `testdata/bad/threshold-precision.yaml:8: rule "sms-spend-daily": threshold: "0.1234567" has more than 6 decimal places (Twilio keeps 6)`,
+	"threshold-list.yaml":              `testdata/bad/threshold-list.yaml:8: rule "sms-spend-daily": threshold: must be a decimal number, not a list`,
+	"action-missing.yaml":              `testdata/bad/action-missing.yaml:2: rule "sms-spend-daily": action is required`,
+	"action-bad.yaml":                  `testdata/bad/action-bad.yaml:9: rule "sms-spend-daily": action: "kill" must be one of suspend, notify`,
+	"dry-run-bad.yaml":                 `testdata/bad/dry-run-bad.yaml:10: rule "sms-spend-daily": dry_run: "yes" is not a boolean (true or false)`,
+}
+
+func TestLoadBadRuleFiles(t *testing.T) {
+	files, err := filepath.Glob("testdata/bad/*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if _, ok := badRules[filepath.Base(f)]; !ok {
+			t.Errorf("%s has no expected error in badRules", f)
+		}
+	}
+	for name, want := range badRules {
+		t.Run(strings.TrimSuffix(name, ".yaml"), func(t *testing.T) {
+			path := "testdata/bad/" + name
+			if _, err := os.Stat(path); err != nil {
+				t.Fatalf("fixture missing: %v", err)
+			}
+			set, err := LoadFiles([]string{path})
+			if err == nil {
+				t.Fatalf("LoadFiles(%s) succeeded with %d rules, want error %q", path, set.Len(), want)
+			}
+			if set != nil {
+				t.Errorf("LoadFiles returned a Set with its error")
+			}
+			var errs Errors
+			if !errors.As(err, &errs) {
+				t.Fatalf("error is %T, not Errors: %v", err, err)
+			}
+			if got := err.Error(); got != want {
+				t.Errorf("LoadFiles(%s) error\n got: %s\nwant: %s", path, got, want)
+			}
+			// Parse on the same bytes says the same.
+			data, _ := os.ReadFile(path)
+			if _, perr := Parse(path, data); perr == nil || perr.Error() != want {
+				t.Errorf("Parse(%s) error = %v, want %q", path, perr, want)
+			}
+		})
+	}
+}

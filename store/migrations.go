@@ -1,0 +1,157 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+// applicationID marks the file as a usagebreaker database ("ubrk") in the
+// SQLite header (PRAGMA application_id), so Open refuses another program's
+// database instead of adding tables to it.
+const applicationID = 0x7562726b
+
+// A migration moves the schema from version i to i+1 (i is its index in
+// migrations). Each runs inside the one transaction that also sets
+// PRAGMA user_version, so a crash leaves the old version or the new one.
+//
+// Append only: never edit or reorder a step that has shipped. A later issue
+// adds a table by appending a step (e.g. {"notifications", []string{"CREATE
+// TABLE notifications (...) STRICT"}}).
+type migration struct {
+	name  string
+	stmts []string
+}
+
+// Times are INTEGER unix nanoseconds, UTC (see unixNano/fromUnixNano).
+// Text columns the callback may omit are NOT NULL DEFAULT ”: the Go types
+// have no NULL.
+var migrations = []migration{
+	{
+		name: "firings, incidents, actions",
+		stmts: []string{
+			`CREATE TABLE incidents (
+				id                INTEGER PRIMARY KEY,
+				rule              TEXT    NOT NULL,
+				account_sid       TEXT    NOT NULL,
+				account_name      TEXT    NOT NULL DEFAULT '',
+				period            TEXT    NOT NULL,
+				source            TEXT    NOT NULL,
+				idempotency_token TEXT    NOT NULL,
+				usage_trigger_sid TEXT    NOT NULL DEFAULT '',
+				usage_category    TEXT    NOT NULL DEFAULT '',
+				trigger_by        TEXT    NOT NULL DEFAULT '',
+				recurring         TEXT    NOT NULL DEFAULT '',
+				trigger_value     TEXT    NOT NULL DEFAULT '',
+				current_value     TEXT    NOT NULL DEFAULT '',
+				date_fired        TEXT    NOT NULL DEFAULT '',
+				action            TEXT    NOT NULL DEFAULT '',
+				dry_run           INTEGER NOT NULL DEFAULT 0 CHECK (dry_run IN (0, 1)),
+				state             TEXT    NOT NULL CHECK (state IN ('pending', 'done', 'failed')),
+				outcome           TEXT    NOT NULL DEFAULT '',
+				detail            TEXT    NOT NULL DEFAULT '',
+				firings           INTEGER NOT NULL DEFAULT 1,
+				created_at        INTEGER NOT NULL,
+				updated_at        INTEGER NOT NULL,
+				UNIQUE (rule, account_sid, period)
+			) STRICT`,
+			// ListIncidents: newest first, optionally by rule or account.
+			`CREATE INDEX incidents_created ON incidents (created_at DESC, id DESC)`,
+			`CREATE INDEX incidents_rule_created ON incidents (rule, created_at DESC, id DESC)`,
+			`CREATE INDEX incidents_account_created ON incidents (account_sid, created_at DESC, id DESC)`,
+
+			// One row per IdempotencyToken ever accepted, with the callback as received.
+			`CREATE TABLE firings (
+				idempotency_token TEXT    NOT NULL PRIMARY KEY,
+				incident_id       INTEGER NOT NULL REFERENCES incidents (id),
+				source            TEXT    NOT NULL,
+				rule              TEXT    NOT NULL,
+				account_sid       TEXT    NOT NULL,
+				account_name      TEXT    NOT NULL DEFAULT '',
+				period            TEXT    NOT NULL,
+				usage_trigger_sid TEXT    NOT NULL DEFAULT '',
+				usage_category    TEXT    NOT NULL DEFAULT '',
+				trigger_by        TEXT    NOT NULL DEFAULT '',
+				recurring         TEXT    NOT NULL DEFAULT '',
+				trigger_value     TEXT    NOT NULL DEFAULT '',
+				current_value     TEXT    NOT NULL DEFAULT '',
+				date_fired        TEXT    NOT NULL DEFAULT '',
+				action            TEXT    NOT NULL DEFAULT '',
+				dry_run           INTEGER NOT NULL DEFAULT 0 CHECK (dry_run IN (0, 1)),
+				received_at       INTEGER NOT NULL
+			) STRICT, WITHOUT ROWID`,
+			// The foreign key's child index (and "firings of an incident").
+			`CREATE INDEX firings_incident ON firings (incident_id, received_at)`,
+
+			`CREATE TABLE actions (
+				id              INTEGER PRIMARY KEY,
+				incident_id     INTEGER NOT NULL REFERENCES incidents (id),
+				kind            TEXT    NOT NULL CHECK (kind <> ''),
+				state           TEXT    NOT NULL CHECK (state IN ('pending', 'done', 'failed')),
+				attempts        INTEGER NOT NULL DEFAULT 0,
+				next_attempt_at INTEGER NOT NULL,
+				outcome         TEXT    NOT NULL DEFAULT '',
+				detail          TEXT    NOT NULL DEFAULT '',
+				created_at      INTEGER NOT NULL,
+				updated_at      INTEGER NOT NULL,
+				UNIQUE (incident_id, kind)
+			) STRICT`,
+			// PendingActions and CountPendingActions. Partial: finished actions,
+			// the vast majority over time, are not in it.
+			`CREATE INDEX actions_pending ON actions (next_attempt_at, id) WHERE state = 'pending'`,
+		},
+	},
+}
+
+// migrate brings the database to version len(migrations) in one IMMEDIATE transaction
+// (db must be the write pool). Reopening an up-to-date database changes nothing.
+func migrate(ctx context.Context, db *sql.DB) (err error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+
+	var version, appID, objects int
+	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return fmt.Errorf("read user_version: %w", err)
+	}
+	if err := tx.QueryRowContext(ctx, "PRAGMA application_id").Scan(&appID); err != nil {
+		return fmt.Errorf("read application_id: %w", err)
+	}
+	switch {
+	case appID != 0 && appID != applicationID:
+		return fmt.Errorf("not a usagebreaker database (application_id %#x)", appID)
+	case version > len(migrations):
+		return fmt.Errorf("schema version %d is newer than this build knows (%d): downgrade is not supported", version, len(migrations))
+	case version == len(migrations):
+		return tx.Commit() // nothing to do; wrote nothing
+	case version == 0:
+		if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_schema").Scan(&objects); err != nil {
+			return fmt.Errorf("read schema: %w", err)
+		}
+		if objects != 0 {
+			return fmt.Errorf("not a usagebreaker database (%d schema objects but no schema version)", objects)
+		}
+	}
+
+	for i := version; i < len(migrations); i++ {
+		for _, stmt := range migrations[i].stmts {
+			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				return fmt.Errorf("migration %d (%s): %w", i+1, migrations[i].name, err)
+			}
+		}
+	}
+	// PRAGMAs take no bound parameters; both values are integers we control.
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", len(migrations))); err != nil {
+		return fmt.Errorf("set user_version: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA application_id = %d", applicationID)); err != nil {
+		return fmt.Errorf("set application_id: %w", err)
+	}
+	return tx.Commit()
+}

@@ -1,0 +1,696 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// ErrClosed is returned by every method of a closed SQLite.
+var ErrClosed = errors.New("store closed")
+
+// Compile-time check that SQLite implements Store.
+var _ Store = (*SQLite)(nil)
+
+const (
+	defaultListLimit = 100
+	maxListLimit     = 1000
+	busyTimeoutMS    = 5000
+)
+
+// SQLite is the Store on a SQLite file (modernc.org/sqlite, pure Go).
+//
+// It holds two pools on the same file:
+//
+//   - w, the write pool, has exactly one connection and begins transactions
+//     with BEGIN IMMEDIATE (_txlock=immediate). Every write goes through it
+//     (RecordFiring by way of the group-committing writer goroutine, see
+//     batch.go), so our own writers queue in Go, honouring their ctx, instead
+//     of contending for SQLite's write lock: they cannot get SQLITE_BUSY from
+//     each other, and the deadlock of two DEFERRED transactions both upgrading
+//     from read to write cannot happen. IMMEDIATE takes the write lock at BEGIN,
+//     so a read-then-write transaction (RecordFiring looks the token up, then
+//     inserts) is serialised as a whole, even against another process on the
+//     same file (the CLI, say), which busy_timeout then waits out. SQLite
+//     allows one writer at a time anyway, so one connection costs no write
+//     throughput.
+//   - r, the read pool, has several connections with query_only=1. In WAL mode
+//     readers neither block the writer nor are blocked by it, and see every
+//     transaction committed before they start.
+//
+// The pragmas are DSN parameters, so database/sql applies them to every
+// connection it opens in either pool, including replacements for connections
+// it closed: journal_mode=WAL, synchronous=FULL (the WAL is fsynced at every
+// commit: a write that returned nil survives power loss), busy_timeout and
+// foreign_keys=1.
+type SQLite struct {
+	path string // as given to Open, for messages
+	w, r *sql.DB
+	now  func() time.Time // updated_at of RetryAction and FinishAction
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+
+	// Group commit of RecordFiring (batch.go).
+	reqs       chan *recordReq // unbuffered
+	stop       chan struct{}   // closed by Close
+	writerDone chan struct{}   // closed when writeLoop returns
+
+	// Prepared on w (used through tx.StmtContext, which reuses them on the one connection).
+	wFiringLookup  *sql.Stmt
+	wIncidentByID  *sql.Stmt
+	wIncidentUpsrt *sql.Stmt
+	wFiringInsert  *sql.Stmt
+	wActionInsert  *sql.Stmt
+	wActionRetry   *sql.Stmt
+	wActionFinish  *sql.Stmt
+	wIncidentRetry *sql.Stmt
+	wIncidentEnd   *sql.Stmt
+	wSavepoint     *sql.Stmt
+	wRelease       *sql.Stmt
+	wRollbackTo    *sql.Stmt
+
+	// Prepared on r.
+	rIncident     *sql.Stmt
+	rPending      *sql.Stmt
+	rCountPending *sql.Stmt
+	rActions      *sql.Stmt
+}
+
+const incidentCols = `id, rule, account_sid, account_name, period, source, idempotency_token,
+	usage_trigger_sid, usage_category, trigger_by, recurring, trigger_value, current_value,
+	date_fired, action, dry_run, state, outcome, detail, firings, created_at, updated_at`
+
+const actionCols = `id, incident_id, kind, state, attempts, next_attempt_at, outcome, detail,
+	created_at, updated_at`
+
+// Open opens (creating if needed) the database at path, creating its parent
+// directory with mode 0700 if it is missing, and migrates the schema to the
+// current version. ctx bounds the opening and the migration only.
+func Open(ctx context.Context, path string) (*SQLite, error) {
+	if path == "" {
+		return nil, errors.New("store: open: empty path")
+	}
+	s, err := open(ctx, path)
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	return s, nil
+}
+
+func open(ctx context.Context, path string) (_ *SQLite, err error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Dir(abs)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create directory: %w", err)
+	}
+	if fi, err := os.Stat(abs); err == nil && fi.IsDir() {
+		return nil, errors.New("is a directory")
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+
+	s := &SQLite{path: path, now: time.Now}
+	defer func() {
+		if err != nil {
+			s.closeDBs()
+		}
+	}()
+
+	// The write pool is opened, checked and migrated first: it is the one
+	// that may convert a new file to WAL, before any reader exists.
+	// temp_store=MEMORY keeps the sub-journals of the group commit's
+	// savepoints (batch.go) in memory rather than in temporary files.
+	if s.w, err = sql.Open("sqlite", dsn(abs, "_txlock=immediate", "_pragma=temp_store(MEMORY)")); err != nil {
+		return nil, err
+	}
+	s.w.SetMaxOpenConns(1)
+	s.w.SetMaxIdleConns(1)
+	s.w.SetConnMaxLifetime(0)
+	s.w.SetConnMaxIdleTime(0)
+	if err := checkConn(ctx, s.w); err != nil {
+		return nil, err
+	}
+	if err := migrate(ctx, s.w); err != nil {
+		return nil, explain(err)
+	}
+
+	readers := max(4, runtime.GOMAXPROCS(0))
+	if s.r, err = sql.Open("sqlite", dsn(abs, "_pragma=query_only(1)")); err != nil {
+		return nil, err
+	}
+	s.r.SetMaxOpenConns(readers)
+	s.r.SetMaxIdleConns(readers)
+	s.r.SetConnMaxLifetime(0)
+	s.r.SetConnMaxIdleTime(0)
+	if err := checkConn(ctx, s.r); err != nil {
+		return nil, err
+	}
+
+	if err := s.prepare(ctx); err != nil {
+		return nil, err
+	}
+	s.reqs = make(chan *recordReq)
+	s.stop = make(chan struct{})
+	s.writerDone = make(chan struct{})
+	go s.writeLoop()
+	return s, nil
+}
+
+// dsn is a file: URI for abs (escaped, so a '?' or '#' in the path is part of
+// the name) with the pragmas every connection needs plus extra.
+func dsn(abs string, extra ...string) string {
+	u := url.URL{Scheme: "file", Path: filepath.ToSlash(abs)}
+	q := []string{
+		fmt.Sprintf("_pragma=busy_timeout(%d)", busyTimeoutMS),
+		"_pragma=journal_mode(WAL)",
+		"_pragma=synchronous(FULL)",
+		"_pragma=foreign_keys(1)",
+	}
+	return u.String() + "?" + strings.Join(append(q, extra...), "&")
+}
+
+// checkConn opens a connection of db (running the DSN pragmas) and checks that
+// they took: SQLite silently keeps the old journal mode where WAL is
+// impossible (some network file systems), and our concurrency and durability
+// reasoning depends on WAL.
+func checkConn(ctx context.Context, db *sql.DB) error {
+	var mode string
+	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
+		return explain(err)
+	}
+	if !strings.EqualFold(mode, "wal") {
+		return fmt.Errorf("journal_mode is %q, WAL is required (is the file on a network file system?)", mode)
+	}
+	return nil
+}
+
+// explain adds a plain-words cause to the SQLite errors Open is likely to meet.
+func explain(err error) error {
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return err
+	}
+	switch se.Code() & 0xff {
+	case sqlite3.SQLITE_NOTADB:
+		return fmt.Errorf("not a SQLite database (or encrypted): %w", err)
+	case sqlite3.SQLITE_CORRUPT:
+		return fmt.Errorf("database is corrupt: %w", err)
+	case sqlite3.SQLITE_CANTOPEN:
+		return fmt.Errorf("cannot open database file: %w", err)
+	case sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM:
+		return fmt.Errorf("database is not writable: %w", err)
+	case sqlite3.SQLITE_BUSY:
+		return fmt.Errorf("database is locked by another process: %w", err)
+	}
+	return err
+}
+
+func (s *SQLite) prepare(ctx context.Context) error {
+	stmts := []struct {
+		db   *sql.DB
+		dst  **sql.Stmt
+		text string
+	}{
+		{s.w, &s.wFiringLookup, `SELECT incident_id FROM firings WHERE idempotency_token = ?`},
+		{s.w, &s.wIncidentByID, `SELECT ` + incidentCols + ` FROM incidents WHERE id = ?`},
+		{s.w, &s.wIncidentUpsrt, `INSERT INTO incidents (rule, account_sid, account_name, period,
+				source, idempotency_token, usage_trigger_sid, usage_category, trigger_by,
+				recurring, trigger_value, current_value, date_fired, action, dry_run,
+				state, firings, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 1, ?, ?)
+			ON CONFLICT (rule, account_sid, period) DO UPDATE
+				SET firings = firings + 1, updated_at = max(updated_at, excluded.updated_at)
+			RETURNING ` + incidentCols},
+		{s.w, &s.wFiringInsert, `INSERT INTO firings (idempotency_token, incident_id, source,
+				rule, account_sid, account_name, period, usage_trigger_sid, usage_category,
+				trigger_by, recurring, trigger_value, current_value, date_fired, action,
+				dry_run, received_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
+		{s.w, &s.wActionInsert, `INSERT INTO actions (incident_id, kind, state, attempts,
+				next_attempt_at, created_at, updated_at)
+			VALUES (?, ?, 'pending', 0, ?, ?, ?)
+			ON CONFLICT (incident_id, kind) DO NOTHING`},
+		{s.w, &s.wActionRetry, `UPDATE actions
+			SET attempts = attempts + 1, detail = ?, next_attempt_at = ?, updated_at = ?
+			WHERE id = ? AND state = 'pending'
+			RETURNING incident_id, kind`},
+		{s.w, &s.wActionFinish, `UPDATE actions
+			SET state = ?, outcome = ?, detail = ?, attempts = attempts + 1, updated_at = ?
+			WHERE id = ? AND state = 'pending'
+			RETURNING incident_id, kind`},
+		{s.w, &s.wIncidentRetry, `UPDATE incidents SET detail = ?, updated_at = ? WHERE id = ?`},
+		{s.w, &s.wIncidentEnd, `UPDATE incidents SET state = ?, outcome = ?, detail = ?, updated_at = ? WHERE id = ?`},
+		{s.w, &s.wSavepoint, `SAVEPOINT firing`},
+		{s.w, &s.wRelease, `RELEASE firing`},
+		{s.w, &s.wRollbackTo, `ROLLBACK TO firing`},
+
+		{s.r, &s.rIncident, `SELECT ` + incidentCols + ` FROM incidents WHERE id = ?`},
+		{s.r, &s.rPending, `SELECT ` + actionCols + ` FROM actions
+			WHERE state = 'pending' AND next_attempt_at <= ?
+			ORDER BY next_attempt_at, id LIMIT ?`},
+		{s.r, &s.rCountPending, `SELECT count(*) FROM actions WHERE state = 'pending'`},
+		{s.r, &s.rActions, `SELECT ` + actionCols + ` FROM actions WHERE incident_id = ? ORDER BY id`},
+	}
+	for _, st := range stmts {
+		p, err := st.db.PrepareContext(ctx, st.text)
+		if err != nil {
+			return fmt.Errorf("prepare %q: %w", strings.Join(strings.Fields(st.text), " "), err)
+		}
+		*st.dst = p
+	}
+	return nil
+}
+
+// Close closes the database. In-flight calls finish first; later calls
+// return ErrClosed. Closing twice is not an error.
+func (s *SQLite) Close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		close(s.stop)
+		<-s.writerDone // the batch in progress, if any, finishes
+		s.closeErr = s.closeDBs()
+		if s.closeErr != nil {
+			s.closeErr = fmt.Errorf("store: close %s: %w", s.path, s.closeErr)
+		}
+	})
+	return s.closeErr
+}
+
+func (s *SQLite) closeDBs() error {
+	var errs []error
+	for _, st := range []*sql.Stmt{
+		s.wFiringLookup, s.wIncidentByID, s.wIncidentUpsrt, s.wFiringInsert, s.wActionInsert,
+		s.wActionRetry, s.wActionFinish, s.wIncidentRetry, s.wIncidentEnd,
+		s.wSavepoint, s.wRelease, s.wRollbackTo,
+		s.rIncident, s.rPending, s.rCountPending, s.rActions,
+	} {
+		if st != nil {
+			errs = append(errs, st.Close())
+		}
+	}
+	// Readers first: the last connection to close checkpoints the WAL into
+	// the database file and removes it, and that is the writer's job.
+	if s.r != nil {
+		errs = append(errs, s.r.Close())
+	}
+	if s.w != nil {
+		errs = append(errs, s.w.Close())
+	}
+	return errors.Join(errs...)
+}
+
+func (s *SQLite) check(op string) error {
+	if s.closed.Load() {
+		return fmt.Errorf("store: %s: %w", op, ErrClosed)
+	}
+	return nil
+}
+
+// RecordFiring implements Store. A zero f.ReceivedAt is taken as now. The
+// incident and its actions take f.ReceivedAt as CreatedAt (and the actions as
+// NextAttemptAt); a repeat firing moves the incident's UpdatedAt forward to
+// its ReceivedAt. Duplicate kinds in f.Actions are created once.
+//
+// Concurrent calls are group-committed by the writer goroutine (batch.go):
+// each firing is its own savepoint, so it is atomic on its own, and the batch
+// shares one commit (one fsync). Nil is returned only after that commit.
+func (s *SQLite) RecordFiring(ctx context.Context, f Firing) (RecordResult, error) {
+	if err := s.check("record firing"); err != nil {
+		return RecordResult{}, err
+	}
+	res, err := s.submit(ctx, f)
+	if err != nil {
+		return RecordResult{}, fmt.Errorf("store: record firing %q: %w", f.IdempotencyToken, err)
+	}
+	return res, nil
+}
+
+// recordFiringTx does RecordFiring's work inside tx. f is valid and received
+// is f.ReceivedAt in unix nanoseconds.
+func (s *SQLite) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, received int64) (res RecordResult, err error) {
+	var incidentID int64
+	err = tx.StmtContext(ctx, s.wFiringLookup).QueryRowContext(ctx, f.IdempotencyToken).Scan(&incidentID)
+	switch {
+	case err == nil:
+		res.Incident, err = scanIncident(tx.StmtContext(ctx, s.wIncidentByID).QueryRowContext(ctx, incidentID))
+		if err != nil {
+			return res, fmt.Errorf("read incident %d: %w", incidentID, err)
+		}
+		res.DuplicateToken = true
+		return res, nil // wrote nothing
+	case !errors.Is(err, sql.ErrNoRows):
+		return res, fmt.Errorf("look up token: %w", err)
+	}
+
+	dry := boolInt(f.DryRun)
+	res.Incident, err = scanIncident(tx.StmtContext(ctx, s.wIncidentUpsrt).QueryRowContext(ctx,
+		f.Rule, f.AccountSID, f.AccountName, f.Period, f.Source, f.IdempotencyToken,
+		f.UsageTriggerSID, f.UsageCategory, f.TriggerBy, f.Recurring, f.TriggerValue,
+		f.CurrentValue, f.DateFired, f.Action, dry, received, received))
+	if err != nil {
+		return res, fmt.Errorf("upsert incident: %w", err)
+	}
+	// The upsert adds 1 to an existing row's count, which starts at 1.
+	res.NewIncident = res.Incident.Firings == 1
+
+	if _, err = tx.StmtContext(ctx, s.wFiringInsert).ExecContext(ctx,
+		f.IdempotencyToken, res.Incident.ID, f.Source, f.Rule, f.AccountSID, f.AccountName,
+		f.Period, f.UsageTriggerSID, f.UsageCategory, f.TriggerBy, f.Recurring,
+		f.TriggerValue, f.CurrentValue, f.DateFired, f.Action, dry, received); err != nil {
+		return res, fmt.Errorf("insert firing: %w", err)
+	}
+
+	if res.NewIncident && len(f.Actions) > 0 {
+		ins := tx.StmtContext(ctx, s.wActionInsert)
+		for _, kind := range f.Actions {
+			if _, err = ins.ExecContext(ctx, res.Incident.ID, kind, received, received, received); err != nil {
+				return res, fmt.Errorf("insert action %q: %w", kind, err)
+			}
+		}
+	}
+	return res, nil
+}
+
+func validateFiring(f Firing) error {
+	var missing []string
+	for _, c := range []struct{ name, v string }{
+		{"IdempotencyToken", f.IdempotencyToken},
+		{"Rule", f.Rule},
+		{"AccountSID", f.AccountSID},
+		{"Period", f.Period},
+	} {
+		if c.v == "" {
+			missing = append(missing, c.name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("invalid firing: empty %s", strings.Join(missing, ", "))
+	}
+	if f.Source != SourceCallback && f.Source != SourcePoll {
+		return fmt.Errorf("invalid firing: source %q, want %q or %q", f.Source, SourceCallback, SourcePoll)
+	}
+	for _, k := range f.Actions {
+		if k == "" {
+			return errors.New("invalid firing: empty action kind")
+		}
+	}
+	return nil
+}
+
+// Incident implements Store.
+func (s *SQLite) Incident(ctx context.Context, id int64) (Incident, error) {
+	if err := s.check("incident"); err != nil {
+		return Incident{}, err
+	}
+	inc, err := scanIncident(s.rIncident.QueryRowContext(ctx, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Incident{}, fmt.Errorf("store: incident %d: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Incident{}, fmt.Errorf("store: incident %d: %w", id, err)
+	}
+	return inc, nil
+}
+
+// ListIncidents implements Store: newest CreatedAt first (ties: highest ID
+// first). A Limit of 0 or less means 100; more than 1000 means 1000.
+func (s *SQLite) ListIncidents(ctx context.Context, f IncidentFilter) ([]Incident, error) {
+	if err := s.check("list incidents"); err != nil {
+		return nil, err
+	}
+	limit := listLimit(f.Limit)
+	var (
+		where []string
+		args  []any
+	)
+	if f.Rule != "" {
+		where, args = append(where, "rule = ?"), append(args, f.Rule)
+	}
+	if f.AccountSID != "" {
+		where, args = append(where, "account_sid = ?"), append(args, f.AccountSID)
+	}
+	q := "SELECT " + incidentCols + " FROM incidents"
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY created_at DESC, id DESC LIMIT ?"
+	args = append(args, limit)
+
+	rows, err := s.r.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: list incidents: %w", err)
+	}
+	defer rows.Close()
+	out := make([]Incident, 0, min(limit, 64))
+	for rows.Next() {
+		inc, err := scanIncident(rows)
+		if err != nil {
+			return nil, fmt.Errorf("store: list incidents: %w", err)
+		}
+		out = append(out, inc)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: list incidents: %w", err)
+	}
+	return out, nil
+}
+
+func listLimit(n int) int {
+	switch {
+	case n <= 0:
+		return defaultListLimit
+	case n > maxListLimit:
+		return maxListLimit
+	}
+	return n
+}
+
+// PendingActions implements Store (ties in NextAttemptAt: lowest ID first).
+// A limit of 0 or less means no limit.
+func (s *SQLite) PendingActions(ctx context.Context, now time.Time, limit int) ([]Action, error) {
+	if err := s.check("pending actions"); err != nil {
+		return nil, err
+	}
+	at, err := unixNano(now)
+	if err != nil {
+		return nil, fmt.Errorf("store: pending actions: now: %w", err)
+	}
+	if limit <= 0 {
+		limit = -1 // SQLite: no limit
+	}
+	acts, err := s.queryActions(ctx, s.rPending, at, limit)
+	if err != nil {
+		return nil, fmt.Errorf("store: pending actions: %w", err)
+	}
+	return acts, nil
+}
+
+// Actions returns every action of an incident, in creation order (none, not
+// ErrNotFound, for an unknown incident). Not part of Store: for
+// tests, the status page and the CLI.
+func (s *SQLite) Actions(ctx context.Context, incidentID int64) ([]Action, error) {
+	if err := s.check("actions"); err != nil {
+		return nil, err
+	}
+	acts, err := s.queryActions(ctx, s.rActions, incidentID)
+	if err != nil {
+		return nil, fmt.Errorf("store: actions of incident %d: %w", incidentID, err)
+	}
+	return acts, nil
+}
+
+func (s *SQLite) queryActions(ctx context.Context, st *sql.Stmt, args ...any) ([]Action, error) {
+	rows, err := st.QueryContext(ctx, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Action
+	for rows.Next() {
+		var (
+			a                      Action
+			next, created, updated int64
+		)
+		if err := rows.Scan(&a.ID, &a.IncidentID, &a.Kind, &a.State, &a.Attempts, &next,
+			&a.Outcome, &a.Detail, &created, &updated); err != nil {
+			return nil, err
+		}
+		a.NextAttemptAt, a.CreatedAt, a.UpdatedAt = fromUnixNano(next), fromUnixNano(created), fromUnixNano(updated)
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+// CountPendingActions implements Store.
+func (s *SQLite) CountPendingActions(ctx context.Context) (int, error) {
+	if err := s.check("count pending actions"); err != nil {
+		return 0, err
+	}
+	var n int
+	if err := s.rCountPending.QueryRowContext(ctx).Scan(&n); err != nil {
+		return 0, fmt.Errorf("store: count pending actions: %w", err)
+	}
+	return n, nil
+}
+
+// RetryAction implements Store. Attempts counts every attempt made, so it is
+// incremented here and by FinishAction. For an ActionTrip action the
+// incident's Detail (and UpdatedAt) follow too, so a pending incident shows
+// why it is still pending. An action that is not pending: ErrNotFound.
+func (s *SQLite) RetryAction(ctx context.Context, id int64, nextAttemptAt time.Time, detail string) error {
+	if err := s.check("retry action"); err != nil {
+		return err
+	}
+	if err := s.retryAction(ctx, id, nextAttemptAt, detail); err != nil {
+		return fmt.Errorf("store: retry action %d: %w", id, err)
+	}
+	return nil
+}
+
+func (s *SQLite) retryAction(ctx context.Context, id int64, nextAttemptAt time.Time, detail string) (err error) {
+	next, err := unixNano(nextAttemptAt)
+	if err != nil {
+		return fmt.Errorf("next attempt: %w", err)
+	}
+	now, err := unixNano(s.now())
+	if err != nil {
+		return err
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	var (
+		incidentID int64
+		kind       string
+	)
+	err = tx.StmtContext(ctx, s.wActionRetry).QueryRowContext(ctx, detail, next, now, id).Scan(&incidentID, &kind)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrNotFound // not there, or no longer pending
+	}
+	if err != nil {
+		return err
+	}
+	if kind == ActionTrip {
+		if _, err = tx.StmtContext(ctx, s.wIncidentRetry).ExecContext(ctx, detail, now, incidentID); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+// FinishAction implements Store. state must be StateDone or StateFailed. It
+// counts as an attempt (Attempts+1).
+func (s *SQLite) FinishAction(ctx context.Context, id int64, state, outcome, detail string) error {
+	if err := s.check("finish action"); err != nil {
+		return err
+	}
+	if err := s.finishAction(ctx, id, state, outcome, detail); err != nil {
+		return fmt.Errorf("store: finish action %d: %w", id, err)
+	}
+	return nil
+}
+
+func (s *SQLite) finishAction(ctx context.Context, id int64, state, outcome, detail string) (err error) {
+	if state != StateDone && state != StateFailed {
+		return fmt.Errorf("invalid state %q, want %q or %q", state, StateDone, StateFailed)
+	}
+	now, err := unixNano(s.now())
+	if err != nil {
+		return err
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	var (
+		incidentID int64
+		kind       string
+	)
+	err = tx.StmtContext(ctx, s.wActionFinish).QueryRowContext(ctx, state, outcome, detail, now, id).Scan(&incidentID, &kind)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrNotFound // not there, or no longer pending
+	}
+	if err != nil {
+		return err
+	}
+	if kind == ActionTrip {
+		if _, err = tx.StmtContext(ctx, s.wIncidentEnd).ExecContext(ctx, state, outcome, detail, now, incidentID); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanIncident(row scanner) (Incident, error) {
+	var (
+		inc              Incident
+		dry              int64
+		created, updated int64
+	)
+	err := row.Scan(&inc.ID, &inc.Rule, &inc.AccountSID, &inc.AccountName, &inc.Period,
+		&inc.Source, &inc.IdempotencyToken, &inc.UsageTriggerSID, &inc.UsageCategory,
+		&inc.TriggerBy, &inc.Recurring, &inc.TriggerValue, &inc.CurrentValue, &inc.DateFired,
+		&inc.Action, &dry, &inc.State, &inc.Outcome, &inc.Detail, &inc.Firings, &created, &updated)
+	if err != nil {
+		return Incident{}, err
+	}
+	inc.DryRun = dry != 0
+	inc.CreatedAt, inc.UpdatedAt = fromUnixNano(created), fromUnixNano(updated)
+	return inc, nil
+}
+
+func boolInt(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Times are stored as INTEGER unix nanoseconds (UTC by definition), which
+// round-trip exactly and compare as numbers. That covers the years 1678 to
+// 2262; anything outside (the zero time.Time included) is refused rather than
+// silently wrapped.
+var (
+	minTime = time.Unix(0, -1<<63).UTC()
+	maxTime = time.Unix(0, 1<<63-1).UTC()
+)
+
+func unixNano(t time.Time) (int64, error) {
+	if t.Before(minTime) || t.After(maxTime) {
+		return 0, fmt.Errorf("time %s out of range", t.Format(time.RFC3339Nano))
+	}
+	return t.UnixNano(), nil
+}
+
+func fromUnixNano(n int64) time.Time { return time.Unix(0, n).UTC() }

@@ -1,0 +1,203 @@
+// Package webhook serves the Twilio-facing listener: Usage Trigger callbacks
+// at /twilio/usage-triggers/{rule}. It checks each request's X-Twilio-Signature
+// with the subaccount's own auth token, hands verified firings to the breaker,
+// and answers 200 only once the breaker has recorded the firing durably.
+package webhook
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/twilio/twilio-go/client"
+
+	"github.com/usagebreaker/usagebreaker/breaker"
+	"github.com/usagebreaker/usagebreaker/rules"
+	"github.com/usagebreaker/usagebreaker/twilioapi"
+)
+
+// MaxBodyBytes bounds a callback body. Twilio's usage-trigger callbacks are
+// well under 2 KiB.
+const MaxBodyBytes = 64 << 10
+
+// Breaker is what the handler needs from the core; *breaker.Breaker has it.
+type Breaker interface {
+	Rule(name string) *rules.Rule
+	PublicURL() string
+	LookupAccount(ctx context.Context, sid string) (twilioapi.Account, error)
+	RefreshAccount(ctx context.Context, sid string) (twilioapi.Account, bool)
+	Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Account, cb breaker.Callback) (breaker.AcceptResult, error)
+}
+
+// Handler answers Usage Trigger callbacks.
+type Handler struct {
+	b       Breaker
+	log     *slog.Logger
+	m       *breaker.Metrics
+	timeout time.Duration // for recording a firing
+}
+
+// New returns the callback handler. Mount it at rules.CallbackPathPrefix.
+func New(b Breaker, m *breaker.Metrics, log *slog.Logger) *Handler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if m == nil {
+		m = breaker.NewMetrics(nil)
+	}
+	return &Handler{b: b, log: log, m: m, timeout: 10 * time.Second}
+}
+
+// required are the callback parameters without which a firing means nothing.
+var required = []string{"AccountSid", "UsageTriggerSid", "IdempotencyToken", "UsageCategory", "TriggerBy", "CurrentValue"}
+
+// answer ends a request: status, a short plain-text body, one log line, one metric.
+type answer struct {
+	status  int
+	outcome string
+	msg     string
+	attrs   []any
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	a := h.handle(w, r)
+	h.m.Callbacks.WithLabelValues(a.outcome).Inc()
+	if a.status == http.StatusMethodNotAllowed {
+		w.Header().Set("Allow", http.MethodPost)
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(a.status)
+	_, _ = io.WriteString(w, a.msg+"\n")
+
+	level := slog.LevelInfo
+	if a.status >= 500 {
+		level = slog.LevelError
+	} else if a.status >= 400 {
+		level = slog.LevelWarn
+	}
+	attrs := append([]any{"outcome", a.outcome, "status", a.status, "remote", r.RemoteAddr, "path", r.URL.Path}, a.attrs...)
+	if a.status != http.StatusOK {
+		attrs = append(attrs, "why", a.msg)
+	}
+	h.log.Log(r.Context(), level, "callback", attrs...)
+}
+
+func (h *Handler) handle(w http.ResponseWriter, r *http.Request) answer {
+	ruleName, ok := strings.CutPrefix(r.URL.Path, rules.CallbackPathPrefix)
+	if !ok || ruleName == "" || strings.Contains(ruleName, "/") {
+		return answer{http.StatusNotFound, breaker.OutcomeUnknownRule, "not found", nil}
+	}
+	if r.Method != http.MethodPost {
+		return answer{http.StatusMethodNotAllowed, breaker.OutcomeBadRequest, "only POST", nil}
+	}
+	ct := r.Header.Get("Content-Type")
+	if mt, _, _ := strings.Cut(ct, ";"); !strings.EqualFold(strings.TrimSpace(mt), "application/x-www-form-urlencoded") {
+		return answer{http.StatusBadRequest, breaker.OutcomeBadRequest, "content type must be application/x-www-form-urlencoded", nil}
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return answer{http.StatusBadRequest, breaker.OutcomeBadRequest, "body too large", nil}
+		}
+		return answer{http.StatusBadRequest, breaker.OutcomeBadRequest, "cannot read body", nil}
+	}
+	form, err := url.ParseQuery(string(body))
+	if err != nil {
+		return answer{http.StatusBadRequest, breaker.OutcomeBadRequest, "malformed form body", nil}
+	}
+	for k, v := range form {
+		if len(v) > 1 {
+			// Twilio sends each parameter once; a repeated one could be read
+			// differently by the signature check and by us.
+			return answer{http.StatusBadRequest, breaker.OutcomeBadRequest, "repeated parameter " + k, nil}
+		}
+	}
+	sid := form.Get("AccountSid")
+	if sid == "" {
+		return answer{http.StatusBadRequest, breaker.OutcomeBadRequest, "missing AccountSid", nil}
+	}
+	attrs := []any{"account", sid, "rule", ruleName}
+	sig := r.Header.Get("X-Twilio-Signature")
+	if sig == "" {
+		return answer{http.StatusForbidden, breaker.OutcomeBadSignature, "missing X-Twilio-Signature", attrs}
+	}
+
+	acct, err := h.b.LookupAccount(r.Context(), sid)
+	switch {
+	case errors.Is(err, breaker.ErrNotSubaccount):
+		return answer{http.StatusForbidden, breaker.OutcomeUnknownAccount, "not a subaccount of this parent account", attrs}
+	case errors.Is(err, breaker.ErrLookupLimited):
+		return answer{http.StatusServiceUnavailable, breaker.OutcomeError, "unknown account; try again later", attrs}
+	case err != nil:
+		return answer{http.StatusServiceUnavailable, breaker.OutcomeError, "cannot look up the account now", append(attrs, "err", err)}
+	}
+	attrs = append(attrs, "account_name", acct.FriendlyName)
+
+	// The signed URL is the public URL Twilio was given plus the path and raw
+	// query it requested, never the Host header (which a proxy or an attacker
+	// sets). twilio-go accepts it with and without the default port.
+	signedURL := strings.TrimRight(h.b.PublicURL(), "/") + r.URL.EscapedPath()
+	if r.URL.RawQuery != "" {
+		signedURL += "?" + r.URL.RawQuery
+	}
+	if !validSignature(acct.AuthToken, signedURL, body, sig) {
+		// The subaccount's token may have been rotated: re-fetch it (rate-limited).
+		fresh, changed := h.b.RefreshAccount(r.Context(), sid)
+		if !changed || !validSignature(fresh.AuthToken, signedURL, body, sig) {
+			return answer{http.StatusForbidden, breaker.OutcomeBadSignature, "invalid X-Twilio-Signature", attrs}
+		}
+		acct = fresh
+	}
+
+	rule := h.b.Rule(ruleName)
+	if rule == nil {
+		return answer{http.StatusNotFound, breaker.OutcomeUnknownRule, "unknown rule", attrs}
+	}
+	for _, k := range required {
+		if strings.TrimSpace(form.Get(k)) == "" {
+			return answer{http.StatusBadRequest, breaker.OutcomeBadRequest, "missing " + k, attrs}
+		}
+	}
+	cb := breaker.Callback{
+		AccountSID:       sid,
+		UsageTriggerSID:  form.Get("UsageTriggerSid"),
+		DateFired:        form.Get("DateFired"),
+		Recurring:        form.Get("Recurring"),
+		UsageCategory:    form.Get("UsageCategory"),
+		TriggerBy:        form.Get("TriggerBy"),
+		TriggerValue:     form.Get("TriggerValue"),
+		CurrentValue:     form.Get("CurrentValue"),
+		UsageRecordURI:   form.Get("UsageRecordUri"),
+		IdempotencyToken: form.Get("IdempotencyToken"),
+	}
+	attrs = append(attrs, "token", cb.IdempotencyToken, "current_value", cb.CurrentValue)
+
+	// Record durably before answering. The request's context is not used:
+	// a client that hangs up must not abort a half-done write.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.timeout)
+	defer cancel()
+	res, err := h.b.Accept(ctx, rule, acct, cb)
+	if err != nil {
+		return answer{http.StatusServiceUnavailable, breaker.OutcomeError, "cannot record the firing now; retry", append(attrs, "err", err)}
+	}
+	attrs = append(attrs, "incident", res.Incident.ID)
+	if res.Duplicate {
+		return answer{http.StatusOK, breaker.OutcomeDuplicate, "ok (already recorded)", attrs}
+	}
+	return answer{http.StatusOK, breaker.OutcomeAccepted, "ok", attrs}
+}
+
+func validSignature(token, signedURL string, body []byte, sig string) bool {
+	if token == "" {
+		return false
+	}
+	v := client.NewRequestValidator(token)
+	return v.ValidateBody(signedURL, body, sig)
+}
