@@ -23,7 +23,7 @@ type fakeAPI struct {
 	triggers map[string][]twilioapi.Trigger // account -> triggers
 	nextID   int
 	calls    map[string]int
-	seq      []string // every write, in order: "create NAME", "delete NAME", "update NAME", "status SID STATUS"
+	seq      []string           // every write, in order: "create NAME", "delete NAME", "update NAME", "status SID STATUS"
 	fail     map[string][]error // operation -> errors returned by the next calls, in order
 }
 

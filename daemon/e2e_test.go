@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -91,7 +92,7 @@ func listen(t *testing.T) net.Listener {
 	return ln
 }
 
-func startEnv(t *testing.T, names []string, ruleText string) *env {
+func startEnv(t *testing.T, names []string, ruleText string, setup func(e *env)) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir(), logs: &syncBuffer{}, accounts: map[string]twiliosim.Account{}}
 	e.sim = twiliosim.New(twiliosim.Options{RetryDelay: -1})
@@ -102,6 +103,9 @@ func startEnv(t *testing.T, names []string, ruleText string) *env {
 	e.simURL = "http://" + simLn.Addr().String()
 	for _, n := range names {
 		e.accounts[n] = e.sim.CreateSubaccount(n)
+	}
+	if setup != nil {
+		setup(e)
 	}
 
 	cbLn, adminLn := listen(t), listen(t)
@@ -274,13 +278,82 @@ func triggerNames(a twiliosim.AccountState) map[string]twiliosim.Trigger {
 	return m
 }
 
+// twilioPost calls the simulator's Twilio API with parent credentials.
+func (e *env) twilioPost(path string, form url.Values) (int, string) {
+	e.t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, e.simURL+path, strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	p := e.sim.Parent()
+	req.SetBasicAuth(p.SID, p.AuthToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// replay POSTs a recorded delivery again, with the params possibly changed.
+func (e *env) replay(d twiliosim.Delivery, change func(url.Values), sig string) int {
+	e.t.Helper()
+	form := url.Values{}
+	for k, v := range d.Params {
+		form.Set(k, v)
+	}
+	if change != nil {
+		change(form)
+	}
+	if sig == "" {
+		sig = d.Signature
+	}
+	code, _ := e.post(d.URL, "", form, map[string]string{"X-Twilio-Signature": sig})
+	return code
+}
+
+func (e *env) incidents(query string) []daemon.IncidentJSON {
+	e.t.Helper()
+	code, body := e.get("/api/v1/incidents"+query, true)
+	if code != 200 {
+		e.t.Fatalf("incidents: %d %s", code, body)
+	}
+	var out []daemon.IncidentJSON
+	if err := json.Unmarshal([]byte(body), &out); err != nil {
+		e.t.Fatal(err)
+	}
+	return out
+}
+
+func suspendWrites(a twiliosim.AccountState) int {
+	n := 0
+	for _, h := range a.StatusHistory {
+		if h.Status == "suspended" {
+			n++
+		}
+	}
+	return n
+}
+
 func TestEndToEnd(t *testing.T) {
 	names := accountNames() // 50 subaccounts
-	e := startEnv(t, names[:49], e2eRules)
-	_ = e.accounts
-	st := e.state()
-	if len(st.Accounts) != 49 {
-		t.Fatalf("%d accounts", len(st.Accounts))
+	var foreignSID string
+	e := startEnv(t, names, e2eRules, func(e *env) {
+		// The customer's own trigger on tenant-03, which usagebreaker must never touch.
+		code, body := e.twilioPost("/2010-04-01/Accounts/"+e.accounts["tenant-03"].SID+"/Usage/Triggers.json", url.Values{
+			"CallbackUrl": {"https://customer.example.com/alert"}, "TriggerValue": {"5"}, "UsageCategory": {"sms"},
+			"FriendlyName": {"customer alert"}, "Recurring": {"daily"}})
+		if code != 201 {
+			t.Fatalf("foreign trigger: %d %s", code, body)
+		}
+		var tr struct{ Sid string }
+		json.Unmarshal([]byte(body), &tr)
+		foreignSID = tr.Sid
+		if err := e.sim.SetStatus(e.accounts["tenant-suspended"].SID, "suspended"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if len(e.state().Accounts) != 50 {
+		t.Fatalf("%d accounts", len(e.state().Accounts))
 	}
 
 	t.Run("exactly the expected triggers", func(t *testing.T) {
@@ -288,29 +361,252 @@ func TestEndToEnd(t *testing.T) {
 		for _, a := range e.state().Accounts {
 			got := triggerNames(a)
 			want := map[string]bool{}
-			if !strings.HasPrefix(a.FriendlyName, "internal-") {
-				want["usagebreaker:e2e:spend-daily"] = true
-			}
-			if strings.HasPrefix(a.FriendlyName, "tenant-0") {
-				want["usagebreaker:e2e:sms-monthly"] = true
-			}
-			if strings.HasPrefix(a.FriendlyName, "tenant-1") || strings.HasPrefix(a.FriendlyName, "internal-") {
+			switch {
+			case a.FriendlyName == "tenant-suspended":
+				// suspended: left alone, so no triggers were created
+			case strings.HasPrefix(a.FriendlyName, "internal-"):
 				want["usagebreaker:e2e:calls-notify"] = true
+			default:
+				want["usagebreaker:e2e:spend-daily"] = true
+				if strings.HasPrefix(a.FriendlyName, "tenant-0") {
+					want["usagebreaker:e2e:sms-monthly"] = true
+				}
+				if strings.HasPrefix(a.FriendlyName, "tenant-1") {
+					want["usagebreaker:e2e:calls-notify"] = true
+				}
+			}
+			if a.FriendlyName == "tenant-03" {
+				want["customer alert"] = true
 			}
 			if len(got) != len(want) {
-				t.Errorf("%s: triggers %v, want %v", a.FriendlyName, got, want)
+				t.Errorf("%s: triggers %v, want %v", a.FriendlyName, keys(got), want)
 			}
 			for name, tr := range got {
+				if !want[name] {
+					t.Errorf("%s: unexpected trigger %s", a.FriendlyName, name)
+					continue
+				}
+				if name == "customer alert" {
+					if tr.SID != foreignSID || tr.CallbackURL != "https://customer.example.com/alert" {
+						t.Errorf("foreign trigger changed: %+v", tr)
+					}
+					continue
+				}
 				total++
 				rule := strings.TrimPrefix(name, "usagebreaker:e2e:")
-				if !want[name] || tr.CallbackURL != e.public+"/twilio/usage-triggers/"+rule || tr.CallbackMethod != "POST" {
-					t.Errorf("%s: unexpected trigger %+v", a.FriendlyName, tr)
+				if tr.CallbackURL != e.public+"/twilio/usage-triggers/"+rule || tr.CallbackMethod != "POST" {
+					t.Errorf("%s: trigger %s has callback %s %s", a.FriendlyName, name, tr.CallbackMethod, tr.CallbackURL)
 				}
 			}
 		}
-		if total != 46+10+10+3 {
-			t.Errorf("%d triggers in all", total)
+		if total != 46+10+13 {
+			t.Errorf("%d owned triggers in all, want %d", total, 46+10+13)
 		}
 	})
-	_ = st
+
+	var trip twiliosim.Delivery
+	t.Run("crossing a threshold suspends exactly that subaccount", func(t *testing.T) {
+		e.addUsage("tenant-07", "sms", "100", "30")
+		if f := e.addUsage("tenant-08", "calls", "10", "49.99"); len(f) != 0 {
+			t.Fatalf("below the threshold but fired: %+v", f)
+		}
+		f := e.addUsage("tenant-07", "calls", "5", "20.01") // 30 + 20.01 = 50.01 >= 50
+		if len(f) != 1 {
+			t.Fatalf("firings = %+v", f)
+		}
+		ds := e.wait(f)
+		trip = ds[len(ds)-1]
+		if trip.Status != 200 {
+			t.Fatalf("callback answered %d: %s", trip.Status, trip.ResponseBody)
+		}
+		e.waitFor("tenant-07 suspended", func() bool { return e.account("tenant-07").Status == "suspended" })
+		for _, a := range e.state().Accounts {
+			want := "active"
+			if a.FriendlyName == "tenant-07" || a.FriendlyName == "tenant-suspended" {
+				want = "suspended"
+			}
+			if a.Status != want {
+				t.Errorf("%s is %s, want %s", a.FriendlyName, a.Status, want)
+			}
+		}
+		in := twiliosim.UsageInput{AccountSID: e.accounts["tenant-07"].SID, Category: "sms", Count: decimal.FromInt(1), Price: decimal.MustParse("0.01")}
+		if _, err := e.sim.AddUsage(in); err == nil {
+			t.Fatal("the suspended tenant could still spend")
+		}
+		incs := e.incidents("?account=" + e.accounts["tenant-07"].SID)
+		if len(incs) != 1 || incs[0].Outcome != "suspended" || incs[0].Rule != "spend-daily" || incs[0].CurrentValue != "50.01" {
+			t.Fatalf("incidents = %+v", incs)
+		}
+	})
+
+	t.Run("forged and altered callbacks get 403 and change nothing", func(t *testing.T) {
+		// A legitimate delivery for tenant-09's own trip, recorded but answered by us.
+		victim := e.accounts["tenant-09"]
+		other := e.accounts["tenant-10"]
+		before := len(e.incidents(""))
+		forged := func(f url.Values) {
+			f.Set("AccountSid", victim.SID)
+			f.Set("IdempotencyToken", victim.SID+"-FIRES-UT1-x")
+		}
+		cases := map[string]int{
+			"replayed with another account": e.replay(trip, forged, ""),
+			"one parameter altered":         e.replay(trip, func(f url.Values) { f.Set("CurrentValue", "99999") }, ""),
+			"made-up signature":             e.replay(trip, forged, "bm90IGEgc2lnbmF0dXJl"),
+			"signed with another subaccount's token": e.replay(trip, forged,
+				twiliosim.SignatureFor(other.AuthToken, trip.URL, func() url.Values {
+					f := url.Values{}
+					for k, v := range trip.Params {
+						f.Set(k, v)
+					}
+					forged(f)
+					return f
+				}())),
+		}
+		for name, code := range cases {
+			if code != 403 {
+				t.Errorf("%s: %d, want 403", name, code)
+			}
+		}
+		// Right signature, sent to another rule's path.
+		d := trip
+		d.URL = strings.Replace(d.URL, "/spend-daily", "/calls-notify", 1)
+		if code := e.replay(d, nil, ""); code != 403 {
+			t.Errorf("another rule's path: %d", code)
+		}
+		if e.account("tenant-09").Status != "active" {
+			t.Error("tenant-09 was suspended by a forged callback")
+		}
+		if after := len(e.incidents("")); after != before {
+			t.Errorf("incidents %d -> %d", before, after)
+		}
+	})
+
+	t.Run("the same firing delivered 5 times suspends once", func(t *testing.T) {
+		for i := 0; i < 4; i++ {
+			if code := e.replay(trip, nil, ""); code != 200 {
+				t.Fatalf("replay %d: %d", i, code)
+			}
+		}
+		time.Sleep(100 * time.Millisecond) // give a (wrong) second action time to run
+		if n := suspendWrites(e.account("tenant-07")); n != 1 {
+			t.Fatalf("%d suspend writes", n)
+		}
+		if incs := e.incidents("?account=" + e.accounts["tenant-07"].SID); len(incs) != 1 || incs[0].Firings != 1 {
+			t.Fatalf("incidents = %+v", incs)
+		}
+	})
+
+	t.Run("dry_run and exclude", func(t *testing.T) {
+		f := e.addUsage("tenant-05", "sms", "10001", "")
+		if len(f) != 1 {
+			t.Fatalf("firings = %+v", f)
+		}
+		e.wait(f)
+		e.waitFor("dry-run incident", func() bool {
+			incs := e.incidents("?rule=sms-monthly")
+			return len(incs) == 1 && incs[0].State == "done"
+		})
+		if inc := e.incidents("?rule=sms-monthly")[0]; inc.Outcome != "dry_run" {
+			t.Fatalf("incident = %+v", inc)
+		}
+		if f := e.addUsage("internal-qa", "sms", "5000", "5000"); len(f) != 0 {
+			t.Fatalf("an excluded account fired: %+v", f)
+		}
+		if e.account("tenant-05").Status != "active" || e.account("internal-qa").Status != "active" {
+			t.Fatal("dry run or excluded account suspended")
+		}
+	})
+
+	t.Run("editing a rule and reloading replaces its triggers", func(t *testing.T) {
+		old := map[string]string{}
+		for _, a := range e.state().Accounts {
+			if tr, ok := triggerNames(a)["usagebreaker:e2e:spend-daily"]; ok {
+				old[a.SID] = tr.SID
+			}
+		}
+		// A bad edit first: rejected, the old rules keep running.
+		e.writeRules(strings.Replace(e2eRules, "threshold: \"50\"", "threshold: \"-1\"", 1))
+		code, body := e.post(e.admin, "/-/reload", nil, nil)
+		if code != 500 || !strings.Contains(body, "main.yaml:9: rule \"spend-daily\": threshold") {
+			t.Fatalf("bad reload: %d %s", code, body)
+		}
+		if _, m := e.get("/metrics", false); !strings.Contains(m, "usagebreaker_config_last_reload_successful 0") {
+			t.Error("reload gauge not 0 after a rejected reload")
+		}
+		e.writeRules(strings.Replace(e2eRules, "threshold: \"50\"", "threshold: \"75\"", 1))
+		if code, body := e.post(e.admin, "/-/reload", nil, nil); code != 200 {
+			t.Fatalf("reload: %d %s", code, body)
+		}
+		e.waitFor("triggers replaced", func() bool {
+			for _, a := range e.state().Accounts {
+				tr, ok := triggerNames(a)["usagebreaker:e2e:spend-daily"]
+				if a.Status == "active" && old[a.SID] != "" && (!ok || tr.TriggerValue.String() != "75" || tr.SID == old[a.SID]) {
+					return false
+				}
+			}
+			return true
+		})
+		for _, a := range e.state().Accounts {
+			n := 0
+			for _, tr := range a.Triggers {
+				if tr.FriendlyName == "usagebreaker:e2e:spend-daily" {
+					n++
+				}
+			}
+			if a.Status == "active" && !strings.HasPrefix(a.FriendlyName, "internal-") && n != 1 {
+				t.Errorf("%s has %d spend-daily triggers", a.FriendlyName, n)
+			}
+		}
+		if _, m := e.get("/metrics", false); !strings.Contains(m, "usagebreaker_config_last_reload_successful 1") {
+			t.Error("reload gauge not back to 1")
+		}
+	})
+
+	t.Run("metrics", func(t *testing.T) {
+		_, m := e.get("/metrics", false)
+		for _, name := range []string{
+			`usagebreaker_callbacks_total{outcome="accepted"}`, `usagebreaker_callbacks_total{outcome="duplicate"} 4`,
+			`usagebreaker_callbacks_total{outcome="bad_signature"}`,
+			`usagebreaker_suspensions_total{outcome="suspended",rule="spend-daily"} 1`,
+			`usagebreaker_suspensions_total{outcome="dry_run",rule="sms-monthly"} 1`,
+			`usagebreaker_managed_triggers{rule="spend-daily"}`, "usagebreaker_reconcile_duration_seconds_bucket",
+			"usagebreaker_reconcile_last_success_timestamp_seconds", `usagebreaker_twilio_requests_total{code="200",operation="accounts.list"}`,
+			`usagebreaker_twilio_request_duration_seconds_bucket{operation="triggers.create"`,
+			"usagebreaker_config_last_reload_successful 1", "usagebreaker_config_last_reload_success_timestamp_seconds",
+			"usagebreaker_build_info{", `usagebreaker_incidents_total{rule="spend-daily",source="callback"} 1`,
+			"usagebreaker_actions_pending 0",
+		} {
+			if !strings.Contains(m, name) {
+				t.Errorf("/metrics lacks %s", name)
+			}
+		}
+		if strings.Contains(m, "AC") && strings.Contains(m, e.accounts["tenant-07"].SID) {
+			t.Error("a metric label carries a subaccount SID")
+		}
+	})
+
+	t.Run("admin endpoints", func(t *testing.T) {
+		if code, _ := e.get("/api/v1/incidents", false); code != 401 {
+			t.Errorf("incidents without a token: %d", code)
+		}
+		if code, body := e.get("/config", false); code != 200 || strings.Contains(body, e.sim.Parent().AuthToken) || !strings.Contains(body, "<secret>") {
+			t.Errorf("/config: %d %s", code, body)
+		}
+		if code, _ := e.get("/-/ready", false); code != 200 {
+			t.Errorf("ready: %d", code)
+		}
+		for _, p := range []string{"/", "/metrics", "/twilio/usage-triggers", "/twilio/usage-triggers/spend-daily/x"} {
+			if code, _ := e.post(e.public, p, url.Values{}, nil); code != 404 && code != 405 {
+				t.Errorf("callback listener %s: %d", p, code)
+			}
+		}
+	})
+}
+
+func keys(m map[string]twiliosim.Trigger) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
 }
