@@ -190,6 +190,12 @@ func TestReconcileSteadyStateWritesNothing(t *testing.T) {
 	if res.Unchanged != 7 || res.Created != 0 {
 		t.Errorf("result = %+v", res)
 	}
+	if res.Duration <= 0 {
+		t.Errorf("duration = %v", res.Duration)
+	}
+	if last, ok := f.b.LastReconcile(); !ok || last.Duration != res.Duration {
+		t.Errorf("LastReconcile = %+v, %v", last, ok)
+	}
 }
 
 func TestReconcileReplacesChangedTriggerCreateBeforeDelete(t *testing.T) {

@@ -60,13 +60,14 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	s := b.settings.Load()
 	res := ReconcileResult{Started: b.now(), Managed: map[string]int{}}
 	start := time.Now()
-	defer func() {
+	done := func() {
 		res.Duration = time.Since(start)
 		b.m.ReconcileDuration.Observe(res.Duration.Seconds())
-	}()
+	}
 
 	subs, err := b.api.ListSubaccounts(ctx)
 	if err != nil {
+		done()
 		b.m.ReconcileErrors.Inc()
 		return res, fmt.Errorf("reconcile: list subaccounts: %w", err)
 	}
@@ -137,6 +138,7 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	for _, r := range s.Rules.Rules {
 		b.m.ManagedTriggers.WithLabelValues(r.Name).Set(float64(res.Managed[r.Name]))
 	}
+	done()
 	if len(res.Errors) == 0 {
 		b.m.ReconcileLastOK.Set(float64(b.now().Unix()))
 	} else {
