@@ -433,6 +433,11 @@ func TestEndToEnd(t *testing.T) {
 		if _, err := e.sim.AddUsage(in); err == nil {
 			t.Fatal("the suspended tenant could still spend")
 		}
+		// The suspend write reaches Twilio just before the outcome is recorded.
+		e.waitFor("incident done", func() bool {
+			incs := e.incidents("?account=" + e.accounts["tenant-07"].SID)
+			return len(incs) == 1 && incs[0].State == "done"
+		})
 		incs := e.incidents("?account=" + e.accounts["tenant-07"].SID)
 		if len(incs) != 1 || incs[0].Outcome != "suspended" || incs[0].Rule != "spend-daily" || incs[0].CurrentValue != "50.01" {
 			t.Fatalf("incidents = %+v", incs)
