@@ -300,6 +300,11 @@ func LoadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("cannot read %s: %w", keyFile, err)
 	}
+	return ParseKeyPair(certPEM, keyPEM, certFile, keyFile)
+}
+
+// ParseKeyPair is LoadKeyPair on the files' contents; the names are for errors.
+func ParseKeyPair(certPEM, keyPEM []byte, certFile, keyFile string) (tls.Certificate, error) {
 	if _, err := parseCertPEM(certPEM); err != nil {
 		return tls.Certificate{}, fmt.Errorf("%s %w", certFile, err)
 	}

@@ -87,7 +87,9 @@ func (f *edgeFixture) send(r req, addr, user, pass string) *httptest.ResponseRec
 	return w
 }
 
-func (f *edgeFixture) outcome(o string) float64 { return testutil.ToFloat64(f.m.Callbacks.WithLabelValues(o)) }
+func (f *edgeFixture) outcome(o string) float64 {
+	return testutil.ToFloat64(f.m.Callbacks.WithLabelValues(o))
+}
 
 func TestEdgeUnknownPathsRevealNothing(t *testing.T) {
 	f := newEdgeFixture(AuthPolicy{Required: true, Accept: []Credential{creds}}, RejectLimit{Burst: 1000, Every: time.Second})
