@@ -158,3 +158,45 @@ func TestLoadKeyPair(t *testing.T) {
 		}
 	}
 }
+
+// TestExampleSecurityBlocks: the commented-out server.tls, server.basic_auth
+// and server.trusted_proxies blocks of config.example.yaml are valid once
+// uncommented (with files that exist).
+func TestExampleSecurityBlocks(t *testing.T) {
+	exampleEnv(t)
+	data, err := os.ReadFile("../config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certAbs, _ := filepath.Abs("testdata/tls/cert.pem")
+	keyAbs, _ := filepath.Abs("testdata/tls/key.pem")
+	pw := filepath.Join(t.TempDir(), "pw")
+	os.WriteFile(pw, []byte("0123456789abcdef0123456789abcdef\n"), 0o600)
+	var lines []string
+	uncommented := 0
+	for _, l := range strings.Split(string(data), "\n") {
+		for _, key := range []string{"tls:", "  cert_file:", "  key_file:", "basic_auth:", "  username:", "  password_file:", "trusted_proxies:"} {
+			if strings.HasPrefix(l, "  # "+key) {
+				l = "  " + strings.TrimPrefix(l, "  # ")
+				uncommented++
+			}
+		}
+		l = strings.Replace(l, "/etc/usagebreaker/tls/tls.crt", certAbs, 1)
+		l = strings.Replace(l, "/etc/usagebreaker/tls/tls.key", keyAbs, 1)
+		l = strings.Replace(l, "/run/secrets/usagebreaker-callback-password", pw, 1)
+		lines = append(lines, l)
+	}
+	if uncommented != 7 {
+		t.Fatalf("uncommented %d lines; the example's security blocks changed shape", uncommented)
+	}
+	rulesText, err := os.ReadFile("../rules/example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := writeTree(t, map[string]string{"config.yaml": strings.Join(lines, "\n"), "rules/example.yaml": string(rulesText)})
+	cfg := mustLoad(t, filepath.Join(dir, "config.yaml"))
+	s := cfg.Server
+	if s.TLS == nil || s.BasicAuth == nil || s.BasicAuth.Username != "twilio" || s.TrustedProxies == nil {
+		t.Errorf("server = %+v", s)
+	}
+}
