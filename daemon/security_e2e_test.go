@@ -176,6 +176,7 @@ server:
   basic_auth:
     username: twilio
     password_file: secrets/callback-password
+  trusted_proxies: ["127.0.0.1"]
 state:
   path: state.db
 reconcile:
@@ -522,9 +523,11 @@ func TestSecureEndToEnd(t *testing.T) {
 	})
 
 	t.Run("a flood without credentials is throttled, real callbacks are not", func(t *testing.T) {
+		// The flood comes through a trusted proxy (on loopback) that names the client.
 		got429 := false
 		for i := 0; i < 30; i++ {
-			code, hdr, _ := se.call(http.MethodPost, "/twilio/usage-triggers/spend-daily", url.Values{"x": {"1"}}, nil, "twilio", "guess")
+			code, hdr, _ := se.call(http.MethodPost, "/twilio/usage-triggers/spend-daily", url.Values{"x": {"1"}},
+				map[string]string{"X-Forwarded-For": "203.0.113.66"}, "twilio", "guess")
 			switch code {
 			case 401:
 			case 429:
@@ -536,7 +539,14 @@ func TestSecureEndToEnd(t *testing.T) {
 		if !got429 {
 			t.Fatal("never throttled")
 		}
-		// The simulator delivers from the same address, with the credentials.
+		if !strings.Contains(se.logs.String(), `"msg":"client throttled: too many rejected requests on the callback listener; answering 429 without further detail or logs until it slows down","component":"webhook","client":"203.0.113.66"`) {
+			t.Error("the throttled client is not named by X-Forwarded-For from the trusted proxy")
+		}
+		// Twilio's callbacks from the same client address, with the credentials, still pass.
+		if code, _, _ := se.call(http.MethodPost, "/twilio/usage-triggers/spend-daily", url.Values{"AccountSid": {se.accounts["tenant-e"].SID}},
+			map[string]string{"X-Forwarded-For": "203.0.113.66"}, "twilio", password2); code != 403 {
+			t.Fatalf("a request with the credentials from the throttled client: %d, want the signature check's 403", code)
+		}
 		f := se.addUsage("tenant-d", "sms", "10", "80")
 		if ds := se.wait(f); ds[len(ds)-1].Status != 200 {
 			t.Fatalf("a real callback during the flood: %+v", ds)

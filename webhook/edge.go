@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -98,6 +99,10 @@ func NewEdge(callbacks http.Handler, o EdgeOptions) *Edge {
 
 func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	key := e.clientKey(r)
+	// A loopback client is a local proxy (a sidecar) that everyone comes
+	// through: limiting it would limit Twilio too. List it in
+	// server.trusted_proxies to limit by X-Forwarded-For instead.
+	limited := !isLoopbackKey(key)
 	if r.Header.Get("X-Forwarded-For") != "" && key == ClientKey(r, nil) {
 		e.xffOnce.Do(func() {
 			e.log.Warn("callbacks arrive through a proxy that is not in server.trusted_proxies: the per-client "+
@@ -107,10 +112,12 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	if !strings.HasPrefix(r.URL.Path, rules.CallbackPathPrefix) {
-		if e.gate(w, r, key, bucketUnauthenticated) {
+		if limited && e.gate(w, r, key, bucketUnauthenticated) {
 			return
 		}
-		e.lim.reject(key, bucketUnauthenticated)
+		if limited {
+			e.lim.reject(key, bucketUnauthenticated)
+		}
 		// Not a callback: no detail, no log line, not a callback outcome.
 		plain(w, http.StatusNotFound, "not found")
 		return
@@ -120,10 +127,12 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if pol.Required {
 		user, pass, has := r.BasicAuth()
 		if idx := pol.match(user, pass, has); idx < 0 {
-			if e.gate(w, r, key, bucketUnauthenticated) {
+			if limited && e.gate(w, r, key, bucketUnauthenticated) {
 				return
 			}
-			e.lim.reject(key, bucketUnauthenticated)
+			if limited {
+				e.lim.reject(key, bucketUnauthenticated)
+			}
 			e.m.Callbacks.WithLabelValues(OutcomeUnauthorized).Inc()
 			why := "missing credentials"
 			if has {
@@ -145,6 +154,10 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if !limited {
+		e.next.ServeHTTP(w, r)
+		return
+	}
 	if e.gate(w, r, key, bucketAuthenticated) {
 		return
 	}
@@ -224,3 +237,12 @@ func (s *statusRecorder) Write(b []byte) (int, error) {
 
 // Unwrap lets http.ResponseController reach the connection.
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// isLoopbackKey reports whether a client key (see ClientKey) is a loopback address.
+func isLoopbackKey(key string) bool {
+	if p, err := netip.ParsePrefix(key); err == nil {
+		return p.Addr().IsLoopback()
+	}
+	a, err := netip.ParseAddr(key)
+	return err == nil && a.IsLoopback()
+}

@@ -351,6 +351,7 @@ func TestClientKey(t *testing.T) {
 		{"[::ffff:192.0.2.7]:443", "", nil, "192.0.2.7"},
 		{"[fd00::1]:443", "2001:db8:9::1", trusted, "2001:db8:9::/64"},
 		{"pipe", "", nil, "pipe"},
+		{"[::1]:443", "", nil, "::1"},
 	} {
 		r := httptest.NewRequest("POST", "/", nil)
 		r.RemoteAddr = c.remote
@@ -360,5 +361,28 @@ func TestClientKey(t *testing.T) {
 		if got := ClientKey(r, c.trusted); got != c.want {
 			t.Errorf("ClientKey(%s, XFF %q) = %s, want %s", c.remote, c.xff, got, c.want)
 		}
+	}
+}
+
+// TestEdgeLoopbackNotLimited: a loopback peer is a local proxy everyone comes
+// through; it is never throttled (trust it to limit by X-Forwarded-For).
+func TestEdgeLoopbackNotLimited(t *testing.T) {
+	f := newEdgeFixture(AuthPolicy{}, RejectLimit{Burst: 1, Every: time.Hour, MaxClients: 10})
+	forged := signed("tokenB", path, firing(acctA))
+	for _, addr := range []string{"127.0.0.1:5000", "127.9.9.9:5000", "[::1]:5000"} {
+		for i := 0; i < 10; i++ {
+			if w := f.send(forged, addr, "", ""); w.Code != 403 {
+				t.Fatalf("%s, request %d: %d", addr, i, w.Code)
+			}
+			if w := f.send(req{method: "GET", path: "/x"}, addr, "", ""); w.Code != 404 {
+				t.Fatalf("%s, unknown path %d: %d", addr, i, w.Code)
+			}
+		}
+	}
+	if f.lim.Len() != 0 {
+		t.Errorf("%d loopback clients remembered", f.lim.Len())
+	}
+	if w := f.send(signed("tokenA", path, firing(acctA)), "127.0.0.1:5000", "", ""); w.Code != 200 {
+		t.Fatalf("valid callback through the local proxy: %d", w.Code)
 	}
 }

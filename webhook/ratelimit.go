@@ -140,7 +140,8 @@ func (l *RejectLimiter) Len() int {
 }
 
 // ClientKey names the client of a request for the rate limit: its IP address
-// (an IPv6 client by its /64, which one host can fill at will). When the peer
+// (an IPv6 client by its /64, which one host can fill at will; loopback
+// clients are never limited, see Edge). When the peer
 // is a trusted proxy, the client is the right-most address of
 // X-Forwarded-For that is not a trusted proxy itself.
 func ClientKey(r *http.Request, trusted *config.TrustedProxies) string {
@@ -162,7 +163,7 @@ func ClientKey(r *http.Request, trusted *config.TrustedProxies) string {
 			}
 		}
 	}
-	if who.Is6() {
+	if who.Is6() && !who.IsLoopback() {
 		return netip.PrefixFrom(who, 64).Masked().String()
 	}
 	return who.String()
