@@ -241,6 +241,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
 	}
+	// Before anything that may call Reload (the admin listener) runs.
+	d.cron = cron.New(cron.WithLocation(time.UTC))
 	errc := make(chan error, 2)
 	go func() { errc <- d.serveCallbacks() }()
 	go func() { errc <- serve(d.adminSrv, d.adminLn, "admin") }()
@@ -255,7 +257,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); d.br.RunExecutor(runCtx, d.opts.ShutdownTimeout) }()
 	go func() { defer wg.Done(); d.reconcileLoop(runCtx) }()
 
-	d.cron = cron.New(cron.WithLocation(time.UTC))
 	if err := d.schedule(cfg); err != nil {
 		stop()
 		wg.Wait()
