@@ -28,6 +28,9 @@ type Settings struct {
 	Instance  string
 	PublicURL string
 	Rules     *rules.Set
+	// CallbackAuth, when set, is embedded in every owned trigger's CallbackUrl
+	// (callbackauth.go); build specs with Settings.Spec.
+	CallbackAuth *CallbackAuth
 }
 
 // Options configure a Breaker.
@@ -62,6 +65,8 @@ type Breaker struct {
 
 	settings atomic.Pointer[Settings]
 	accounts *Accounts
+
+	callbacks *callbackMemo // wraps api: which CallbackUrl this process set on each trigger
 
 	reconcileMu sync.Mutex // never two reconciles at once
 	lastRecon   atomic.Pointer[ReconcileResult]
@@ -99,6 +104,8 @@ func New(o Options) *Breaker {
 		accounts: NewAccounts(o.API, o.Now),
 		wake:     make(chan struct{}, 1),
 	}
+	b.callbacks = newCallbackMemo(o.API)
+	b.api = b.callbacks
 	s := o.Settings
 	b.settings.Store(&s)
 	return b

@@ -86,7 +86,7 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 		var want []twilioapi.TriggerSpec
 		for _, r := range s.Rules.Rules {
 			if r.Matches(a.SID, a.FriendlyName) {
-				want = append(want, r.Spec(s.Instance, s.PublicURL))
+				want = append(want, s.Spec(r))
 			}
 		}
 		jobs = append(jobs, job{a, want})
@@ -234,7 +234,7 @@ func (b *Breaker) reconcileAccount(ctx context.Context, acct twilioapi.Account, 
 	if err != nil {
 		return res, fmt.Errorf("account %s (%q): list triggers: %w", acct.SID, acct.FriendlyName, err)
 	}
-	p := planAccount(existing, desired, prefix)
+	p := planAccount(b.callbacks.adopt(existing, desired), desired, prefix)
 	var errs []error
 	log := b.log.With("account", acct.SID, "account_name", acct.FriendlyName)
 

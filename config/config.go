@@ -49,6 +49,12 @@ type Server struct {
 	Listen      string `yaml:"listen"`       // default ":8080"
 	PublicURL   string `yaml:"public_url"`   // required; no trailing slash after loading
 	AdminListen string `yaml:"admin_listen"` // default "127.0.0.1:9111"
+
+	// Security (config/security.go); nil when not configured.
+	TLS                    *TLS            `yaml:"tls,omitempty"`
+	BasicAuth              *BasicAuth      `yaml:"basic_auth,omitempty"`
+	AllowInsecurePublicURL bool            `yaml:"allow_insecure_public_url,omitempty"`
+	TrustedProxies         *TrustedProxies `yaml:"trusted_proxies,omitempty"`
 }
 
 // State is where the database lives.

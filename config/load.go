@@ -42,8 +42,8 @@ var (
 	topKeys       = []string{"instance", "twilio", "server", "state", "reconcile", "rule_files", "poll", "admin"}
 	futureTopKeys = []string{"guard", "notifiers", "default_notifiers"}
 	twilioKeys    = []string{"account_sid", "auth_token", "auth_token_file", "api_base_url", "max_concurrency", "timeout"}
-	serverKeys    = []string{"listen", "public_url", "admin_listen"}
-	futureServer  = []string{"tls", "basic_auth"}
+	serverKeys    = append([]string{"listen", "public_url", "admin_listen"}, securityServerKeys...)
+	futureServer  = []string(nil)
 	scheduleKeys  = []string{"schedule"}
 
 	instanceRE   = regexp.MustCompile(`^[a-z0-9-]{1,16}$`)
@@ -187,6 +187,8 @@ func (l *loader) twilio(m *strict.Map) {
 	if s, ok := d.String(v); ok {
 		if u, problem := checkURL(s); problem != "" {
 			d.Errorf(v, "%s", problem)
+		} else if problem := checkAPIBaseURLScheme(u); problem != "" {
+			d.Errorf(v, "%s", problem)
 		} else {
 			t.APIBaseURL = u
 		}
@@ -256,6 +258,7 @@ func (l *loader) server(m *strict.Map) {
 		d.ErrorfAt(at.Line, strict.Value{}, "server.admin_listen %q overlaps server.listen %q; the admin API needs its own address",
 			s.AdminListen, s.Listen)
 	}
+	l.serverSecurity(m)
 }
 
 func (l *loader) state(m *strict.Map) {

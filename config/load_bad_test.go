@@ -18,7 +18,6 @@ var badConfigs = map[string]string{
 	"key-not-string.yaml":          "testdata/bad/key-not-string.yaml:8: keys must be plain strings, not a list",
 	"unknown-key.yaml":             `testdata/bad/unknown-key.yaml:8: unknown key "foo"`,
 	"unknown-key-server.yaml":      `testdata/bad/unknown-key-server.yaml:6: unknown key "listn" in server (did you mean "listen"?)`,
-	"future-key-tls.yaml":          `testdata/bad/future-key-tls.yaml:6: unknown key "tls" in server (not supported in this version)`,
 	"future-key-guard.yaml":        `testdata/bad/future-key-guard.yaml:8: unknown key "guard" (not supported in this version)`,
 	"future-key-notifiers.yaml":    `testdata/bad/future-key-notifiers.yaml:8: unknown key "notifiers" (not supported in this version)`,
 	"duplicate-key.yaml":           `testdata/bad/duplicate-key.yaml:8: duplicate key "instance" (first at line 1)`,

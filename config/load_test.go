@@ -309,7 +309,7 @@ testdata/many-errors.yaml:2: twilio.auth_token is required (or twilio.auth_token
 testdata/many-errors.yaml:3: twilio.account_sid: environment variable UB_UNSET is not set
 testdata/many-errors.yaml:4: twilio.max_concurrency: "ten" is not an integer
 testdata/many-errors.yaml:5: unknown key "listn" in twilio
-testdata/many-errors.yaml:8: unknown key "tls" in server (not supported in this version)
+testdata/many-errors.yaml:8: server.tls: is empty: give cert_file and key_file, or remove server.tls
 testdata/many-errors.yaml:9: server.public_url: "ftp://x" is not an absolute http or https URL
 testdata/many-errors.yaml:12: rule_files[1]: "nothing/*.yaml" matches no files
 testdata/many-errors.yaml:13: unknown key "guard" (not supported in this version)

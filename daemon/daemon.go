@@ -22,7 +22,6 @@ import (
 	"github.com/usagebreaker/usagebreaker/breaker"
 	"github.com/usagebreaker/usagebreaker/config"
 	"github.com/usagebreaker/usagebreaker/internal/version"
-	"github.com/usagebreaker/usagebreaker/rules"
 	"github.com/usagebreaker/usagebreaker/store"
 	"github.com/usagebreaker/usagebreaker/twilioapi"
 	"github.com/usagebreaker/usagebreaker/webhook"
@@ -42,6 +41,16 @@ type Options struct {
 	ShutdownTimeout time.Duration
 	// Now is the clock for periods and retries (default time.Now).
 	Now func() time.Time
+
+	// The callback listener's edge (edge.go, tls.go). TLSCheckInterval is how
+	// often the certificate files are checked (default 5s; negative: on every
+	// handshake); RejectLimit the per-client limit on rejected requests
+	// (zero: webhook.DefaultRejectLimit); CallbackAuthGrace how long earlier
+	// basic_auth credentials stay accepted after a change reached every
+	// trigger (default 10m; negative: not at all).
+	TLSCheckInterval  time.Duration
+	RejectLimit       webhook.RejectLimit
+	CallbackAuthGrace time.Duration
 }
 
 // Daemon is a running usagebreaker.
@@ -64,6 +73,8 @@ type Daemon struct {
 
 	cbLn, adminLn   net.Listener
 	cbSrv, adminSrv *http.Server
+
+	edge *edgeState // TLS, Basic auth, rejected-request limits (edge.go)
 
 	reloadOK      prometheus.Gauge
 	reloadOKTime  prometheus.Gauge
@@ -89,6 +100,9 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	d := &Daemon{opts: o, log: o.Logger, reg: prometheus.NewRegistry(), reconcileReq: make(chan struct{}, 1)}
 	d.cfg.Store(cfg)
 	d.registerOwnMetrics()
+	if err := d.setupEdge(cfg); err != nil {
+		return nil, err
+	}
 
 	st, err := store.Open(ctx, cfg.State.Path)
 	if err != nil {
@@ -126,7 +140,7 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 }
 
 func settingsOf(cfg *config.Config) breaker.Settings {
-	return breaker.Settings{Instance: cfg.Instance, PublicURL: cfg.Server.PublicURL, Rules: cfg.Rules}
+	return breaker.Settings{Instance: cfg.Instance, PublicURL: cfg.Server.PublicURL, Rules: cfg.Rules, CallbackAuth: callbackAuthOf(cfg)}
 }
 
 func (d *Daemon) registerOwnMetrics() {
@@ -213,16 +227,24 @@ func (d *Daemon) Run(ctx context.Context) error {
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
+		ErrorLog:          d.callbackErrorLog(),
+		TLSConfig:         d.callbackTLSConfig(),
+
+		DisableGeneralOptionsHandler: true, // "OPTIONS *" gets the edge's 404 too
 	}
 	d.adminSrv = &http.Server{
-		Handler:           d.adminMux(),
+		Handler:           d.adminAudit(d.adminMux()),
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      time.Minute,
 		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
 	}
+	// Before anything that may call Reload (the admin listener) runs.
+	d.cron = cron.New(cron.WithLocation(time.UTC))
 	errc := make(chan error, 2)
-	go func() { errc <- serve(d.cbSrv, d.cbLn, "callback") }()
+	go func() { errc <- d.serveCallbacks() }()
 	go func() { errc <- serve(d.adminSrv, d.adminLn, "admin") }()
 	d.log.Info("usagebreaker started", "version", version.Version, "instance", cfg.Instance,
 		"rules", cfg.Rules.Len(), "callback_listener", d.cbLn.Addr().String(), "admin_listener", d.adminLn.Addr().String(),
@@ -235,7 +257,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); d.br.RunExecutor(runCtx, d.opts.ShutdownTimeout) }()
 	go func() { defer wg.Done(); d.reconcileLoop(runCtx) }()
 
-	d.cron = cron.New(cron.WithLocation(time.UTC))
 	if err := d.schedule(cfg); err != nil {
 		stop()
 		wg.Wait()
@@ -277,11 +298,10 @@ func serve(srv *http.Server, ln net.Listener, name string) error {
 	return nil
 }
 
+// callbackMux is the callback listener's handler: the edge serves only
+// rules.CallbackPathPrefix (a bare 404 for anything else, never a redirect).
 func (d *Daemon) callbackMux() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle(rules.CallbackPathPrefix, webhook.New(d.br, d.bm, d.log.With("component", "webhook")))
-	mux.HandleFunc("/", http.NotFound)
-	return mux
+	return d.callbackEdge(webhook.New(d.br, d.bm, d.log.With("component", "webhook")))
 }
 
 // schedule (re)installs the reconcile schedule.
@@ -322,7 +342,9 @@ func (d *Daemon) reconcileLoop(ctx context.Context) {
 }
 
 func (d *Daemon) reconcileOnce(ctx context.Context) {
+	n := d.reconcileStarting()
 	res, err := d.br.Reconcile(ctx)
+	d.reconcileFinished(n, err)
 	if err != nil {
 		d.reconcileRuns.WithLabelValues("error").Inc()
 		if ctx.Err() == nil {
@@ -360,6 +382,7 @@ func (d *Daemon) Reload() error {
 	}
 	d.cfg.Store(cfg)
 	d.br.SetSettings(settingsOf(cfg))
+	d.noteCallbackAuth(old, cfg)
 	d.reloadOK.Set(1)
 	d.reloadOKTime.SetToCurrentTime()
 	d.log.Info("config reloaded", "rules", cfg.Rules.Len())
@@ -384,5 +407,6 @@ func reloadable(old, cfg *config.Config) error {
 	if old.Twilio.AuthToken != cfg.Twilio.AuthToken {
 		errs = append(errs, errors.New("twilio.auth_token cannot change on reload; restart usagebreaker to use the new token"))
 	}
+	errs = append(errs, reloadableEdge(old, cfg))
 	return errors.Join(errs...)
 }

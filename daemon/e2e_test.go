@@ -551,6 +551,21 @@ func TestEndToEnd(t *testing.T) {
 			}
 			return true
 		})
+		// The new trigger is created before the old one is deleted: wait for the deletes too.
+		e.waitFor("replaced triggers deleted", func() bool {
+			for _, a := range e.state().Accounts {
+				n := 0
+				for _, tr := range a.Triggers {
+					if tr.FriendlyName == "usagebreaker:e2e:spend-daily" {
+						n++
+					}
+				}
+				if a.Status == "active" && !strings.HasPrefix(a.FriendlyName, "internal-") && n != 1 {
+					return false
+				}
+			}
+			return true
+		})
 		for _, a := range e.state().Accounts {
 			n := 0
 			for _, tr := range a.Triggers {

@@ -96,7 +96,7 @@ func (c *Client) redact(s string) string {
 	if c.secret.basic != "" && strings.Contains(s, c.secret.basic) {
 		s = strings.ReplaceAll(s, c.secret.basic, "<redacted>")
 	}
-	return s
+	return redactUserinfo(s)
 }
 
 var (

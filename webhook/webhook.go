@@ -147,10 +147,10 @@ func (h *Handler) handle(w http.ResponseWriter, r *http.Request) answer {
 	if r.URL.RawQuery != "" {
 		signedURL += "?" + r.URL.RawQuery
 	}
-	if !validSignature(acct.AuthToken, signedURL, body, sig) {
+	if !validRequestSignature(acct.AuthToken, r, signedURL, body, sig) {
 		// The subaccount's token may have been rotated: re-fetch it (rate-limited).
 		fresh, changed := h.b.RefreshAccount(r.Context(), sid)
-		if !changed || !validSignature(fresh.AuthToken, signedURL, body, sig) {
+		if !changed || !validRequestSignature(fresh.AuthToken, r, signedURL, body, sig) {
 			return answer{http.StatusForbidden, breaker.OutcomeBadSignature, "invalid X-Twilio-Signature", attrs}
 		}
 		acct = fresh
