@@ -53,9 +53,9 @@ type Server struct {
 
 	mu       sync.Mutex
 	messages []Message
-	failMail int    // refuse this many more MAIL commands with failCode
-	failCode int    // 451 by default
-	sessions int    // connections accepted
+	failMail int // refuse this many more MAIL commands with failCode
+	failCode int // 451 by default
+	sessions int // connections accepted
 	log      []string
 }
 
