@@ -28,6 +28,7 @@ type Settings struct {
 	Instance  string
 	PublicURL string
 	Rules     *rules.Set
+	Operator  OperatorSettings // notifiers, guard (operator.go)
 }
 
 // Options configure a Breaker.
@@ -68,6 +69,8 @@ type Breaker struct {
 
 	wake     chan struct{} // nudges the executor
 	inflight sync.Map      // action ID -> struct{}: running now
+
+	op *operatorState // guard slots, account locks (operator.go)
 }
 
 // New builds a Breaker; nothing runs until Reconcile or RunExecutor is called.
@@ -98,6 +101,7 @@ func New(o Options) *Breaker {
 		fanout: o.Fanout, workers: o.Workers, retryMin: o.RetryMin, retryMax: o.RetryMax,
 		accounts: NewAccounts(o.API, o.Now),
 		wake:     make(chan struct{}, 1),
+		op:       newOperatorState(),
 	}
 	s := o.Settings
 	b.settings.Store(&s)
