@@ -94,6 +94,7 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("state: %w", err)
 	}
+	st.SetClock(o.Now) // the guard's window follows the daemon's clock
 	d.st = st
 	api, err := twilioapi.New(twilioapi.Options{
 		AccountSID:     cfg.Twilio.AccountSID,
@@ -110,16 +111,22 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		return nil, fmt.Errorf("twilio client: %w", err)
 	}
 	d.api = api
+	settings, err := d.fullSettings(cfg) // with the notifiers (operator.go)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	d.bm = breaker.NewMetrics(d.reg)
 	d.br = breaker.New(breaker.Options{
 		API:      api,
 		Store:    st,
-		Settings: settingsOf(cfg),
+		Settings: settings,
 		Logger:   o.Logger,
 		Metrics:  d.bm,
 		Now:      o.Now,
 		Fanout:   cfg.Twilio.MaxConcurrency,
 	})
+	d.br.SetReconcileRequester(d.RequestReconcile)
 	d.reloadOK.Set(1)
 	d.reloadOKTime.SetToCurrentTime()
 	return d, nil
@@ -231,9 +238,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); d.br.RunExecutor(runCtx, d.opts.ShutdownTimeout) }()
 	go func() { defer wg.Done(); d.reconcileLoop(runCtx) }()
+	go func() { defer wg.Done(); d.br.RunOperator(runCtx, 0) }()
 
 	d.cron = cron.New(cron.WithLocation(time.UTC))
 	if err := d.schedule(cfg); err != nil {
@@ -347,6 +355,10 @@ func (d *Daemon) Reload() error {
 	if err == nil {
 		err = reloadable(old, cfg)
 	}
+	var settings breaker.Settings
+	if err == nil {
+		settings, err = d.fullSettings(cfg)
+	}
 	if err != nil {
 		d.reloadOK.Set(0)
 		d.log.Error("config reload rejected; the old config keeps running", "err", err)
@@ -359,7 +371,7 @@ func (d *Daemon) Reload() error {
 		}
 	}
 	d.cfg.Store(cfg)
-	d.br.SetSettings(settingsOf(cfg))
+	d.br.SetSettings(settings)
 	d.reloadOK.Set(1)
 	d.reloadOKTime.SetToCurrentTime()
 	d.log.Info("config reloaded", "rules", cfg.Rules.Len())
