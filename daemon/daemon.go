@@ -86,7 +86,8 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{opts: o, log: o.Logger, reg: prometheus.NewRegistry(), reconcileReq: make(chan struct{}, 1)}
+	d := &Daemon{opts: o, log: o.Logger, reg: prometheus.NewRegistry(), reconcileReq: make(chan struct{}, 1),
+		cron: cron.New(cron.WithLocation(time.UTC))} // here, not in Run: Reload reads it from admin requests
 	d.cfg.Store(cfg)
 	d.registerOwnMetrics()
 
@@ -243,7 +244,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); d.reconcileLoop(runCtx) }()
 	go func() { defer wg.Done(); d.br.RunOperator(runCtx, 0) }()
 
-	d.cron = cron.New(cron.WithLocation(time.UTC))
 	if err := d.schedule(cfg); err != nil {
 		stop()
 		wg.Wait()
