@@ -31,6 +31,7 @@ type Settings struct {
 	// CallbackAuth, when set, is embedded in every owned trigger's CallbackUrl
 	// (callbackauth.go); build specs with Settings.Spec.
 	CallbackAuth *CallbackAuth
+	Operator     OperatorSettings // notifiers, guard (operator.go)
 }
 
 // Options configure a Breaker.
@@ -73,6 +74,8 @@ type Breaker struct {
 
 	wake     chan struct{} // nudges the executor
 	inflight sync.Map      // action ID -> struct{}: running now
+
+	op *operatorState // guard slots, account locks (operator.go)
 }
 
 // New builds a Breaker; nothing runs until Reconcile or RunExecutor is called.
@@ -103,6 +106,7 @@ func New(o Options) *Breaker {
 		fanout: o.Fanout, workers: o.Workers, retryMin: o.RetryMin, retryMax: o.RetryMax,
 		accounts: NewAccounts(o.API, o.Now),
 		wake:     make(chan struct{}, 1),
+		op:       newOperatorState(),
 	}
 	b.callbacks = newCallbackMemo(o.API)
 	b.api = b.callbacks

@@ -15,6 +15,8 @@ type Metrics struct {
 	ReconcileErrors     prometheus.Counter
 	ActionsPending      prometheus.Gauge
 	ActionAttemptErrors *prometheus.CounterVec // kind
+
+	*OperatorMetrics // notifications, reactivations, guard (operator.go)
 }
 
 // Callback outcomes for usagebreaker_callbacks_total.
@@ -73,6 +75,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Failed attempts at an action that will be retried, by kind.",
 		}, []string{"kind"}),
 	}
+	m.OperatorMetrics = newOperatorMetrics(reg)
 	if reg != nil {
 		reg.MustRegister(m.Callbacks, m.Suspensions, m.Incidents, m.Skipped, m.ManagedTriggers,
 			m.ReconcileDuration, m.ReconcileLastOK, m.ReconcileErrors, m.ActionsPending, m.ActionAttemptErrors)

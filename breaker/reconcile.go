@@ -71,6 +71,7 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 		b.m.ReconcileErrors.Inc()
 		return res, fmt.Errorf("reconcile: list subaccounts: %w", err)
 	}
+	b.markRearmsRestored(ctx) // re-arms of ended periods: this reconcile restores the rule's threshold
 	b.accounts.Replace(subs)
 	res.Subaccounts = len(subs)
 
@@ -230,6 +231,12 @@ func sameTrigger(t twilioapi.Trigger, spec twilioapi.TriggerSpec) bool {
 
 func (b *Breaker) reconcileAccount(ctx context.Context, acct twilioapi.Account, desired []twilioapi.TriggerSpec, prefix string) (accountResult, error) {
 	res := accountResult{managed: map[string]int{}}
+	unlock := b.op.lockAccount(acct.SID) // not while a reactivation re-arms it
+	defer unlock()
+	desired, err := b.applyRearms(ctx, acct, desired) // a re-armed trigger stays while its period lasts
+	if err != nil {
+		return res, fmt.Errorf("account %s (%q): %w", acct.SID, acct.FriendlyName, err)
+	}
 	existing, err := b.api.ListTriggers(ctx, acct.SID)
 	if err != nil {
 		return res, fmt.Errorf("account %s (%q): list triggers: %w", acct.SID, acct.FriendlyName, err)

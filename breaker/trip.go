@@ -78,13 +78,19 @@ type AcceptResult struct {
 // the callback may be answered 200; the action runs afterwards.
 func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Account, cb Callback) (AcceptResult, error) {
 	now := b.now()
+	// After a re-arm, a firing in the same period belongs to the re-armed
+	// generation: its own incident ("daily:2026-11-24#2"), so it trips again.
+	period, err := b.incidentPeriod(ctx, r.Name, acct.SID, PeriodKey(r.Recurring, firedAt(cb.DateFired, now)))
+	if err != nil {
+		return AcceptResult{}, err
+	}
 	f := store.Firing{
 		Source:           store.SourceCallback,
 		IdempotencyToken: cb.IdempotencyToken,
 		Rule:             r.Name,
 		AccountSID:       acct.SID,
 		AccountName:      acct.FriendlyName,
-		Period:           PeriodKey(r.Recurring, firedAt(cb.DateFired, now)),
+		Period:           period,
 		UsageTriggerSID:  cb.UsageTriggerSID,
 		UsageCategory:    cb.UsageCategory,
 		TriggerBy:        cb.TriggerBy,
@@ -95,7 +101,7 @@ func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Acco
 		Action:           r.Action,
 		DryRun:           r.DryRun,
 		ReceivedAt:       now,
-		Actions:          []string{store.ActionTrip},
+		Actions:          b.ActionKinds(r),
 	}
 	return b.record(ctx, f)
 }
@@ -188,7 +194,9 @@ func (b *Breaker) execute(ctx context.Context, a store.Action) {
 	case store.ActionTrip:
 		b.executeTrip(ctx, a)
 	default:
-		b.finish(ctx, a, store.StateFailed, OutcomeFailed, fmt.Sprintf("unknown action kind %q", a.Kind))
+		if !b.executeOperator(ctx, a) { // notify:*, guard:*, end_calls, reactivate
+			b.finish(ctx, a, store.StateFailed, OutcomeFailed, fmt.Sprintf("unknown action kind %q", a.Kind))
+		}
 	}
 }
 
@@ -198,6 +206,7 @@ type errSkip struct{ why string }
 func (e errSkip) Error() string { return e.why }
 
 func (b *Breaker) executeTrip(ctx context.Context, a store.Action) {
+	defer b.guardDone(a.ID) // after the outcome is recorded
 	inc, err := b.store.Incident(ctx, a.IncidentID)
 	if err != nil {
 		b.retry(ctx, a, fmt.Errorf("read incident: %w", err))
@@ -205,9 +214,14 @@ func (b *Breaker) executeTrip(ctx context.Context, a store.Action) {
 	}
 	r := b.Rule(inc.Rule)
 	log := b.log.With("incident", inc.ID, "rule", inc.Rule, "account", inc.AccountSID, "account_name", inc.AccountName, "source", inc.Source)
-	outcome, detail, err := b.trip(ctx, inc, r)
-	var skip errSkip
+	outcome, detail, err := b.trip(ctx, a, inc, r)
+	var (
+		skip errSkip
+		held errHeld
+	)
 	switch {
+	case errors.As(err, &held):
+		b.hold(ctx, a, inc, held)
 	case errors.As(err, &skip):
 		b.m.Skipped.WithLabelValues(inc.Rule).Inc()
 		log.Warn("incident skipped", "why", skip.why)
@@ -226,12 +240,12 @@ func (b *Breaker) executeTrip(ctx context.Context, a store.Action) {
 			b.m.Suspensions.WithLabelValues(inc.Rule, outcome).Inc()
 		}
 		log.Info("incident handled", "outcome", outcome, "detail", detail, "current_value", inc.CurrentValue, "threshold", r.Threshold.String())
-		b.finish(ctx, a, store.StateDone, outcome, detail)
+		b.finishTrip(ctx, a, r, outcome, detail) // schedules the rule's reactivation after a suspension
 	}
 }
 
 // trip verifies the incident against the current rule and account, then acts.
-func (b *Breaker) trip(ctx context.Context, inc store.Incident, r *rules.Rule) (outcome, detail string, err error) {
+func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, r *rules.Rule) (outcome, detail string, err error) {
 	// Verify.
 	if r == nil {
 		return "", "", errSkip{fmt.Sprintf("rule %q no longer exists", inc.Rule)}
@@ -278,6 +292,10 @@ func (b *Breaker) trip(ctx context.Context, inc store.Incident, r *rules.Rule) (
 	case twilioapi.StatusClosed:
 		return OutcomeAlreadySuspended, "the account is closed", nil
 	}
+	// The blast-radius guard: past guard.max_suspensions per window, hold.
+	if err := b.guardAdmit(ctx, a); err != nil {
+		return "", "", err
+	}
 	upd, err := b.api.SetAccountStatus(ctx, acct.SID, twilioapi.StatusSuspended)
 	if err != nil {
 		return "", "", err
@@ -291,7 +309,7 @@ func (b *Breaker) finish(ctx context.Context, a store.Action, state, outcome, de
 		b.log.Error("cannot record the action's end; it will run again and find the work done", "action", a.ID, "err", err)
 		return
 	}
-	b.m.ActionsPending.Dec()
+	b.actionFinished(a)
 }
 
 func (b *Breaker) retry(ctx context.Context, a store.Action, cause error) {

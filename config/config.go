@@ -29,6 +29,11 @@ type Config struct {
 	Poll      Poll      `yaml:"poll"`
 	Admin     Admin     `yaml:"admin"`
 
+	// People in the loop (operator.go).
+	Notifiers        []Notifier `yaml:"notifiers"`
+	DefaultNotifiers []string   `yaml:"default_notifiers"` // nil when not written
+	Guard            Guard      `yaml:"guard"`
+
 	Rules *rules.Set `yaml:"-"`
 	// Files lists every file the config was built from (the config file, each
 	// rule file, each *_file secret), absolute, for change detection.

@@ -39,8 +39,8 @@ const (
 )
 
 var (
-	topKeys       = []string{"instance", "twilio", "server", "state", "reconcile", "rule_files", "poll", "admin"}
-	futureTopKeys = []string{"guard", "notifiers", "default_notifiers"}
+	topKeys       = []string{"instance", "twilio", "server", "state", "reconcile", "rule_files", "poll", "admin", "guard", "notifiers", "default_notifiers"}
+	futureTopKeys []string
 	twilioKeys    = []string{"account_sid", "auth_token", "auth_token_file", "api_base_url", "max_concurrency", "timeout"}
 	serverKeys    = append([]string{"listen", "public_url", "admin_listen"}, securityServerKeys...)
 	futureServer  = []string(nil)
@@ -67,6 +67,8 @@ type loader struct {
 	cfg    *Config
 	dir    string // the config file's directory as given (relative stays relative)
 	absDir string
+
+	badNotifiers []string // names of notifiers with problems (operator.go)
 }
 
 func load(path string, data []byte, lookup func(string) (string, bool)) (*Config, error) {
@@ -94,6 +96,7 @@ func load(path string, data []byte, lookup func(string) (string, bool)) (*Config
 	l.reconcile(d.Map(top.Get("reconcile"), scheduleKeys))
 	l.poll(d.Map(top.Get("poll"), scheduleKeys))
 	l.admin(d.Map(top.Get("admin"), []string{"token", "token_file"}))
+	l.operator(top)
 	ruleFiles := l.ruleFiles(top.Get("rule_files"), top.Bad())
 
 	errs := d.Errs
@@ -108,6 +111,7 @@ func load(path string, data []byte, lookup func(string) (string, bool)) (*Config
 			errs.Add(path, 0, "%v", err)
 		default:
 			cfg.Rules = set
+			errs = append(errs, l.checkRuleNotifiers(set)...)
 			if instanceOK {
 				errs = append(errs, checkFriendlyNames(cfg.Instance, set)...)
 			}
@@ -381,7 +385,7 @@ func (l *loader) secret(m *strict.Map, key, fileKey string) (Secret, strict.Valu
 	d := l.d
 	v, fv := m.Get(key), m.Get(fileKey)
 	if v.Present() && fv.Present() {
-		d.ErrorfAt(fv.Line, strict.Value{}, "%s and %s are both set; use one", v.Path, fv.Path)
+		d.ErrorfAt(fv.Line, fv, "%s and %s are both set; use one", v.Path, fv.Path)
 		return "", fv, secretBad
 	}
 	if v.Present() {

@@ -312,7 +312,7 @@ testdata/many-errors.yaml:5: unknown key "listn" in twilio
 testdata/many-errors.yaml:8: server.tls: is empty: give cert_file and key_file, or remove server.tls
 testdata/many-errors.yaml:9: server.public_url: "ftp://x" is not an absolute http or https URL
 testdata/many-errors.yaml:12: rule_files[1]: "nothing/*.yaml" matches no files
-testdata/many-errors.yaml:13: unknown key "guard" (not supported in this version)
+testdata/many-errors.yaml:13: guard.window needs guard.max_suspensions
 testdata/badrules/bad.yaml:5: rule "sms-spend-daily": unknown usage_category "totalprices" (did you mean "totalprice"?)`
 	if err == nil || err.Error() != want {
 		t.Errorf("got:\n%v\nwant:\n%s", err, want)

@@ -72,6 +72,10 @@ func (c *Config) Redacted() ([]byte, error) {
 		RuleFiles []string  `yaml:"rule_files"`
 		Poll      Poll      `yaml:"poll"`
 		Admin     Admin     `yaml:"admin"`
+		// People in the loop (operator.go).
+		Notifiers        []redactedNotifier `yaml:"notifiers"`
+		DefaultNotifiers []string           `yaml:"default_notifiers"`
+		Guard            redactedGuard      `yaml:"guard"`
 	}{
 		Instance: c.Instance,
 		Twilio: twilio{
@@ -87,6 +91,10 @@ func (c *Config) Redacted() ([]byte, error) {
 		RuleFiles: c.RuleFiles,
 		Poll:      c.Poll,
 		Admin:     c.Admin,
+
+		Notifiers:        redactNotifiers(c.Notifiers),
+		DefaultNotifiers: c.DefaultNotifiers,
+		Guard:            redactedGuard{c.Guard.MaxSuspensions, durationString(c.Guard.Window)},
 	}
 	return yaml.Marshal(view)
 }

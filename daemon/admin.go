@@ -50,6 +50,7 @@ func (d *Daemon) adminMux() http.Handler {
 		writeJSON(w, http.StatusAccepted, map[string]string{"status": "reconcile requested"})
 	}))
 	mux.Handle("GET /api/v1/incidents", d.authed(d.listIncidents))
+	d.operatorRoutes(mux) // reactivate, guard release (operator.go)
 	return mux
 }
 
@@ -95,6 +96,11 @@ type IncidentJSON struct {
 	Firings      int       `json:"firings"`
 	CreatedAt    time.Time `json:"created_at"`
 	UpdatedAt    time.Time `json:"updated_at"`
+
+	// People in the loop (operator.go).
+	Held         bool              `json:"held"` // the guard holds its suspension
+	Actions      []ActionJSON      `json:"actions"`
+	Reactivation *ReactivationJSON `json:"reactivation"`
 }
 
 func (d *Daemon) listIncidents(w http.ResponseWriter, r *http.Request) {
@@ -121,6 +127,10 @@ func (d *Daemon) listIncidents(w http.ResponseWriter, r *http.Request) {
 			CurrentValue: i.CurrentValue, Action: i.Action, DryRun: i.DryRun, State: i.State, Outcome: i.Outcome,
 			Detail: i.Detail, Firings: i.Firings, CreatedAt: i.CreatedAt, UpdatedAt: i.UpdatedAt,
 		})
+	}
+	if err := d.enrich(r.Context(), out); err != nil {
+		text(w, http.StatusInternalServerError, err.Error())
+		return
 	}
 	writeJSON(w, http.StatusOK, out)
 }

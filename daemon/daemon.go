@@ -97,7 +97,8 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{opts: o, log: o.Logger, reg: prometheus.NewRegistry(), reconcileReq: make(chan struct{}, 1)}
+	d := &Daemon{opts: o, log: o.Logger, reg: prometheus.NewRegistry(), reconcileReq: make(chan struct{}, 1),
+		cron: cron.New(cron.WithLocation(time.UTC))} // here, not in Run: Reload reads it from admin requests
 	d.cfg.Store(cfg)
 	d.registerOwnMetrics()
 	if err := d.setupEdge(cfg); err != nil {
@@ -108,6 +109,7 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("state: %w", err)
 	}
+	st.SetClock(o.Now) // the guard's window follows the daemon's clock
 	d.st = st
 	api, err := twilioapi.New(twilioapi.Options{
 		AccountSID:     cfg.Twilio.AccountSID,
@@ -124,16 +126,22 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		return nil, fmt.Errorf("twilio client: %w", err)
 	}
 	d.api = api
+	settings, err := d.fullSettings(cfg) // with the notifiers (operator.go)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	d.bm = breaker.NewMetrics(d.reg)
 	d.br = breaker.New(breaker.Options{
 		API:      api,
 		Store:    st,
-		Settings: settingsOf(cfg),
+		Settings: settings,
 		Logger:   o.Logger,
 		Metrics:  d.bm,
 		Now:      o.Now,
 		Fanout:   cfg.Twilio.MaxConcurrency,
 	})
+	d.br.SetReconcileRequester(d.RequestReconcile)
 	d.reloadOK.Set(1)
 	d.reloadOKTime.SetToCurrentTime()
 	return d, nil
@@ -241,8 +249,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
 	}
-	// Before anything that may call Reload (the admin listener) runs.
-	d.cron = cron.New(cron.WithLocation(time.UTC))
 	errc := make(chan error, 2)
 	go func() { errc <- d.serveCallbacks() }()
 	go func() { errc <- serve(d.adminSrv, d.adminLn, "admin") }()
@@ -253,9 +259,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); d.br.RunExecutor(runCtx, d.opts.ShutdownTimeout) }()
 	go func() { defer wg.Done(); d.reconcileLoop(runCtx) }()
+	go func() { defer wg.Done(); d.br.RunOperator(runCtx, 0) }()
 
 	if err := d.schedule(cfg); err != nil {
 		stop()
@@ -369,6 +376,10 @@ func (d *Daemon) Reload() error {
 	if err == nil {
 		err = reloadable(old, cfg)
 	}
+	var settings breaker.Settings
+	if err == nil {
+		settings, err = d.fullSettings(cfg)
+	}
 	if err != nil {
 		d.reloadOK.Set(0)
 		d.log.Error("config reload rejected; the old config keeps running", "err", err)
@@ -381,7 +392,7 @@ func (d *Daemon) Reload() error {
 		}
 	}
 	d.cfg.Store(cfg)
-	d.br.SetSettings(settingsOf(cfg))
+	d.br.SetSettings(settings)
 	d.noteCallbackAuth(old, cfg)
 	d.reloadOK.Set(1)
 	d.reloadOKTime.SetToCurrentTime()

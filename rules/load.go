@@ -47,8 +47,9 @@ const ThresholdDecimals = 6
 const MaxFriendlyName = 64
 
 var (
-	ruleKeys       = []string{"name", "description", "accounts", "usage_category", "trigger_by", "recurring", "threshold", "action", "dry_run"}
-	futureRuleKeys = []string{"notify", "end_calls", "reactivate", "rearm_allowance"}
+	ruleKeys = []string{"name", "description", "accounts", "usage_category", "trigger_by", "recurring", "threshold", "action", "dry_run",
+		"notify", "end_calls", "reactivate", "rearm_allowance"}
+	futureRuleKeys []string
 	accountsKeys   = []string{"include", "exclude"}
 
 	nameRE     = regexp.MustCompile(`^[a-z0-9-]{1,32}$`)
@@ -359,6 +360,8 @@ func parseRule(d *strict.Decoder, it strict.Value, idx int) (parsed, bool) {
 		d.Errorf(tbV, "count never fires for usage_category totalprice (it has no count); use price")
 	}
 
+	parseOperatorKeys(d, m, r)
+
 	valid := len(d.Errs) == errsBefore
 	if valid {
 		c, err := compileEntries(r.Include, r.Exclude)
@@ -467,7 +470,9 @@ func (s *Set) Checksum() string {
 	if s != nil {
 		for _, r := range s.Rules {
 			fields := []string{r.Name, r.Description, strings.Join(r.Include, "\x01"), strings.Join(r.Exclude, "\x01"),
-				r.UsageCategory, r.TriggerBy, r.Recurring, r.Threshold.String(), r.Action, strconv.FormatBool(r.DryRun)}
+				r.UsageCategory, r.TriggerBy, r.Recurring, r.Threshold.String(), r.Action, strconv.FormatBool(r.DryRun),
+				strconv.FormatBool(r.NotifySet), strings.Join(r.Notify, "\x01"), strconv.FormatBool(r.EndCalls),
+				r.Reactivate.String(), r.RearmAllowance.String()}
 			for _, f := range fields {
 				fmt.Fprintf(h, "%d:%s;", len(f), f)
 			}

@@ -32,6 +32,14 @@ type Rule struct {
 	Action        string // suspend | notify
 	DryRun        bool
 
+	// People in the loop (operator.go).
+	Notify         []string    // notifier names; meaningful when NotifySet
+	NotifySet      bool        // notify was written: Notify replaces default_notifiers ([] means none)
+	NotifyLines    []int       // the line of each Notify entry
+	EndCalls       bool        // after suspending, end the subaccount's in-progress calls
+	Reactivate     *Reactivate // nil: only a person reactivates
+	RearmAllowance decimal.Decimal
+
 	File string // the rule file it came from (as resolved)
 	Line int    // the line of the rule's "- name:" entry
 

@@ -101,6 +101,52 @@ var migrations = []migration{
 			`CREATE INDEX actions_pending ON actions (next_attempt_at, id) WHERE state = 'pending'`,
 		},
 	},
+	{
+		// Issue 5 (operator.go): the guard's holds, multi-part progress,
+		// re-arm exceptions and the reactivation audit.
+		name: "guard, progress, re-arms, reactivations",
+		stmts: []string{
+			// 0 normal, 1 held by the guard, 2 released from it (runs past the guard).
+			`ALTER TABLE actions ADD COLUMN hold INTEGER NOT NULL DEFAULT 0 CHECK (hold IN (0, 1, 2))`,
+			`ALTER TABLE actions ADD COLUMN progress TEXT NOT NULL DEFAULT ''`,
+			`CREATE INDEX actions_held ON actions (id) WHERE hold = 1`,
+			// The guard counts recent suspensions.
+			`CREATE INDEX actions_suspended ON actions (updated_at) WHERE kind = 'trip' AND outcome = 'suspended'`,
+
+			// One row per (account, rule, period) whose trigger was re-armed on
+			// reactivation; generation counts the re-arms (the first is 2).
+			`CREATE TABLE rearms (
+				account_sid   TEXT    NOT NULL,
+				rule          TEXT    NOT NULL,
+				period        TEXT    NOT NULL,
+				generation    INTEGER NOT NULL CHECK (generation >= 2),
+				allowance     TEXT    NOT NULL,
+				trigger_sid   TEXT    NOT NULL DEFAULT '',
+				trigger_value TEXT    NOT NULL DEFAULT '',
+				expires_at    INTEGER NOT NULL,
+				restored_at   INTEGER NOT NULL DEFAULT 0,
+				created_at    INTEGER NOT NULL,
+				updated_at    INTEGER NOT NULL,
+				PRIMARY KEY (account_sid, rule, period)
+			) STRICT, WITHOUT ROWID`,
+			`CREATE INDEX rearms_open ON rearms (expires_at) WHERE restored_at = 0`,
+
+			// Who reactivated which incident's account, when and why.
+			`CREATE TABLE reactivations (
+				id           INTEGER PRIMARY KEY,
+				incident_id  INTEGER NOT NULL UNIQUE REFERENCES incidents (id),
+				account_sid  TEXT    NOT NULL,
+				account_name TEXT    NOT NULL DEFAULT '',
+				via          TEXT    NOT NULL CHECK (via IN ('manual', 'scheduled')),
+				actor        TEXT    NOT NULL,
+				reason       TEXT    NOT NULL,
+				rearmed      INTEGER NOT NULL DEFAULT 0,
+				detail       TEXT    NOT NULL DEFAULT '',
+				created_at   INTEGER NOT NULL
+			) STRICT`,
+			`CREATE INDEX reactivations_account ON reactivations (account_sid, created_at DESC)`,
+		},
+	},
 }
 
 // migrate brings the database to version len(migrations) in one IMMEDIATE transaction

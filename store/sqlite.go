@@ -95,7 +95,7 @@ const incidentCols = `id, rule, account_sid, account_name, period, source, idemp
 	date_fired, action, dry_run, state, outcome, detail, firings, created_at, updated_at`
 
 const actionCols = `id, incident_id, kind, state, attempts, next_attempt_at, outcome, detail,
-	created_at, updated_at`
+	created_at, updated_at, hold, progress`
 
 // Open opens (creating if needed) the database at path, creating its parent
 // directory with mode 0700 if it is missing, and migrates the schema to the
@@ -265,8 +265,10 @@ func (s *SQLite) prepare(ctx context.Context) error {
 		{s.r, &s.rIncident, `SELECT ` + incidentCols + ` FROM incidents WHERE id = ?`},
 		{s.r, &s.rPending, `SELECT ` + actionCols + ` FROM actions
 			WHERE state = 'pending' AND next_attempt_at <= ?
+				AND NOT ((kind LIKE 'notify:%' OR kind = 'end_calls')
+					AND (SELECT i.state FROM incidents i WHERE i.id = actions.incident_id) = 'pending')
 			ORDER BY next_attempt_at, id LIMIT ?`},
-		{s.r, &s.rCountPending, `SELECT count(*) FROM actions WHERE state = 'pending'`},
+		{s.r, &s.rCountPending, `SELECT count(*) FROM actions WHERE state = 'pending' AND hold <> 1 AND kind <> 'reactivate'`},
 		{s.r, &s.rActions, `SELECT ` + actionCols + ` FROM actions WHERE incident_id = ? ORDER BY id`},
 	}
 	for _, st := range stmts {
@@ -530,7 +532,7 @@ func (s *SQLite) queryActions(ctx context.Context, st *sql.Stmt, args ...any) ([
 			next, created, updated int64
 		)
 		if err := rows.Scan(&a.ID, &a.IncidentID, &a.Kind, &a.State, &a.Attempts, &next,
-			&a.Outcome, &a.Detail, &created, &updated); err != nil {
+			&a.Outcome, &a.Detail, &created, &updated, &a.Hold, &a.Progress); err != nil {
 			return nil, err
 		}
 		a.NextAttemptAt, a.CreatedAt, a.UpdatedAt = fromUnixNano(next), fromUnixNano(created), fromUnixNano(updated)
@@ -608,13 +610,13 @@ func (s *SQLite) FinishAction(ctx context.Context, id int64, state, outcome, det
 	if err := s.check("finish action"); err != nil {
 		return err
 	}
-	if err := s.finishAction(ctx, id, state, outcome, detail); err != nil {
+	if err := s.finishAction(ctx, id, state, outcome, detail, nil); err != nil {
 		return fmt.Errorf("store: finish action %d: %w", id, err)
 	}
 	return nil
 }
 
-func (s *SQLite) finishAction(ctx context.Context, id int64, state, outcome, detail string) (err error) {
+func (s *SQLite) finishAction(ctx context.Context, id int64, state, outcome, detail string, then []Scheduled) (err error) {
 	if state != StateDone && state != StateFailed {
 		return fmt.Errorf("invalid state %q, want %q or %q", state, StateDone, StateFailed)
 	}
@@ -646,6 +648,9 @@ func (s *SQLite) finishAction(ctx context.Context, id int64, state, outcome, det
 		if _, err = tx.StmtContext(ctx, s.wIncidentEnd).ExecContext(ctx, state, outcome, detail, now, incidentID); err != nil {
 			return err
 		}
+	}
+	if err = insertScheduled(ctx, tx, incidentID, then, now); err != nil {
+		return err
 	}
 	return tx.Commit()
 }

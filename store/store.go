@@ -108,6 +108,8 @@ type Action struct {
 	Detail        string
 	CreatedAt     time.Time
 	UpdatedAt     time.Time
+	Hold          int    // HoldNone | HoldHeld | HoldReleased (the guard; see operator.go)
+	Progress      string // what a multi-part action already did (see SetActionProgress)
 }
 
 // IncidentFilter narrows ListIncidents; zero fields match everything.
@@ -125,6 +127,9 @@ type IncidentFilter struct {
 // itself, so two concurrent firings with the same token or the same (rule,
 // account, period) produce exactly one incident.
 type Store interface {
+	// OperatorStore: re-arms, reactivations, the guard (operator.go).
+	OperatorStore
+
 	// RecordFiring records a firing and, if its (Rule, AccountSID, Period) has no
 	// incident yet, opens one with a pending action of each kind in f.Actions.
 	RecordFiring(ctx context.Context, f Firing) (RecordResult, error)
@@ -135,9 +140,13 @@ type Store interface {
 	ListIncidents(ctx context.Context, f IncidentFilter) ([]Incident, error)
 
 	// PendingActions returns every pending action whose NextAttemptAt is at or
-	// before now, oldest first, at most limit (0: no limit).
+	// before now, oldest first, at most limit (0: no limit). Notify and
+	// end_calls actions are left out while their incident's trip action is
+	// pending: they report or follow its outcome.
 	PendingActions(ctx context.Context, now time.Time, limit int) ([]Action, error)
-	// CountPendingActions counts pending actions regardless of NextAttemptAt.
+	// CountPendingActions counts pending actions regardless of NextAttemptAt,
+	// except suspensions the guard holds and scheduled reactivations, which
+	// wait for a person or a time rather than for work.
 	CountPendingActions(ctx context.Context) (int, error)
 	// RetryAction records a failed attempt: attempts+1, the error as Detail, and
 	// when to try next. The action stays pending.

@@ -20,6 +20,10 @@ commands:
   sim --listen ADDR          the Twilio API simulator on its own
   version                    print version, commit and Go version
   healthcheck [--url URL]    exit 0 if the admin listener says healthy
+  incidents [--admin-url URL]
+                             list recent incidents (admin API; USAGEBREAKER_ADMIN_TOKEN)
+  reactivate SID --reason TEXT [--admin-url URL]
+                             reactivate a subaccount the breaker suspended, and re-arm it
 
 Run "usagebreaker COMMAND -h" for a command's flags.
 `
@@ -45,6 +49,10 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return cmdSim(rest, stdout, stderr)
 	case "healthcheck":
 		return cmdHealthcheck(rest, stdout, stderr)
+	case "incidents":
+		return cmdIncidents(rest, stdout, stderr)
+	case "reactivate":
+		return cmdReactivate(rest, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, version.String())
 		return 0
