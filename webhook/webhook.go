@@ -14,8 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/twilio/twilio-go/client"
-
 	"github.com/usagebreaker/usagebreaker/breaker"
 	"github.com/usagebreaker/usagebreaker/rules"
 	"github.com/usagebreaker/usagebreaker/twilioapi"
@@ -192,12 +190,4 @@ func (h *Handler) handle(w http.ResponseWriter, r *http.Request) answer {
 		return answer{http.StatusOK, breaker.OutcomeDuplicate, "ok (already recorded)", attrs}
 	}
 	return answer{http.StatusOK, breaker.OutcomeAccepted, "ok", attrs}
-}
-
-func validSignature(token, signedURL string, body []byte, sig string) bool {
-	if token == "" {
-		return false
-	}
-	v := client.NewRequestValidator(token)
-	return v.ValidateBody(signedURL, body, sig)
 }
