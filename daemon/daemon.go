@@ -120,6 +120,7 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		Now:      o.Now,
 		Fanout:   cfg.Twilio.MaxConcurrency,
 	})
+	primeRuleSeries(d.bm, cfg.Rules)
 	d.reloadOK.Set(1)
 	d.reloadOKTime.SetToCurrentTime()
 	return d, nil
@@ -360,6 +361,7 @@ func (d *Daemon) Reload() error {
 	}
 	d.cfg.Store(cfg)
 	d.br.SetSettings(settingsOf(cfg))
+	primeRuleSeries(d.bm, cfg.Rules)
 	d.reloadOK.Set(1)
 	d.reloadOKTime.SetToCurrentTime()
 	d.log.Info("config reloaded", "rules", cfg.Rules.Len())
