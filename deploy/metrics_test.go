@@ -271,10 +271,10 @@ func metricNames(expr string) ([]string, error) {
 func TestMetricNamesParser(t *testing.T) {
 	for expr, want := range map[string][]string{
 		`sum by (rule) (increase(usagebreaker_incidents_total{job=~"$job", rule!="a}b"}[$__rate_interval]))`: {"usagebreaker_incidents_total"},
-		`time() - ((a > 0) or on (job, instance) (b and on (job, instance) c)) > 3600`:                      {"a", "b", "c"},
-		`histogram_quantile(0.95, sum without(code) (rate(x_bucket[5m]))) / y offset 1h`:                    {"x_bucket", "y"},
-		"absent(up{job=\"usagebreaker\"})\n# a comment with words\n":                                        {"up"},
-		`sum(rate(m[5m])) by (operation) > bool 1e3`:                                                       {"m"},
+		`time() - ((a > 0) or on (job, instance) (b and on (job, instance) c)) > 3600`:                       {"a", "b", "c"},
+		`histogram_quantile(0.95, sum without(code) (rate(x_bucket[5m]))) / y offset 1h`:                     {"x_bucket", "y"},
+		"absent(up{job=\"usagebreaker\"})\n# a comment with words\n":                                         {"up"},
+		`sum(rate(m[5m])) by (operation) > bool 1e3`:                                                         {"m"},
 	} {
 		got, err := metricNames(expr)
 		if err != nil {

@@ -377,4 +377,3 @@ func TestPrometheusSeesTrip(t *testing.T) {
 		t.Error("UsagebreakerTripped not loaded")
 	}
 }
-
