@@ -304,9 +304,17 @@ func TestDockerfile(t *testing.T) {
 		t.Errorf("builder %q: pin an exact Go release (golang:1.N.P[-variant][@sha256:...])", img.Builder)
 	} else {
 		gomod := regexp.MustCompile(`(?m)^go (\d+)\.(\d+)(?:\.(\d+))?$`).FindStringSubmatch(string(readRepoFile(t, "go.mod")))
-		have := fmt.Sprintf("%03s.%03s.%03s", m[1], m[2], m[3])
-		want := fmt.Sprintf("%03s.%03s.%03s", gomod[1], gomod[2], gomod[3])
-		if have < want {
+		num := func(parts []string) (v int) {
+			for _, p := range parts {
+				n, _ := strconv.Atoi(p) // "" (no patch) is 0
+				v = v*1000 + n
+			}
+			return v
+		}
+		if gomod == nil {
+			t.Fatal("go.mod has no go line")
+		}
+		if num(m[1:4]) < num(gomod[1:4]) {
 			t.Errorf("builder %s is older than go.mod's go %s.%s.%s", img.Builder, gomod[1], gomod[2], gomod[3])
 		}
 	}
@@ -433,10 +441,7 @@ func buildLikeDockerfile(t *testing.T, img image) string {
 	} else {
 		t.Fatal("the Dockerfile's go build has no -o")
 	}
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(gobin); err != nil {
-		gobin = "go"
-	}
+	gobin := tool(t, "go", "the Go toolchain")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, gobin, append([]string{"build"}, args...)...)

@@ -147,6 +147,15 @@ func TestAlertRulesPromtool(t *testing.T) {
 		}
 		t.Logf("promtool %s:\n%s", strings.Join(args, " "), out)
 	}
+	// The compose demo's Prometheus config, with its rule file path mapped
+	// to the repository's.
+	tmpCfg := t.TempDir()
+	composeProm := strings.ReplaceAll(string(readRepoFile(t, "deploy/compose/prometheus.yml")),
+		"/etc/prometheus/alerts.yaml", repoFile(t, alertsFile))
+	os.WriteFile(filepath.Join(tmpCfg, "prometheus.yml"), []byte(composeProm), 0o644)
+	if out, err := exec.Command(promtool, "check", "config", filepath.Join(tmpCfg, "prometheus.yml")).CombinedOutput(); err != nil {
+		t.Errorf("promtool check config deploy/compose/prometheus.yml: %v\n%s", err, out)
+	}
 	if !t.Failed() {
 		// A wrong expectation must fail the unit tests, or they test nothing.
 		broken := strings.Replace(string(readRepoFile(t, "deploy/prometheus/alerts_test.yaml")),
@@ -375,5 +384,48 @@ func TestPrometheusSeesTrip(t *testing.T) {
 	}
 	if !slices.Contains(names, "UsagebreakerTripped") {
 		t.Error("UsagebreakerTripped not loaded")
+	}
+
+	checkDashboardQueries(t, p)
+}
+
+// checkDashboardQueries runs every query of the Grafana dashboard against
+// the Prometheus that watched the trip, with the dashboard's variables
+// filled in as Grafana would: each must be valid PromQL, and the panels a
+// person looks at first must show data.
+func checkDashboardQueries(t *testing.T, p *promServer) {
+	t.Helper()
+	vars := strings.NewReplacer(`$__rate_interval`, "10s", `$job`, "usagebreaker", `$instance`, ".+")
+	withData := map[string]bool{}
+	for _, pn := range allPanels(loadDashboard(t).Panels) {
+		for i, raw := range pn.Targets {
+			var tg target
+			if err := json.Unmarshal(raw, &tg); err != nil {
+				t.Fatal(err)
+			}
+			q := vars.Replace(tg.Expr)
+			code, body, err := httpGet(p.url + "/api/v1/query?query=" + url.QueryEscape(q))
+			var r struct {
+				Status string `json:"status"`
+				Error  string `json:"error"`
+				Data   struct {
+					Result []json.RawMessage `json:"result"`
+				} `json:"data"`
+			}
+			if err != nil || json.Unmarshal([]byte(body), &r) != nil || code != 200 || r.Status != "success" {
+				t.Errorf("panel %q target %d: Prometheus refused %q: %d %s %v", pn.Title, i, q, code, r.Error, err)
+				continue
+			}
+			if len(r.Data.Result) > 0 {
+				withData[pn.Title] = true
+			}
+		}
+	}
+	for _, title := range []string{"Up", "Version", "Trips (24h)", "Suspended (24h)", "Since last good reconcile", "Config",
+		"Callbacks by outcome", "Managed triggers by rule", "Time since last good reconcile", "Requests by operation",
+		"Latency p95 by operation", "Config reload status", "Memory and goroutines"} {
+		if !withData[title] {
+			t.Errorf("dashboard panel %q shows no data after a trip", title)
+		}
 	}
 }
