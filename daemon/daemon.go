@@ -142,6 +142,7 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		Fanout:   cfg.Twilio.MaxConcurrency,
 	})
 	d.br.SetReconcileRequester(d.RequestReconcile)
+	primeRuleSeries(d.bm, cfg.Rules)
 	d.reloadOK.Set(1)
 	d.reloadOKTime.SetToCurrentTime()
 	return d, nil
@@ -394,6 +395,7 @@ func (d *Daemon) Reload() error {
 	d.cfg.Store(cfg)
 	d.br.SetSettings(settings)
 	d.noteCallbackAuth(old, cfg)
+	primeRuleSeries(d.bm, cfg.Rules)
 	d.reloadOK.Set(1)
 	d.reloadOKTime.SetToCurrentTime()
 	d.log.Info("config reloaded", "rules", cfg.Rules.Len())
