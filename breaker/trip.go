@@ -124,6 +124,7 @@ func (b *Breaker) RunExecutor(ctx context.Context, drain time.Duration) {
 	sem := make(chan struct{}, b.workers)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	b.loadLeases(ctx)
 	b.UpdatePendingGauge(ctx)
 	for {
 		b.runDue(ctx, actx, sem, &wg)
@@ -141,6 +142,7 @@ func (b *Breaker) RunExecutor(ctx context.Context, drain time.Duration) {
 			return
 		case <-b.wake:
 		case <-tick.C:
+			b.UpdatePendingGauge(ctx) // the store is the truth; the gauge never drifts
 		}
 	}
 }
@@ -203,24 +205,36 @@ func (b *Breaker) executeTrip(ctx context.Context, a store.Action) {
 		b.retry(ctx, a, fmt.Errorf("read incident: %w", err))
 		return
 	}
+	// One action per subaccount at a time: two incidents of one account (two
+	// rules crossed at once) must not both read "active" and both write.
+	unlock := b.acctMu.lock(inc.AccountSID)
+	defer unlock()
 	r := b.Rule(inc.Rule)
 	log := b.log.With("incident", inc.ID, "rule", inc.Rule, "account", inc.AccountSID, "account_name", inc.AccountName, "source", inc.Source)
-	outcome, detail, err := b.trip(ctx, inc, r)
-	var skip errSkip
+	outcome, detail, err := b.trip(ctx, a, inc, r)
+	var (
+		skip errSkip
+		wait errWait
+	)
 	switch {
 	case errors.As(err, &skip):
 		b.m.Skipped.WithLabelValues(inc.Rule).Inc()
 		log.Warn("incident skipped", "why", skip.why)
 		b.finish(ctx, a, store.StateDone, OutcomeSkipped, skip.why)
-	case err != nil && (twilioapi.IsRetryable(err) || errors.Is(err, ErrLookupLimited) || ctx.Err() != nil):
-		log.Warn("action failed, will retry", "attempt", a.Attempts+1, "err", err)
-		b.retry(ctx, a, err)
-	case err != nil:
-		if r != nil && r.Action == rules.ActionSuspend {
+	case errors.As(err, &wait):
+		log.Info("action deferred", "why", wait.why, "until", wait.until)
+		if err := b.store.RetryAction(context.WithoutCancel(ctx), a.ID, wait.until, wait.why); err != nil {
+			b.log.Error("cannot record a deferred action", "action", a.ID, "err", err)
+		}
+	case err != nil && givesUp(err) && ctx.Err() == nil:
+		if r != nil && r.Action == rules.ActionSuspend && !r.DryRun {
 			b.m.Suspensions.WithLabelValues(inc.Rule, OutcomeFailed).Inc()
 		}
 		log.Error("action failed for good", "err", err)
 		b.finish(ctx, a, store.StateFailed, OutcomeFailed, err.Error())
+	case err != nil:
+		log.Warn("action failed, will retry", "attempt", a.Attempts+1, "err", err)
+		b.retry(ctx, a, err)
 	default:
 		if r.Action == rules.ActionSuspend {
 			b.m.Suspensions.WithLabelValues(inc.Rule, outcome).Inc()
@@ -231,12 +245,26 @@ func (b *Breaker) executeTrip(ctx context.Context, a store.Action) {
 }
 
 // trip verifies the incident against the current rule and account, then acts.
-func (b *Breaker) trip(ctx context.Context, inc store.Incident, r *rules.Rule) (outcome, detail string, err error) {
+func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, r *rules.Rule) (outcome, detail string, err error) {
 	// Verify.
 	if r == nil {
 		return "", "", errSkip{fmt.Sprintf("rule %q no longer exists", inc.Rule)}
 	}
-	acct, err := b.accounts.Lookup(ctx, inc.AccountSID)
+	suspend := r.Action == rules.ActionSuspend && !r.DryRun
+	if suspend {
+		// A write sent before a restart may still land: read only after it may have.
+		if until, held := b.leases.until(inc.AccountSID, b.now()); held {
+			return "", "", errWait{until, "waiting for a suspend write sent before the restart to land"}
+		}
+	}
+	var acct twilioapi.Account
+	if cached, ok := b.accounts.Cached(inc.AccountSID); ok && !suspend {
+		acct = cached
+	} else {
+		// A suspension is decided on a fresh read (read before write: after a
+		// crash or a lost answer the account may already be suspended).
+		acct, err = b.readAccount(ctx, inc.AccountSID)
+	}
 	if errors.Is(err, ErrNotSubaccount) {
 		return "", "", errSkip{"the account is not a subaccount of the parent any more"}
 	}
@@ -265,26 +293,40 @@ func (b *Breaker) trip(ctx context.Context, inc store.Incident, r *rules.Rule) (
 	case r.Action == rules.ActionNotify:
 		return OutcomeNotified, fmt.Sprintf("value %s >= threshold %s; rule only notifies", cur, r.Threshold), nil
 	}
-	// Read before writing: after a crash or a lost answer the account may
-	// already be suspended, and then nothing is written twice.
-	now, err := b.api.FetchAccount(ctx, acct.SID)
-	if err != nil {
-		return "", "", err
-	}
-	b.accounts.Put(now)
-	switch now.Status {
+	switch acct.Status {
 	case twilioapi.StatusSuspended:
+		if by, ok := b.wroteBy.Load(acct.SID); wroteBefore(a) && (!ok || by == a.ID) {
+			// Our earlier write landed (no other action of ours wrote since).
+			return OutcomeSuspended, fmt.Sprintf("value %s >= threshold %s (suspended by an earlier attempt whose answer was lost)", cur, r.Threshold), nil
+		}
 		return OutcomeAlreadySuspended, "the account was already suspended", nil
 	case twilioapi.StatusClosed:
 		return OutcomeAlreadySuspended, "the account is closed", nil
 	}
+	// Record the intent first: should the process die before the answer is
+	// recorded, the next one waits for the write to land before reading again.
+	if err := b.store.RetryAction(ctx, a.ID, b.now().Add(b.lease), detailWriteSent); err != nil {
+		return "", "", fmt.Errorf("record the suspend write: %w", err)
+	}
+	a.Detail = detailWriteSent
 	upd, err := b.api.SetAccountStatus(ctx, acct.SID, twilioapi.StatusSuspended)
 	if err != nil {
+		if unknownOutcome(err) {
+			err = writeUnknown{err}
+		}
 		return "", "", err
 	}
 	b.accounts.Put(upd)
+	b.wroteBy.Store(acct.SID, a.ID)
 	return OutcomeSuspended, fmt.Sprintf("value %s >= threshold %s", cur, r.Threshold), nil
 }
+
+// writeUnknown is a status write that failed without saying whether Twilio
+// applied it. Its message marks the action (see wroteBefore).
+type writeUnknown struct{ err error }
+
+func (e writeUnknown) Error() string { return prefixWriteUnknown + e.err.Error() }
+func (e writeUnknown) Unwrap() error { return e.err }
 
 func (b *Breaker) finish(ctx context.Context, a store.Action, state, outcome, detail string) {
 	if err := b.store.FinishAction(ctx, a.ID, state, outcome, detail); err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -296,7 +338,13 @@ func (b *Breaker) finish(ctx context.Context, a store.Action, state, outcome, de
 
 func (b *Breaker) retry(ctx context.Context, a store.Action, cause error) {
 	b.m.ActionAttemptErrors.WithLabelValues(a.Kind).Inc()
-	next := b.now().Add(b.backoff(a.Attempts))
+	wait := b.backoff(a.Attempts)
+	var wu writeUnknown
+	if errors.As(cause, &wu) && statusOf(wu.err) == 0 {
+		// No answer at all: the write may still be on its way to Twilio.
+		wait = max(wait, b.lease)
+	}
+	next := b.now().Add(wait)
 	if err := b.store.RetryAction(context.WithoutCancel(ctx), a.ID, next, cause.Error()); err != nil {
 		b.log.Error("cannot record a failed attempt", "action", a.ID, "err", err)
 	}
