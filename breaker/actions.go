@@ -99,8 +99,9 @@ func (l *leases) until(acct string, now time.Time) (time.Time, bool) {
 	return t, ok
 }
 
-// loadLeases finds the writes a previous process sent without recording
-// their answer (actions still showing detailWriteSent, not yet due again),
+// loadLeases finds the writes a previous process sent without learning their
+// outcome (the process died, or the write was cut off or timed out; the
+// action is not due again yet),
 // so no other action writes to those accounts before the writes may have
 // landed. RunExecutor calls it at start.
 func (b *Breaker) loadLeases(ctx context.Context) {
@@ -111,7 +112,7 @@ func (b *Breaker) loadLeases(ctx context.Context) {
 		return
 	}
 	for _, a := range acts {
-		if a.Kind != store.ActionTrip || a.Detail != detailWriteSent || !a.NextAttemptAt.After(now) {
+		if a.Kind != store.ActionTrip || !wroteBefore(a) || !a.NextAttemptAt.After(now) {
 			continue
 		}
 		inc, err := b.store.Incident(ctx, a.IncidentID)

@@ -49,6 +49,10 @@ func (d *Daemon) adminMux() http.Handler {
 		writeJSON(w, http.StatusAccepted, map[string]string{"status": "reconcile requested"})
 	}))
 	mux.Handle("GET /api/v1/incidents", d.authed(d.listIncidents))
+	mux.Handle("POST /api/v1/poll", d.authed(func(w http.ResponseWriter, r *http.Request) {
+		d.RequestPoll()
+		writeJSON(w, http.StatusAccepted, map[string]string{"status": "poll requested"})
+	}))
 	return mux
 }
 
