@@ -26,11 +26,10 @@ type relOpts struct {
 	shutdown      time.Duration // daemon.Options.ShutdownTimeout (default 5s)
 	simOpts       twiliosim.Options
 	quiet         bool // discard the daemon's logs (floods)
-	configDir     string
-	configPath    string // when set, the config is written by the test (e.g. through symlinks)
+	// install, when set, writes e.cfgText and the rules where it likes and
+	// sets e.cfgPath (e.g. through Kubernetes-style symlinks).
+	install       func(e *relEnv, ruleText string)
 	rulesGlob     string // default rules/*.yaml
-	statePath     string
-	writeRules    bool // write ruleText to rules/main.yaml (default true unless configPath is set)
 	extraConfig   string
 	maxConcurrent int
 }
@@ -66,14 +65,8 @@ func startRel(t *testing.T, names []string, ruleText string, o relOpts) *relEnv 
 	e.public = "http://" + cbLn.Addr().String()
 	e.admin = "http://" + adminLn.Addr().String()
 	p := e.sim.Parent()
-	if o.configDir == "" {
-		o.configDir = e.dir
-	}
 	if o.rulesGlob == "" {
 		o.rulesGlob = "rules/*.yaml"
-	}
-	if o.statePath == "" {
-		o.statePath = filepath.Join(e.dir, "state.db")
 	}
 	if o.maxConcurrent == 0 {
 		o.maxConcurrent = 8
@@ -103,14 +96,14 @@ poll:
 admin:
   token_file: %s
 %s`, p.SID, p.AuthToken, e.simURL, o.maxConcurrent, timeout, cbLn.Addr().String(), e.public, adminLn.Addr().String(),
-		o.statePath, o.rulesGlob, o.poll, filepath.Join(e.dir, "admin-token"), o.extraConfig)
-	if o.configPath == "" {
-		e.cfgPath = filepath.Join(o.configDir, "config.yaml")
-		os.WriteFile(e.cfgPath, []byte(e.cfgText), 0o600)
-		os.MkdirAll(filepath.Join(o.configDir, "rules"), 0o755)
-		e.writeRulesIn(o.configDir, ruleText)
+		filepath.Join(e.dir, "state.db"), o.rulesGlob, o.poll, filepath.Join(e.dir, "admin-token"), o.extraConfig)
+	if o.install != nil {
+		o.install(e, ruleText)
 	} else {
-		e.cfgPath = o.configPath
+		e.cfgPath = filepath.Join(e.dir, "config.yaml")
+		os.WriteFile(e.cfgPath, []byte(e.cfgText), 0o600)
+		os.MkdirAll(filepath.Join(e.dir, "rules"), 0o755)
+		e.writeRules(ruleText)
 	}
 	if o.shutdown == 0 {
 		o.shutdown = 5 * time.Second
@@ -123,12 +116,6 @@ admin:
 	e.restart()
 	t.Cleanup(e.stop)
 	return e
-}
-
-func (e *relEnv) writeRulesIn(dir, text string) {
-	if err := os.WriteFile(filepath.Join(dir, "rules", "main.yaml"), []byte(text), 0o644); err != nil {
-		e.t.Fatal(err)
-	}
 }
 
 // restart starts the daemon (again) on the same config, state and addresses.
