@@ -20,12 +20,12 @@ import (
 
 // relOpts shape a reliability test environment (startRel).
 type relOpts struct {
-	poll          string        // poll.schedule ("" off)
-	timeout       string        // twilio.timeout ("" default)
-	watch         time.Duration // daemon.Options.WatchInterval
-	shutdown      time.Duration // daemon.Options.ShutdownTimeout (default 5s)
-	simOpts       twiliosim.Options
-	quiet         bool // discard the daemon's logs (floods)
+	poll     string        // poll.schedule ("" off)
+	timeout  string        // twilio.timeout ("" default)
+	watch    time.Duration // daemon.Options.WatchInterval
+	shutdown time.Duration // daemon.Options.ShutdownTimeout (default 5s)
+	simOpts  twiliosim.Options
+	quiet    bool // discard the daemon's logs (floods)
 	// install, when set, writes e.cfgText and the rules where it likes and
 	// sets e.cfgPath (e.g. through Kubernetes-style symlinks).
 	install       func(e *relEnv, ruleText string)

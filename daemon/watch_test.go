@@ -70,7 +70,9 @@ func TestWatcherReloadsChangedFiles(t *testing.T) {
 	// A bad save: rejected, the old rules keep running, the gauge drops, the
 	// log names FILE:LINE.
 	e.saveRules(strings.Replace(e2eRules, `threshold: "50"`, `threshold: "-1"`, 1))
-	e.waitFor("the rejected reload", func() bool { return e.metric("usagebreaker_config_last_reload_successful") == 0 && e.logLines("config reload rejected") >= 1 })
+	e.waitFor("the rejected reload", func() bool {
+		return e.metric("usagebreaker_config_last_reload_successful") == 0 && e.logLines("config reload rejected") >= 1
+	})
 	if !strings.Contains(e.logs.String(), `main.yaml:9: rule \"spend-daily\": threshold`) {
 		t.Fatalf("the log does not name FILE:LINE:\n%s", e.logs.String())
 	}
