@@ -126,7 +126,7 @@ func (b *Breaker) loadLeases(ctx context.Context) {
 	}
 }
 
-// errWait defers an action without counting against it: retry at until.
+// errWait defers an action without counting an attempt: look again at until.
 type errWait struct {
 	until time.Time
 	why   string

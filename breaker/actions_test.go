@@ -126,7 +126,7 @@ func TestCrashDuringTheWrite(t *testing.T) {
 			// write of spend-daily's action and recording its answer.
 			act := f.actions(t, spend.Incident.ID)[0]
 			lease := f.clock.Now().Add(30 * time.Second)
-			if err := f.st.RetryAction(context.Background(), act.ID, lease, detailWriteSent); err != nil {
+			if err := f.st.NoteAction(context.Background(), act.ID, lease, detailWriteSent); err != nil {
 				t.Fatal(err)
 			}
 			if landed {

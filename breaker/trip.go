@@ -223,7 +223,7 @@ func (b *Breaker) executeTrip(ctx context.Context, a store.Action) {
 		b.finish(ctx, a, store.StateDone, OutcomeSkipped, skip.why)
 	case errors.As(err, &wait):
 		log.Info("action deferred", "why", wait.why, "until", wait.until)
-		if err := b.store.RetryAction(context.WithoutCancel(ctx), a.ID, wait.until, wait.why); err != nil {
+		if err := b.store.NoteAction(context.WithoutCancel(ctx), a.ID, wait.until, wait.why); err != nil {
 			b.log.Error("cannot record a deferred action", "action", a.ID, "err", err)
 		}
 	case err != nil && givesUp(err) && ctx.Err() == nil:
@@ -305,7 +305,7 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 	}
 	// Record the intent first: should the process die before the answer is
 	// recorded, the next one waits for the write to land before reading again.
-	if err := b.store.RetryAction(ctx, a.ID, b.now().Add(b.lease), detailWriteSent); err != nil {
+	if err := b.store.NoteAction(ctx, a.ID, b.now().Add(b.lease), detailWriteSent); err != nil {
 		return "", "", fmt.Errorf("record the suspend write: %w", err)
 	}
 	a.Detail = detailWriteSent

@@ -26,6 +26,8 @@ type relOpts struct {
 	shutdown time.Duration // daemon.Options.ShutdownTimeout (default 5s)
 	simOpts  twiliosim.Options
 	quiet    bool // discard the daemon's logs (floods)
+	// setup runs before the daemon first starts.
+	setup func(e *relEnv)
 	// install, when set, writes e.cfgText and the rules where it likes and
 	// sets e.cfgPath (e.g. through Kubernetes-style symlinks).
 	install       func(e *relEnv, ruleText string)
@@ -113,6 +115,9 @@ admin:
 	e.quiet = o.quiet
 	cbLn.Close()
 	adminLn.Close()
+	if o.setup != nil {
+		o.setup(e)
+	}
 	e.restart()
 	t.Cleanup(e.stop)
 	return e
