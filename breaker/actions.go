@@ -140,6 +140,16 @@ func wroteBefore(a store.Action) bool {
 	return a.Detail == detailWriteSent || strings.HasPrefix(a.Detail, prefixWriteUnknown)
 }
 
+// keepMark keeps an action's mark of a write with an unknown outcome in a
+// new detail, so a later attempt that finds the account suspended still
+// knows the suspension may be its own.
+func keepMark(a store.Action, detail string) string {
+	if !wroteBefore(a) || detail == detailWriteSent || strings.HasPrefix(detail, prefixWriteUnknown) {
+		return detail
+	}
+	return prefixWriteUnknown + "an earlier attempt's write; since then: " + detail
+}
+
 // readAccount reads a subaccount from Twilio for an action: always a fresh
 // read of its own (never a cached account nor a fetch shared with a callback's
 // lookup), so a write is decided on the account's state after every earlier

@@ -270,3 +270,31 @@ func TestPendingGaugeFollowsTheStore(t *testing.T) {
 		t.Fatalf("actions_pending = %v", v)
 	}
 }
+
+func TestAWriteMayHaveLandedIsRememberedAcrossOtherErrors(t *testing.T) {
+	f := newFixture(t, baseRules)
+	a := f.api.addAccount("tenant-a", "active")
+	f.reconcile(t)
+	f.api.failNext("accounts.update", &twilioapi.Error{Operation: "accounts.update", Status: 500, Code: 20500, Message: "Internal Server Error"})
+	res := f.accept(t, "spend-daily", a, callbackFor(a, "t1", "totalprice", "price", "60"))
+	f.b.RunDueOnce(context.Background())
+	// Twilio applied the write although it answered 500; the next attempt's read fails.
+	f.api.mu.Lock()
+	f.api.accounts[a.SID].Status = "suspended"
+	f.api.mu.Unlock()
+	f.api.failNext("accounts.fetch", &twilioapi.Error{Operation: "accounts.fetch", Status: 503, Message: "unavailable"})
+	f.clock.Advance(time.Minute)
+	f.b.RunDueOnce(context.Background())
+	if inc := f.incident(t, res.Incident.ID); inc.State != store.StatePending || !strings.HasPrefix(inc.Detail, prefixWriteUnknown) {
+		t.Fatalf("after the failed read: %+v", inc)
+	}
+	f.clock.Advance(time.Minute)
+	f.b.RunDueOnce(context.Background())
+	inc := f.incident(t, res.Incident.ID)
+	if inc.Outcome != OutcomeSuspended || !strings.Contains(inc.Detail, "earlier attempt") {
+		t.Fatalf("incident = %+v", inc)
+	}
+	if n := f.api.count("accounts.update"); n != 1 {
+		t.Fatalf("%d writes", n)
+	}
+}

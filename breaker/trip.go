@@ -223,7 +223,7 @@ func (b *Breaker) executeTrip(ctx context.Context, a store.Action) {
 		b.finish(ctx, a, store.StateDone, OutcomeSkipped, skip.why)
 	case errors.As(err, &wait):
 		log.Info("action deferred", "why", wait.why, "until", wait.until)
-		if err := b.store.NoteAction(context.WithoutCancel(ctx), a.ID, wait.until, wait.why); err != nil {
+		if err := b.store.NoteAction(context.WithoutCancel(ctx), a.ID, wait.until, keepMark(a, wait.why)); err != nil {
 			b.log.Error("cannot record a deferred action", "action", a.ID, "err", err)
 		}
 	case err != nil && givesUp(err) && ctx.Err() == nil:
@@ -345,7 +345,7 @@ func (b *Breaker) retry(ctx context.Context, a store.Action, cause error) {
 		wait = max(wait, b.lease)
 	}
 	next := b.now().Add(wait)
-	if err := b.store.RetryAction(context.WithoutCancel(ctx), a.ID, next, cause.Error()); err != nil {
+	if err := b.store.RetryAction(context.WithoutCancel(ctx), a.ID, next, keepMark(a, cause.Error())); err != nil {
 		b.log.Error("cannot record a failed attempt", "action", a.ID, "err", err)
 	}
 }
