@@ -238,6 +238,22 @@ func (d *Daemon) Run(ctx context.Context) error {
 		"rules", cfg.Rules.Len(), "callback_listener", d.cbLn.Addr().String(), "admin_listener", d.adminLn.Addr().String(),
 		"public_url", cfg.Server.PublicURL)
 
+	// The schedules exist before anything can reload (SIGHUP, the watcher);
+	// reloadMu orders this with a reload already under way.
+	d.reloadMu.Lock()
+	d.cron = cron.New(cron.WithLocation(time.UTC))
+	err := d.schedule(d.cfg.Load())
+	if err == nil {
+		err = d.schedulePoll(d.cfg.Load())
+	}
+	d.reloadMu.Unlock()
+	if err != nil {
+		d.cbSrv.Close()
+		d.adminSrv.Close()
+		d.st.Close()
+		return err
+	}
+
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	var wg sync.WaitGroup
@@ -248,18 +264,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.opts.WatchInterval > 0 {
 		wg.Add(1)
 		go func() { defer wg.Done(); d.watchLoop(runCtx, d.opts.WatchInterval) }()
-	}
-
-	d.cron = cron.New(cron.WithLocation(time.UTC))
-	err := d.schedule(cfg)
-	if err == nil {
-		err = d.schedulePoll(cfg)
-	}
-	if err != nil {
-		stop()
-		wg.Wait()
-		d.st.Close()
-		return err
 	}
 	d.cron.Start()
 
