@@ -63,7 +63,7 @@ func TestTwilioFaults(t *testing.T) {
 	t0 := time.Now()
 	var start twiliosim.State
 	e := startRel(t, tenantNames(49), e2eRules, relOpts{
-		poll: "@every 1h", timeout: "250ms", quiet: true,
+		poll: "@every 1h", timeout: "400ms", quiet: true,
 		simOpts: twiliosim.Options{Seed: seed},
 		setup: func(e *relEnv) {
 			p := 1 - math.Pow(0.7, 0.25) // four faults, each this likely: 30% of requests fail
@@ -75,7 +75,7 @@ func TestTwilioFaults(t *testing.T) {
 				// apply the request a little later (the simulator does, for
 				// POSTs); a suspend write that may land is waited for (the
 				// write lease, twice the timeout), never repeated before.
-				{Delay: 300 * time.Millisecond},
+				{Delay: 450 * time.Millisecond},
 			} {
 				f.Path, f.Times, f.Probability = `^/2010-04-01/`, -1, p
 				if _, err := e.sim.AddFault(f); err != nil {
