@@ -298,3 +298,34 @@ func TestAWriteMayHaveLandedIsRememberedAcrossOtherErrors(t *testing.T) {
 		t.Fatalf("%d writes", n)
 	}
 }
+
+func TestStartResumesEveryPendingAction(t *testing.T) {
+	f := newFixture(t, baseRules)
+	a := f.api.addAccount("tenant-a", "active")
+	f.reconcile(t)
+	f.api.failNext("accounts.fetch", &twilioapi.Error{Operation: "accounts.fetch", Status: 401, Code: 20003, Message: "Authenticate"})
+	res := f.accept(t, "spend-daily", a, callbackFor(a, "t1", "totalprice", "price", "60"))
+	f.b.RunDueOnce(context.Background())
+	acts := f.actions(t, res.Incident.ID)
+	if acts[0].State != store.StatePending || !acts[0].NextAttemptAt.After(f.clock.Now()) {
+		t.Fatalf("after the 401: %+v", acts[0])
+	}
+	// The operator fixes the token and restarts: the action runs at once,
+	// not when its backoff would have let it.
+	b2 := New(Options{API: f.api, Store: f.st, Metrics: f.m, Now: f.clock.Now, Settings: f.b.Settings()})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { b2.RunExecutor(ctx, 5*time.Second); close(done) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for f.incident(t, res.Incident.ID).State == store.StatePending {
+		if time.Now().After(deadline) {
+			t.Fatal("the pending action was not resumed at start")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if inc := f.incident(t, res.Incident.ID); inc.Outcome != OutcomeSuspended {
+		t.Fatalf("incident = %+v", inc)
+	}
+}

@@ -126,6 +126,9 @@ func (b *Breaker) RunExecutor(ctx context.Context, drain time.Duration) {
 	defer tick.Stop()
 	b.loadLeases(ctx)
 	b.UpdatePendingGauge(ctx)
+	// At start every pending action is resumed, whatever its backoff said
+	// (the restart may be the fix it waited for); the write leases still hold.
+	b.runPending(ctx, actx, sem, &wg, b.now().AddDate(50, 0, 0), 0)
 	for {
 		b.runDue(ctx, actx, sem, &wg)
 		select {
@@ -148,7 +151,12 @@ func (b *Breaker) RunExecutor(ctx context.Context, drain time.Duration) {
 }
 
 func (b *Breaker) runDue(ctx, actx context.Context, sem chan struct{}, wg *sync.WaitGroup) {
-	acts, err := b.store.PendingActions(ctx, b.now(), 256)
+	b.runPending(ctx, actx, sem, wg, b.now(), 256)
+}
+
+// runPending starts the pending actions due at upTo (at most limit; 0: all).
+func (b *Breaker) runPending(ctx, actx context.Context, sem chan struct{}, wg *sync.WaitGroup, upTo time.Time, limit int) {
+	acts, err := b.store.PendingActions(ctx, upTo, limit)
 	if err != nil {
 		if ctx.Err() == nil {
 			b.log.Error("cannot read pending actions", "err", err)
