@@ -140,6 +140,23 @@ func wroteBefore(a store.Action) bool {
 	return a.Detail == detailWriteSent || strings.HasPrefix(a.Detail, prefixWriteUnknown)
 }
 
+// claimedByAnother reports whether another incident of the account already
+// says it suspended it since inc was opened: then of two actions whose
+// writes' fates were lost in a crash, only the first to find the account
+// suspended claims the suspension.
+func (b *Breaker) claimedByAnother(ctx context.Context, inc store.Incident) bool {
+	incs, err := b.store.ListIncidents(ctx, store.IncidentFilter{AccountSID: inc.AccountSID, Limit: 100})
+	if err != nil {
+		return false
+	}
+	for _, o := range incs {
+		if o.ID != inc.ID && o.Outcome == OutcomeSuspended && !o.UpdatedAt.Before(inc.CreatedAt) {
+			return true
+		}
+	}
+	return false
+}
+
 // keepMark keeps an action's mark of a write with an unknown outcome in a
 // new detail, so a later attempt that finds the account suspended still
 // knows the suspension may be its own.

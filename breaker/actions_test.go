@@ -329,3 +329,25 @@ func TestStartResumesEveryPendingAction(t *testing.T) {
 		t.Fatalf("incident = %+v", inc)
 	}
 }
+
+func TestTwoLostWritesOneClaim(t *testing.T) {
+	// Two actions of one account both sent a write whose fate a crash hid;
+	// the account is suspended. Only one incident may say it suspended it.
+	f, _ := newSlowFixture(t, twoSuspendRules)
+	a := f.api.addAccount("tenant-a", "active")
+	f.reconcile(t)
+	spend := f.accept(t, "spend-daily", a, callbackFor(a, "t1", "totalprice", "price", "60"))
+	sms := f.accept(t, "sms-daily", a, callbackFor(a, "t2", "sms", "count", "150"))
+	for _, id := range []int64{spend.Incident.ID, sms.Incident.ID} {
+		if err := f.st.NoteAction(context.Background(), f.actions(t, id)[0].ID, f.clock.Now(), detailWriteSent); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.api.SetAccountStatus(context.Background(), a.SID, "suspended")
+	b2 := New(Options{API: f.api, Store: f.st, Metrics: f.m, Now: f.clock.Now, Workers: 4, Settings: f.b.Settings()})
+	b2.RunDueOnce(context.Background())
+	got := []string{f.incident(t, spend.Incident.ID).Outcome, f.incident(t, sms.Incident.ID).Outcome}
+	if (got[0] == OutcomeSuspended) == (got[1] == OutcomeSuspended) {
+		t.Fatalf("outcomes = %v, want exactly one suspended", got)
+	}
+}

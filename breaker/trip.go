@@ -303,7 +303,7 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 	}
 	switch acct.Status {
 	case twilioapi.StatusSuspended:
-		if by, ok := b.wroteBy.Load(acct.SID); wroteBefore(a) && (!ok || by == a.ID) {
+		if by, ok := b.wroteBy.Load(acct.SID); wroteBefore(a) && (!ok || by == a.ID) && !b.claimedByAnother(ctx, inc) {
 			// Our earlier write landed (no other action of ours wrote since).
 			return OutcomeSuspended, fmt.Sprintf("value %s >= threshold %s (suspended by an earlier attempt whose answer was lost)", cur, r.Threshold), nil
 		}
