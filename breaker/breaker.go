@@ -50,6 +50,11 @@ type Options struct {
 	// RetryMin and RetryMax bound the backoff between attempts of a failed
 	// action (defaults 1s and 5m).
 	RetryMin, RetryMax time.Duration
+	// WriteLease is how long a status write sent to Twilio may still land
+	// after its answer was lost (a timeout, or a crash before the answer was
+	// recorded); no other write to that account is tried before it passes
+	// (default 20s; the daemon uses twice the Twilio request timeout).
+	WriteLease time.Duration
 }
 
 // Breaker owns the reconciler, the account cache and the action executor.
@@ -63,6 +68,7 @@ type Breaker struct {
 	workers  int
 	retryMin time.Duration
 	retryMax time.Duration
+	lease    time.Duration
 
 	settings atomic.Pointer[Settings]
 	accounts *Accounts
@@ -75,7 +81,12 @@ type Breaker struct {
 	wake     chan struct{} // nudges the executor
 	inflight sync.Map      // action ID -> struct{}: running now
 
-	op *operatorState // guard slots, account locks (operator.go)
+	op      *operatorState // guard slots, account locks (operator.go)
+	acctMu  keyedMutex     // one action per subaccount at a time
+	leases  leases         // accounts a write from before a restart may still reach
+	wroteBy sync.Map       // account SID -> ID of the action whose suspend write this process saw succeed
+
+	pollMu sync.Mutex // never two polls at once
 }
 
 // New builds a Breaker; nothing runs until Reconcile or RunExecutor is called.
@@ -101,9 +112,12 @@ func New(o Options) *Breaker {
 	if o.RetryMax <= 0 {
 		o.RetryMax = 5 * time.Minute
 	}
+	if o.WriteLease <= 0 {
+		o.WriteLease = 20 * time.Second
+	}
 	b := &Breaker{
 		api: o.API, store: o.Store, log: o.Logger, m: o.Metrics, now: o.Now,
-		fanout: o.Fanout, workers: o.Workers, retryMin: o.RetryMin, retryMax: o.RetryMax,
+		fanout: o.Fanout, workers: o.Workers, retryMin: o.RetryMin, retryMax: o.RetryMax, lease: o.WriteLease,
 		accounts: NewAccounts(o.API, o.Now),
 		wake:     make(chan struct{}, 1),
 		op:       newOperatorState(),

@@ -25,6 +25,8 @@ type fakeAPI struct {
 	calls    map[string]int
 	seq      []string           // every write, in order: "create NAME", "delete NAME", "update NAME", "status SID STATUS"
 	fail     map[string][]error // operation -> errors returned by the next calls, in order
+
+	usage map[string]map[twilioapi.Period][]twilioapi.UsageRecord // account -> period -> records (fake_usage_test.go)
 }
 
 func newFakeAPI() *fakeAPI {

@@ -79,6 +79,10 @@ func (b *Breaker) Reactivate(ctx context.Context, req ReactivateRequest) (Reacti
 	}
 	unlock := b.op.lockAccount(req.AccountSID)
 	defer unlock()
+	// And not while a suspend action of this account runs (lock order: the
+	// reconciler's account lock, then the actions' one).
+	unlockActions := b.acctMu.lock(req.AccountSID)
+	defer unlockActions()
 
 	incs, err := b.store.ListIncidents(ctx, store.IncidentFilter{AccountSID: req.AccountSID, Limit: 1})
 	if err != nil {

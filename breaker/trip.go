@@ -130,7 +130,11 @@ func (b *Breaker) RunExecutor(ctx context.Context, drain time.Duration) {
 	sem := make(chan struct{}, b.workers)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	b.loadLeases(ctx)
 	b.UpdatePendingGauge(ctx)
+	// At start every pending action is resumed, whatever its backoff said
+	// (the restart may be the fix it waited for); the write leases still hold.
+	b.runPending(ctx, actx, sem, &wg, b.now().AddDate(50, 0, 0), 0)
 	for {
 		b.runDue(ctx, actx, sem, &wg)
 		select {
@@ -147,12 +151,18 @@ func (b *Breaker) RunExecutor(ctx context.Context, drain time.Duration) {
 			return
 		case <-b.wake:
 		case <-tick.C:
+			b.UpdatePendingGauge(ctx) // the store is the truth; the gauge never drifts
 		}
 	}
 }
 
 func (b *Breaker) runDue(ctx, actx context.Context, sem chan struct{}, wg *sync.WaitGroup) {
-	acts, err := b.store.PendingActions(ctx, b.now(), 256)
+	b.runPending(ctx, actx, sem, wg, b.now(), 256)
+}
+
+// runPending starts the pending actions due at upTo (at most limit; 0: all).
+func (b *Breaker) runPending(ctx, actx context.Context, sem chan struct{}, wg *sync.WaitGroup, upTo time.Time, limit int) {
+	acts, err := b.store.PendingActions(ctx, upTo, limit)
 	if err != nil {
 		if ctx.Err() == nil {
 			b.log.Error("cannot read pending actions", "err", err)
@@ -212,12 +222,17 @@ func (b *Breaker) executeTrip(ctx context.Context, a store.Action) {
 		b.retry(ctx, a, fmt.Errorf("read incident: %w", err))
 		return
 	}
+	// One action per subaccount at a time: two incidents of one account (two
+	// rules crossed at once) must not both read "active" and both write.
+	unlock := b.acctMu.lock(inc.AccountSID)
+	defer unlock()
 	r := b.Rule(inc.Rule)
 	log := b.log.With("incident", inc.ID, "rule", inc.Rule, "account", inc.AccountSID, "account_name", inc.AccountName, "source", inc.Source)
 	outcome, detail, err := b.trip(ctx, a, inc, r)
 	var (
 		skip errSkip
 		held errHeld
+		wait errWait
 	)
 	switch {
 	case errors.As(err, &held):
@@ -226,15 +241,20 @@ func (b *Breaker) executeTrip(ctx context.Context, a store.Action) {
 		b.m.Skipped.WithLabelValues(inc.Rule).Inc()
 		log.Warn("incident skipped", "why", skip.why)
 		b.finish(ctx, a, store.StateDone, OutcomeSkipped, skip.why)
-	case err != nil && (twilioapi.IsRetryable(err) || errors.Is(err, ErrLookupLimited) || ctx.Err() != nil):
-		log.Warn("action failed, will retry", "attempt", a.Attempts+1, "err", err)
-		b.retry(ctx, a, err)
-	case err != nil:
-		if r != nil && r.Action == rules.ActionSuspend {
+	case errors.As(err, &wait):
+		log.Info("action deferred", "why", wait.why, "until", wait.until)
+		if err := b.store.NoteAction(context.WithoutCancel(ctx), a.ID, wait.until, keepMark(a, wait.why)); err != nil {
+			b.log.Error("cannot record a deferred action", "action", a.ID, "err", err)
+		}
+	case err != nil && givesUp(err) && ctx.Err() == nil:
+		if r != nil && r.Action == rules.ActionSuspend && !r.DryRun {
 			b.m.Suspensions.WithLabelValues(inc.Rule, OutcomeFailed).Inc()
 		}
 		log.Error("action failed for good", "err", err)
 		b.finish(ctx, a, store.StateFailed, OutcomeFailed, err.Error())
+	case err != nil:
+		log.Warn("action failed, will retry", "attempt", a.Attempts+1, "err", err)
+		b.retry(ctx, a, err)
 	default:
 		if r.Action == rules.ActionSuspend {
 			b.m.Suspensions.WithLabelValues(inc.Rule, outcome).Inc()
@@ -250,7 +270,21 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 	if r == nil {
 		return "", "", errSkip{fmt.Sprintf("rule %q no longer exists", inc.Rule)}
 	}
-	acct, err := b.accounts.Lookup(ctx, inc.AccountSID)
+	suspend := r.Action == rules.ActionSuspend && !r.DryRun
+	if suspend {
+		// A write sent before a restart may still land: read only after it may have.
+		if until, held := b.leases.until(inc.AccountSID, b.now()); held {
+			return "", "", errWait{until, "waiting for a suspend write sent before the restart to land"}
+		}
+	}
+	var acct twilioapi.Account
+	if cached, ok := b.accounts.Cached(inc.AccountSID); ok && !suspend {
+		acct = cached
+	} else {
+		// A suspension is decided on a fresh read (read before write: after a
+		// crash or a lost answer the account may already be suspended).
+		acct, err = b.readAccount(ctx, inc.AccountSID)
+	}
 	if errors.Is(err, ErrNotSubaccount) {
 		return "", "", errSkip{"the account is not a subaccount of the parent any more"}
 	}
@@ -279,15 +313,12 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 	case r.Action == rules.ActionNotify:
 		return OutcomeNotified, fmt.Sprintf("value %s >= threshold %s; rule only notifies", cur, r.Threshold), nil
 	}
-	// Read before writing: after a crash or a lost answer the account may
-	// already be suspended, and then nothing is written twice.
-	now, err := b.api.FetchAccount(ctx, acct.SID)
-	if err != nil {
-		return "", "", err
-	}
-	b.accounts.Put(now)
-	switch now.Status {
+	switch acct.Status {
 	case twilioapi.StatusSuspended:
+		if by, ok := b.wroteBy.Load(acct.SID); wroteBefore(a) && (!ok || by == a.ID) && !b.claimedByAnother(ctx, inc) {
+			// Our earlier write landed (no other action of ours wrote since).
+			return OutcomeSuspended, fmt.Sprintf("value %s >= threshold %s (suspended by an earlier attempt whose answer was lost)", cur, r.Threshold), nil
+		}
 		return OutcomeAlreadySuspended, "the account was already suspended", nil
 	case twilioapi.StatusClosed:
 		return OutcomeAlreadySuspended, "the account is closed", nil
@@ -296,13 +327,30 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 	if err := b.guardAdmit(ctx, a); err != nil {
 		return "", "", err
 	}
+	// Record the intent first: should the process die before the answer is
+	// recorded, the next one waits for the write to land before reading again.
+	if err := b.store.NoteAction(ctx, a.ID, b.now().Add(b.lease), detailWriteSent); err != nil {
+		return "", "", fmt.Errorf("record the suspend write: %w", err)
+	}
+	a.Detail = detailWriteSent
 	upd, err := b.api.SetAccountStatus(ctx, acct.SID, twilioapi.StatusSuspended)
 	if err != nil {
+		if unknownOutcome(err) {
+			err = writeUnknown{err}
+		}
 		return "", "", err
 	}
 	b.accounts.Put(upd)
+	b.wroteBy.Store(acct.SID, a.ID)
 	return OutcomeSuspended, fmt.Sprintf("value %s >= threshold %s", cur, r.Threshold), nil
 }
+
+// writeUnknown is a status write that failed without saying whether Twilio
+// applied it. Its message marks the action (see wroteBefore).
+type writeUnknown struct{ err error }
+
+func (e writeUnknown) Error() string { return prefixWriteUnknown + e.err.Error() }
+func (e writeUnknown) Unwrap() error { return e.err }
 
 func (b *Breaker) finish(ctx context.Context, a store.Action, state, outcome, detail string) {
 	if err := b.store.FinishAction(ctx, a.ID, state, outcome, detail); err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -314,8 +362,14 @@ func (b *Breaker) finish(ctx context.Context, a store.Action, state, outcome, de
 
 func (b *Breaker) retry(ctx context.Context, a store.Action, cause error) {
 	b.m.ActionAttemptErrors.WithLabelValues(a.Kind).Inc()
-	next := b.now().Add(b.backoff(a.Attempts))
-	if err := b.store.RetryAction(context.WithoutCancel(ctx), a.ID, next, cause.Error()); err != nil {
+	wait := b.backoff(a.Attempts)
+	var wu writeUnknown
+	if errors.As(cause, &wu) && statusOf(wu.err) == 0 {
+		// No answer at all: the write may still be on its way to Twilio.
+		wait = max(wait, b.lease)
+	}
+	next := b.now().Add(wait)
+	if err := b.store.RetryAction(context.WithoutCancel(ctx), a.ID, next, keepMark(a, cause.Error())); err != nil {
 		b.log.Error("cannot record a failed attempt", "action", a.ID, "err", err)
 	}
 }

@@ -51,6 +51,9 @@ type Options struct {
 	TLSCheckInterval  time.Duration
 	RejectLimit       webhook.RejectLimit
 	CallbackAuthGrace time.Duration
+	// WatchInterval is how often the config, rule and secret files are
+	// checked for changes (by checksum) to reload them; 0 turns it off.
+	WatchInterval time.Duration
 }
 
 // Daemon is a running usagebreaker.
@@ -79,6 +82,8 @@ type Daemon struct {
 	reloadOK      prometheus.Gauge
 	reloadOKTime  prometheus.Gauge
 	reconcileRuns *prometheus.CounterVec
+
+	rel reliability // polling fallback and file watcher
 }
 
 // New loads the config, opens the state and builds everything; it starts
@@ -97,13 +102,14 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{opts: o, log: o.Logger, reg: prometheus.NewRegistry(), reconcileReq: make(chan struct{}, 1),
-		cron: cron.New(cron.WithLocation(time.UTC))} // here, not in Run: Reload reads it from admin requests
+	d := &Daemon{opts: o, log: o.Logger, reg: prometheus.NewRegistry(), reconcileReq: make(chan struct{}, 1)}
 	d.cfg.Store(cfg)
 	d.registerOwnMetrics()
 	if err := d.setupEdge(cfg); err != nil {
 		return nil, err
 	}
+	d.initReliability(d.reg)
+	d.remember(d.snapshot(cfg))
 
 	st, err := store.Open(ctx, cfg.State.Path)
 	if err != nil {
@@ -140,6 +146,9 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		Metrics:  d.bm,
 		Now:      o.Now,
 		Fanout:   cfg.Twilio.MaxConcurrency,
+		// A status write that got no answer may land up to about a request
+		// timeout later; none is repeated before twice that.
+		WriteLease: 2 * cfg.Twilio.Timeout,
 	})
 	d.br.SetReconcileRequester(d.RequestReconcile)
 	primeRuleSeries(d.bm, cfg.Rules)
@@ -257,19 +266,33 @@ func (d *Daemon) Run(ctx context.Context) error {
 		"rules", cfg.Rules.Len(), "callback_listener", d.cbLn.Addr().String(), "admin_listener", d.adminLn.Addr().String(),
 		"public_url", cfg.Server.PublicURL)
 
+	// The schedules exist before anything can reload (SIGHUP, the watcher);
+	// reloadMu orders this with a reload already under way.
+	d.reloadMu.Lock()
+	d.cron = cron.New(cron.WithLocation(time.UTC))
+	err := d.schedule(d.cfg.Load())
+	if err == nil {
+		err = d.schedulePoll(d.cfg.Load())
+	}
+	d.reloadMu.Unlock()
+	if err != nil {
+		d.cbSrv.Close()
+		d.adminSrv.Close()
+		d.st.Close()
+		return err
+	}
+
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); d.br.RunExecutor(runCtx, d.opts.ShutdownTimeout) }()
 	go func() { defer wg.Done(); d.reconcileLoop(runCtx) }()
 	go func() { defer wg.Done(); d.br.RunOperator(runCtx, 0) }()
-
-	if err := d.schedule(cfg); err != nil {
-		stop()
-		wg.Wait()
-		d.st.Close()
-		return err
+	go func() { defer wg.Done(); d.pollLoop(runCtx) }()
+	if d.opts.WatchInterval > 0 {
+		wg.Add(1)
+		go func() { defer wg.Done(); d.watchLoop(runCtx, d.opts.WatchInterval) }()
 	}
 	d.cron.Start()
 
@@ -282,15 +305,26 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.log.Info("shutting down", "timeout", d.opts.ShutdownTimeout)
 	shCtx, cancel := context.WithTimeout(context.Background(), d.opts.ShutdownTimeout)
 	defer cancel()
-	// Stop taking callbacks first; a callback being recorded finishes.
-	if err := d.cbSrv.Shutdown(shCtx); err != nil {
-		d.log.Warn("callback listener did not drain", "err", err)
-	}
+	// Stop taking callbacks (a callback being recorded finishes) and, at the
+	// same time, stop starting actions (those running get the same timeout;
+	// what is unfinished stays pending for the next start), so the whole
+	// shutdown fits in ShutdownTimeout.
+	cbDone := make(chan struct{})
+	go func() {
+		defer close(cbDone)
+		if err := d.cbSrv.Shutdown(shCtx); err != nil {
+			d.log.Warn("callback listener did not drain", "err", err)
+		}
+	}()
 	<-d.cron.Stop().Done()
 	stop()
 	wg.Wait()
-	if err := d.adminSrv.Shutdown(shCtx); err != nil {
+	<-cbDone
+	adminCtx, adminCancel := context.WithTimeout(context.Background(), time.Second)
+	defer adminCancel()
+	if err := d.adminSrv.Shutdown(adminCtx); err != nil {
 		d.log.Warn("admin listener did not drain", "err", err)
+		d.adminSrv.Close()
 	}
 	if err := d.st.Close(); err != nil {
 		d.log.Error("closing state", "err", err)
@@ -339,6 +373,7 @@ func (d *Daemon) RequestReconcile() {
 func (d *Daemon) reconcileLoop(ctx context.Context) {
 	d.reconcileOnce(ctx) // at start
 	d.ready.Store(true)
+	d.firstPoll()
 	for {
 		select {
 		case <-ctx.Done():
@@ -373,6 +408,7 @@ func (d *Daemon) Reload() error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
 	old := d.cfg.Load()
+	tried, triedParts := d.snapshot(old) // before reading: a save after it is a change
 	cfg, err := config.Load(d.opts.ConfigPath)
 	if err == nil {
 		err = reloadable(old, cfg)
@@ -383,15 +419,25 @@ func (d *Daemon) Reload() error {
 	}
 	if err != nil {
 		d.reloadOK.Set(0)
+		d.remember(tried, triedParts)
 		d.log.Error("config reload rejected; the old config keeps running", "err", err)
 		return err
 	}
 	if d.cron != nil && cfg.Reconcile.Schedule != old.Reconcile.Schedule {
 		if err := d.schedule(cfg); err != nil {
 			d.reloadOK.Set(0)
+			d.remember(tried, triedParts)
 			return err
 		}
 	}
+	if d.cron != nil && cfg.Poll.Schedule != old.Poll.Schedule {
+		if err := d.schedulePoll(cfg); err != nil {
+			d.reloadOK.Set(0)
+			d.remember(tried, triedParts)
+			return err
+		}
+	}
+	d.remember(d.snapshot(cfg))
 	d.cfg.Store(cfg)
 	d.br.SetSettings(settings)
 	d.noteCallbackAuth(old, cfg)

@@ -151,6 +151,12 @@ type Store interface {
 	// RetryAction records a failed attempt: attempts+1, the error as Detail, and
 	// when to try next. The action stays pending.
 	RetryAction(ctx context.Context, id int64, nextAttemptAt time.Time, detail string) error
+	// NoteAction records the progress of an attempt under way, before a step
+	// whose outcome a crash could hide: the detail, and when to look at the
+	// action again should the attempt never finish. Attempts is unchanged;
+	// the action stays pending. For an ActionTrip action the incident's
+	// Detail follows. A missing or no longer pending action: ErrNotFound.
+	NoteAction(ctx context.Context, id int64, nextAttemptAt time.Time, detail string) error
 	// FinishAction ends an action as done or failed with its outcome and detail.
 	// For an ActionTrip action the incident's State, Outcome and Detail follow.
 	// Finishing an action that is no longer pending returns ErrNotFound and changes nothing.

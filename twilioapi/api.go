@@ -129,7 +129,9 @@ type API interface {
 	ListSubaccounts(ctx context.Context) ([]Account, error)
 	// FetchAccount reads one account.
 	FetchAccount(ctx context.Context, sid string) (Account, error)
-	// SetAccountStatus sets a subaccount's status (active or suspended).
+	// SetAccountStatus sets a subaccount's status (active or suspended). A
+	// write whose outcome is unknown (5xx, timeout) is not repeated: the
+	// caller reads the account before writing again.
 	SetAccountStatus(ctx context.Context, sid, status string) (Account, error)
 
 	// ListTriggers returns all of an account's usage triggers (all pages).
@@ -144,6 +146,9 @@ type API interface {
 
 	// UsageRecord reads an account's usage of one category in the current period.
 	UsageRecord(ctx context.Context, accountSID string, period Period, category string) (UsageRecord, error)
+	// UsageRecords reads every category of an account's usage in the current
+	// period in one call (at most one record per category).
+	UsageRecords(ctx context.Context, accountSID string, period Period) ([]UsageRecord, error)
 
 	// SendMessage sends an SMS from the parent account and returns its SID.
 	SendMessage(ctx context.Context, msg Message) (string, error)

@@ -303,8 +303,12 @@ func (c *Client) FetchAccount(ctx context.Context, sid string) (Account, error) 
 
 // SetAccountStatus sets a subaccount's status to active or suspended. It
 // refuses "closed" (irreversible: Twilio releases the numbers) and the
-// parent itself. Repeating it is harmless, so it is retried on 5xx and
-// transport errors.
+// parent itself. Like a create, it is retried blindly only when Twilio
+// certainly did not process it (429, dial errors): after a 5xx or a
+// transport error/timeout the write may have landed, and the error (which
+// IsRetryable) goes back to the caller, which reads the account before
+// writing again. So each status change is written once, and Twilio's status
+// history shows exactly the changes usagebreaker meant.
 func (c *Client) SetAccountStatus(ctx context.Context, sid, status string) (Account, error) {
 	if !accountSIDRe.MatchString(sid) {
 		return Account{}, invalidArg(OpAccountsUpdate, "malformed account SID %q", sid)
@@ -315,7 +319,7 @@ func (c *Client) SetAccountStatus(ctx context.Context, sid, status string) (Acco
 	if status != StatusActive && status != StatusSuspended {
 		return Account{}, invalidArg(OpAccountsUpdate, "account status must be %q or %q, not %q", StatusActive, StatusSuspended, status)
 	}
-	k := c.begin(ctx, OpAccountsUpdate, idempotent, c.maxAttempts)
+	k := c.begin(ctx, OpAccountsUpdate, notIdempotent, c.maxAttempts)
 	a, err := k.api.UpdateAccount(sid, (&openapi.UpdateAccountParams{}).SetStatus(status))
 	if err != nil {
 		return Account{}, k.fail(c, err)

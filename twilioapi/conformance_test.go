@@ -76,6 +76,17 @@ func TestClientAgainstOfficialSchema(t *testing.T) {
 		if !rec.Price.Equal(decimal.MustParse("2192.84855")) {
 			t.Errorf("UsageRecord(%s).Price = %s", period, rec.Price)
 		}
+		recs, err := c.UsageRecords(ctx, sub.SID, period)
+		if err != nil {
+			t.Fatalf("UsageRecords(%s): %v", period, err)
+		}
+		byCat := map[string]twilioapi.UsageRecord{}
+		for _, r := range recs {
+			byCat[r.Category] = r
+		}
+		if !byCat["totalprice"].Price.Equal(decimal.MustParse("2192.84855")) || byCat["sms"].Count.String() != "3" {
+			t.Errorf("UsageRecords(%s) = %+v", period, recs)
+		}
 	}
 	if _, err := c.SendMessage(ctx, twilioapi.Message{To: "+15558675310", From: "+15005550006", Body: "usagebreaker: tenant suspended"}); err != nil {
 		t.Fatalf("SendMessage: %v", err)

@@ -27,11 +27,12 @@ import (
 type idempotency uint8
 
 const (
-	// idempotent requests (GET, DELETE, and the update POSTs: account status,
-	// trigger update, call update) are retried on 429, 5xx and transport
+	// idempotent requests (GET, DELETE, and the update POSTs: trigger
+	// update, call update) are retried on 429, 5xx and transport
 	// errors/timeouts.
 	idempotent idempotency = iota + 1
-	// notIdempotent requests (trigger create, message create) are retried only
+	// notIdempotent requests (trigger create, message create, and account
+	// status writes, whose every repeat Twilio records) are retried only
 	// when Twilio certainly did not process them: on 429 ("Requests that
 	// receive 429 responses aren't processed") and when the connection could
 	// not even be established (a dial error: nothing was sent). A 5xx or a

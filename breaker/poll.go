@@ -1,0 +1,266 @@
+package breaker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"github.com/usagebreaker/usagebreaker/internal/decimal"
+	"sync"
+	"time"
+
+	"github.com/usagebreaker/usagebreaker/rules"
+	"github.com/usagebreaker/usagebreaker/store"
+	"github.com/usagebreaker/usagebreaker/twilioapi"
+)
+
+// PollResult summarises one poll.
+type PollResult struct {
+	Started     time.Time
+	Duration    time.Duration
+	Subaccounts int // listed, any status
+	Polled      int // active subaccounts that at least one rule matches
+	Reads       int // usage record calls made (one per polled subaccount and period kind)
+	Over        int // (rule, subaccount) pairs at or over the rule's threshold
+	Opened      int // incidents this poll opened
+	Known       int // over the threshold, but the period already had its incident
+	// NewAccounts are the polled subaccounts the previous listing did not
+	// have: created since, so probably without triggers until the next reconcile.
+	NewAccounts int
+	Errors      []error // per-subaccount problems; the rest went on
+}
+
+// Err joins the per-subaccount errors, or nil.
+func (r PollResult) Err() error { return errors.Join(r.Errors...) }
+
+// PollToken is the made-up idempotency token of a poll firing: one per rule,
+// subaccount and period, so repeated polls of one period record one firing.
+func PollToken(rule, accountSID, period string) string {
+	return "poll:" + rule + ":" + accountSID + ":" + period
+}
+
+// Poll is the fallback for callbacks that never arrived (lost while the
+// daemon was down, or by the network) and for subaccounts created since the
+// last reconcile, which have no triggers yet. It lists the subaccounts, then
+// for each active one reads its usage records once per period kind its
+// matching rules use (all categories in one call, so the API calls are one
+// per subaccount per period kind, whatever the number of rules). A rule whose
+// watched value is at or over its threshold opens the incident of its
+// (rule, subaccount, period) with source "poll", unless that incident
+// exists: a callback and a poll land on the same incident, whichever comes
+// first. The executor then verifies and acts as for a callback.
+//
+// The period of a record is read from its start date (Twilio's clock, as for
+// a callback's DateFired), else the breaker's clock.
+//
+// Polls are serialised. A failure to list the subaccounts is the error;
+// per-subaccount problems are in the result and the error.
+func (b *Breaker) Poll(ctx context.Context) (PollResult, error) {
+	b.pollMu.Lock()
+	defer b.pollMu.Unlock()
+
+	s := b.settings.Load()
+	res := PollResult{Started: b.now()}
+	start := time.Now()
+	defer func() { res.Duration = time.Since(start) }()
+
+	subs, err := b.api.ListSubaccounts(ctx)
+	if err != nil {
+		return res, fmt.Errorf("poll: list subaccounts: %w", err)
+	}
+	res.Subaccounts = len(subs)
+
+	type job struct {
+		acct    twilioapi.Account
+		periods map[twilioapi.Period][]*rules.Rule
+		order   []twilioapi.Period
+	}
+	var jobs []job
+	for _, a := range subs {
+		if a.Status != twilioapi.StatusActive || a.SID == b.api.ParentSID() {
+			continue
+		}
+		j := job{acct: a, periods: map[twilioapi.Period][]*rules.Rule{}}
+		for _, r := range s.Rules.Rules {
+			if !r.Matches(a.SID, a.FriendlyName) {
+				continue
+			}
+			p := twilioapi.Period(r.Recurring)
+			if _, seen := j.periods[p]; !seen {
+				j.order = append(j.order, p)
+			}
+			j.periods[p] = append(j.periods[p], r)
+		}
+		if len(j.order) == 0 {
+			continue
+		}
+		if _, known := b.accounts.Cached(a.SID); !known {
+			res.NewAccounts++
+		}
+		jobs = append(jobs, j)
+	}
+	b.accounts.Replace(subs)
+	res.Polled = len(jobs)
+
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		next = make(chan job)
+	)
+	for i := 0; i < min(b.fanout, max(len(jobs), 1)); i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range next {
+				for _, p := range j.order {
+					pr, err := b.pollPeriod(ctx, j.acct, p, j.periods[p])
+					mu.Lock()
+					res.Reads += pr.reads
+					res.Over += pr.over
+					res.Opened += pr.opened
+					res.Known += pr.known
+					if err != nil {
+						res.Errors = append(res.Errors, err)
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for _, j := range jobs {
+		select {
+		case next <- j:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	close(next)
+	wg.Wait()
+	if ctx.Err() != nil {
+		res.Errors = append(res.Errors, fmt.Errorf("poll: %w", ctx.Err()))
+	}
+	return res, res.Err()
+}
+
+type periodPoll struct{ reads, over, opened, known int }
+
+// pollPeriod reads one subaccount's usage of one period kind (one API call)
+// and opens the incidents of the rules at or over their thresholds.
+func (b *Breaker) pollPeriod(ctx context.Context, acct twilioapi.Account, p twilioapi.Period, rs []*rules.Rule) (periodPoll, error) {
+	var pp periodPoll
+	pp.reads++
+	recs, err := b.api.UsageRecords(ctx, acct.SID, p)
+	if err != nil {
+		return pp, fmt.Errorf("poll %s (%s) %s usage: %w", acct.SID, acct.FriendlyName, p, err)
+	}
+	byCat := make(map[string]twilioapi.UsageRecord, len(recs))
+	for _, r := range recs {
+		byCat[r.Category] = r
+	}
+	now := b.now()
+	var errs []error
+	for _, r := range rs {
+		rec, ok := byCat[r.UsageCategory]
+		if !ok {
+			continue // no usage of that category in this period
+		}
+		value := rec.Value(r.TriggerBy)
+		// After a reactivation in this period the re-armed trigger's value is
+		// the limit, and a trip belongs to the re-armed generation's incident
+		// ("daily:2026-11-24#2"), as for callbacks (see Accept).
+		base := PeriodKey(r.Recurring, recordTime(rec, now))
+		period, limit, ok, err := b.pollLimit(ctx, r, acct.SID, base)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !ok || value.Cmp(limit) < 0 {
+			continue
+		}
+		pp.over++
+		known, err := b.hasIncident(ctx, r.Name, acct.SID, period)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if known {
+			pp.known++
+			continue
+		}
+		f := store.Firing{
+			Source:           store.SourcePoll,
+			IdempotencyToken: PollToken(r.Name, acct.SID, period),
+			Rule:             r.Name,
+			AccountSID:       acct.SID,
+			AccountName:      acct.FriendlyName,
+			Period:           period,
+			UsageCategory:    r.UsageCategory,
+			TriggerBy:        r.TriggerBy,
+			Recurring:        r.Recurring,
+			TriggerValue:     limit.String(),
+			CurrentValue:     value.String(),
+			DateFired:        now.UTC().Format(time.RFC1123Z),
+			Action:           r.Action,
+			DryRun:           r.DryRun,
+			ReceivedAt:       now,
+			Actions:          b.ActionKinds(r), // with the rule's notifications and end_calls
+		}
+		res, err := b.record(ctx, f)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("poll %s rule %s: %w", acct.SID, r.Name, err))
+			continue
+		}
+		if res.Duplicate {
+			pp.known++
+			continue
+		}
+		pp.opened++
+		b.log.Warn("poll found usage over a threshold with no incident yet; opened one",
+			"incident", res.Incident.ID, "rule", r.Name, "account", acct.SID, "account_name", acct.FriendlyName,
+			"period", period, "current_value", value.String(), "threshold", limit.String())
+	}
+	return pp, errors.Join(errs...)
+}
+
+// pollLimit is the incident period and the value at which rule r trips on an
+// account in the plain period base: the rule's threshold, or, while a re-arm
+// exception holds for that period, its generation and its trigger's value.
+// ok is false while a re-arm is under way (its trigger value is not known yet).
+func (b *Breaker) pollLimit(ctx context.Context, r *rules.Rule, acct, base string) (period string, limit decimal.Decimal, ok bool, err error) {
+	ex, err := b.store.RearmFor(ctx, acct, r.Name, base)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return base, r.Threshold, true, nil
+	case err != nil:
+		return "", decimal.Zero, false, fmt.Errorf("poll %s rule %s: read re-arm: %w", acct, r.Name, err)
+	}
+	if ex.TriggerValue == "" {
+		return "", decimal.Zero, false, nil
+	}
+	v, err := decimal.Parse(ex.TriggerValue)
+	if err != nil {
+		return "", decimal.Zero, false, fmt.Errorf("poll %s rule %s: re-arm value %q: %w", acct, r.Name, ex.TriggerValue, err)
+	}
+	return fmt.Sprintf("%s#%d", base, ex.Generation), v, true, nil
+}
+
+// recordTime is a time inside the record's period: its start date (GMT), else now.
+func recordTime(rec twilioapi.UsageRecord, now time.Time) time.Time {
+	if t, err := time.Parse("2006-01-02", rec.StartDate); err == nil {
+		return t
+	}
+	return now
+}
+
+// hasIncident reports whether (rule, account, period) has its incident. The
+// newest incident of a rule and account is the only one that can be of the
+// current period. (RecordFiring would also land on the existing incident;
+// asking first keeps repeated polls of a period from writing.)
+func (b *Breaker) hasIncident(ctx context.Context, rule, acct, period string) (bool, error) {
+	incs, err := b.store.ListIncidents(ctx, store.IncidentFilter{Rule: rule, AccountSID: acct, Limit: 1})
+	if err != nil {
+		return false, fmt.Errorf("poll: read incidents: %w", err)
+	}
+	return len(incs) > 0 && incs[0].Period == period, nil
+}
