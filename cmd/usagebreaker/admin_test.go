@@ -467,6 +467,10 @@ func TestOpsNotifyReactivateRearm(t *testing.T) {
 		t.Fatalf("85 reached but no firing: %+v", f)
 	}
 	e.waitFor("tenant-a suspended again", func() bool { return e.account("tenant-a").Status == "suspended" })
+	e.waitFor("the second trip recorded", func() bool {
+		incs := e.incidents("?account=" + sid)
+		return len(incs) == 2 && incs[0].State == "done"
+	})
 	incs := e.incidents("?account=" + sid)
 	if len(incs) != 2 || !strings.HasSuffix(incs[0].Period, "#2") || incs[0].Outcome != "suspended" || incs[0].CurrentValue != "85" {
 		t.Fatalf("incidents after the second trip: %+v", incs)
@@ -537,6 +541,10 @@ func TestOpsScheduledReactivationAndEndCalls(t *testing.T) {
 	}
 	e.sim.Advance(time.Hour + time.Minute)
 	e.waitFor("auto-a reactivated on schedule", func() bool { return e.account("auto-a").Status == "active" })
+	// The status write reaches Twilio just before the audit is recorded.
+	e.waitFor("the reactivation audited", func() bool {
+		return e.incidents("?account=" + e.accts["auto-a"].SID)[0].Reactivation != nil
+	})
 	inc := e.incidents("?account=" + e.accts["auto-a"].SID)[0]
 	if r := inc.Reactivation; r == nil || r.Via != "scheduled" || r.Actor != "rule auto-daily" {
 		t.Errorf("audit = %+v", inc.Reactivation)
