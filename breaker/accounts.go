@@ -141,6 +141,27 @@ func (a *Accounts) Lookup(ctx context.Context, sid string) (twilioapi.Account, e
 	return a.fetch(ctx, sid, a.lookupLimit)
 }
 
+// maxNotOurs bounds the memory of SIDs found not to be ours: a flood of
+// forged callbacks with made-up SIDs adds at most one a second (the lookup
+// limit), and expired entries are dropped once the map is this big.
+const maxNotOurs = 4096
+
+// rememberNotOurs records sid as not ours; a.mu is held.
+func (a *Accounts) rememberNotOurs(sid string) {
+	now := a.now()
+	if len(a.notOurs) >= maxNotOurs {
+		for k, at := range a.notOurs {
+			if now.Sub(at) >= a.negativeTTL {
+				delete(a.notOurs, k)
+			}
+		}
+		if len(a.notOurs) >= maxNotOurs {
+			clear(a.notOurs) // all recent: forget them (each costs one rate-limited lookup again)
+		}
+	}
+	a.notOurs[sid] = now
+}
+
 // Refresh re-fetches a known account whose token failed to validate, at most
 // once per account per minute and within a global rate. It returns the
 // (possibly new) account and whether its token changed.
@@ -197,7 +218,7 @@ func (a *Accounts) fetch(ctx context.Context, sid string, lim *rate.Limiter) (tw
 		a.known[sid] = acct
 		delete(a.notOurs, sid)
 	case errors.Is(err, ErrNotSubaccount):
-		a.notOurs[sid] = a.now()
+		a.rememberNotOurs(sid)
 		delete(a.known, sid)
 	}
 	a.mu.Unlock()

@@ -123,3 +123,23 @@ func TestRedactURL(t *testing.T) {
 		}
 	}
 }
+
+func TestAccountsNotOursIsBounded(t *testing.T) {
+	api := newFakeAPI()
+	c := &clock{t: time.Unix(1e9, 0)}
+	accts := NewAccounts(api, c.Now)
+	accts.lookupLimit.SetLimit(1e9) // let every lookup through for this test
+	accts.lookupLimit.SetBurst(1e9)
+	for i := 0; i < 3*maxNotOurs; i++ {
+		if _, err := accts.Lookup(context.Background(), fmt.Sprintf("AC%032x", 100000+i)); !errors.Is(err, ErrNotSubaccount) {
+			t.Fatal(err)
+		}
+		c.Advance(time.Second)
+	}
+	accts.mu.RLock()
+	n := len(accts.notOurs)
+	accts.mu.RUnlock()
+	if n > maxNotOurs {
+		t.Fatalf("notOurs holds %d entries, want at most %d", n, maxNotOurs)
+	}
+}

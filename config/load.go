@@ -225,6 +225,12 @@ func (l *loader) server(m *strict.Map) {
 	if str, ok := d.String(v); ok {
 		if u, problem := checkURL(str); problem != "" {
 			d.Errorf(v, "%s", problem)
+		} else if p := urlPath(u); p != "" {
+			// Callbacks are served at /twilio/usage-triggers/{rule} and their
+			// signatures are checked against public_url + that path: with a
+			// path in public_url neither can match.
+			d.Errorf(v, "%q has a path (%q); give the bare base URL Twilio calls, like https://breaker.example.com: "+
+				"callbacks are served at /twilio/usage-triggers/{rule} and signed over public_url plus that path", u, p)
 		} else {
 			s.PublicURL = u
 		}
@@ -439,6 +445,15 @@ func isAlnum(s string) bool {
 // checkURL checks an absolute http(s) URL with a host and no query, fragment
 // or user info, and returns it without trailing slashes. A URL with an "@" is
 // never repeated in a message: it may hold a password.
+// urlPath is the path of an absolute URL that checkURL accepted, "" for none.
+func urlPath(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimRight(u.EscapedPath(), "/")
+}
+
 func checkURL(s string) (string, string) {
 	show := strconv.Quote(s)
 	if strings.Contains(s, "@") {

@@ -46,6 +46,7 @@ var badConfigs = map[string]string{
 	"public-url-relative.yaml":            `testdata/bad/public-url-relative.yaml:6: server.public_url: "/twilio" is not an absolute http or https URL`,
 	"public-url-fragment.yaml":            `testdata/bad/public-url-fragment.yaml:6: server.public_url: "https://breaker.example.com/#x" must not have a fragment`,
 	"public-url-userinfo.yaml":            "testdata/bad/public-url-userinfo.yaml:6: server.public_url: must not contain a user name or password",
+	"public-url-path.yaml":                `testdata/bad/public-url-path.yaml:6: server.public_url: "https://breaker.example.com/hooks" has a path ("/hooks"); give the bare base URL Twilio calls, like https://breaker.example.com: callbacks are served at /twilio/usage-triggers/{rule} and signed over public_url plus that path`,
 	"public-url-no-host.yaml":             `testdata/bad/public-url-no-host.yaml:6: server.public_url: "https:///callbacks" has no host`,
 	"listen-no-port.yaml":                 `testdata/bad/listen-no-port.yaml:6: server.listen: "8080" is not a host:port address (missing port in address)`,
 	"listen-bad-port.yaml":                `testdata/bad/listen-bad-port.yaml:6: server.listen: ":99999" has an invalid port (want 0 to 65535)`,

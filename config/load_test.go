@@ -126,7 +126,7 @@ twilio:
   timeout: 2500ms
 server:
   listen: "0.0.0.0:18080"
-  public_url: https://breaker.example.com/base/
+  public_url: https://breaker.example.com/
   admin_listen: "127.0.0.1:19111"
 state:
   path: ` + filepath.Join(stateDir, "ub.db") + `
@@ -159,7 +159,7 @@ admin:
 		},
 		Server: Server{
 			Listen:      "0.0.0.0:18080",
-			PublicURL:   "https://breaker.example.com/base",
+			PublicURL:   "https://breaker.example.com",
 			AdminListen: "127.0.0.1:19111",
 		},
 		State:     State{Path: filepath.Join(stateDir, "ub.db")},

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -111,12 +112,17 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	d.initReliability(d.reg)
 	d.remember(d.snapshot(cfg))
 
+	lock, err := lockState(cfg.State.Path)
+	if err != nil {
+		return nil, err
+	}
 	st, err := store.Open(ctx, cfg.State.Path)
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("state: %w", err)
 	}
 	st.SetClock(o.Now) // the guard's window follows the daemon's clock
-	d.st = st
+	d.st = &lockedStore{Store: st, lock: lock}
 	api, err := twilioapi.New(twilioapi.Options{
 		AccountSID:     cfg.Twilio.AccountSID,
 		AuthToken:      cfg.Twilio.AuthToken.Reveal(),
@@ -128,13 +134,13 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		Transport:      o.TwilioTransport,
 	})
 	if err != nil {
-		st.Close()
+		d.st.Close()
 		return nil, fmt.Errorf("twilio client: %w", err)
 	}
 	d.api = api
 	settings, err := d.fullSettings(cfg) // with the notifiers (operator.go)
 	if err != nil {
-		st.Close()
+		d.st.Close()
 		return nil, err
 	}
 	d.bm = breaker.NewMetrics(d.reg)
@@ -463,6 +469,8 @@ func reloadable(old, cfg *config.Config) error {
 	check("state.path", old.State.Path, cfg.State.Path)
 	check("twilio.account_sid", old.Twilio.AccountSID, cfg.Twilio.AccountSID)
 	check("twilio.api_base_url", old.Twilio.APIBaseURL, cfg.Twilio.APIBaseURL)
+	check("twilio.max_concurrency", strconv.Itoa(old.Twilio.MaxConcurrency), strconv.Itoa(cfg.Twilio.MaxConcurrency))
+	check("twilio.timeout", old.Twilio.Timeout.String(), cfg.Twilio.Timeout.String())
 	if old.Twilio.AuthToken != cfg.Twilio.AuthToken {
 		errs = append(errs, errors.New("twilio.auth_token cannot change on reload; restart usagebreaker to use the new token"))
 	}
