@@ -111,12 +111,20 @@ func (b *Breaker) record(ctx context.Context, f store.Firing) (AcceptResult, err
 	if err != nil {
 		return AcceptResult{}, fmt.Errorf("record firing: %w", err)
 	}
-	if res.NewIncident {
+	switch {
+	case res.NewIncident:
 		b.m.Incidents.WithLabelValues(f.Rule, f.Source).Inc()
 		b.m.ActionsPending.Add(float64(len(f.Actions)))
 		b.Wake()
+	case res.Reopened:
+		// The incident's trip had ended skipped or failed; this new firing put
+		// it back to pending, to be verified again on the new values.
+		b.log.Info("incident reopened by a new firing", "incident", res.Incident.ID, "rule", f.Rule,
+			"account", f.AccountSID, "source", f.Source, "current_value", f.CurrentValue)
+		b.UpdatePendingGauge(ctx)
+		b.Wake()
 	}
-	return AcceptResult{Incident: res.Incident, Duplicate: !res.NewIncident}, nil
+	return AcceptResult{Incident: res.Incident, Duplicate: !res.NewIncident && !res.Reopened}, nil
 }
 
 // RunExecutor runs due actions until ctx ends: at start (resuming whatever a

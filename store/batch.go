@@ -20,10 +20,11 @@ import (
 //
 // The result is the same as running the firings one after another: a later
 // firing in a batch sees the earlier ones (same token: DuplicateToken; same
-// key: attached). A firing that fails is rolled back to its savepoint and only
-// its caller gets the error. If the commit fails, every caller in the batch
-// gets the error and none of the firings was recorded. Nil is returned only
-// after the commit: the firing is durable.
+// key: attached, or reopened if the trip had ended skipped or failed). A
+// firing that fails is rolled back to its savepoint and only its caller gets
+// the error. If the commit fails, every caller in the batch gets the error
+// and none of the firings was recorded. Nil is returned only after the
+// commit: the firing is durable.
 //
 // Cancellation: a caller whose ctx ends while its firing waits (to be handed
 // over, or for the writer to reach it in a batch) withdraws it and gets

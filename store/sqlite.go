@@ -82,6 +82,10 @@ type SQLite struct {
 	wSavepoint     *sql.Stmt
 	wRelease       *sql.Stmt
 	wRollbackTo    *sql.Stmt
+	wTripOf        *sql.Stmt
+	wTripReopen    *sql.Stmt
+	wEndCallsRedo  *sql.Stmt
+	wIncidentReopn *sql.Stmt
 
 	// Prepared on r.
 	rIncident     *sql.Stmt
@@ -96,6 +100,21 @@ const incidentCols = `id, rule, account_sid, account_name, period, source, idemp
 
 const actionCols = `id, incident_id, kind, state, attempts, next_attempt_at, outcome, detail,
 	created_at, updated_at, hold, progress`
+
+// pendingQuery is PendingActions: trip actions first, then the others, each
+// group by next_attempt_at then id. In a mass event the notifications of the
+// incidents opened so far must not be handed out (and hold the workers)
+// before a newer incident's suspension.
+//
+// Plan (TestPendingQueryPlan): a range search of the partial index
+// actions_pending on next_attempt_at, so only pending actions that are due
+// are read, then a sort of those (a temporary B-tree, which keeps only the
+// first LIMIT rows). The index order alone cannot give the trip-first order.
+const pendingQuery = `SELECT ` + actionCols + ` FROM actions
+	WHERE state = 'pending' AND next_attempt_at <= ?
+		AND NOT ((kind LIKE 'notify:%' OR kind = 'end_calls')
+			AND (SELECT i.state FROM incidents i WHERE i.id = actions.incident_id) = 'pending')
+	ORDER BY kind <> 'trip', next_attempt_at, id LIMIT ?`
 
 // Open opens (creating if needed) the database at path, creating its parent
 // directory with mode 0700 if it is missing, and migrates the schema to the
@@ -258,16 +277,26 @@ func (s *SQLite) prepare(ctx context.Context) error {
 			RETURNING incident_id, kind`},
 		{s.w, &s.wIncidentRetry, `UPDATE incidents SET detail = ?, updated_at = ? WHERE id = ?`},
 		{s.w, &s.wIncidentEnd, `UPDATE incidents SET state = ?, outcome = ?, detail = ?, updated_at = ? WHERE id = ?`},
+		{s.w, &s.wTripOf, `SELECT id, state, outcome, detail FROM actions WHERE incident_id = ? AND kind = 'trip'`},
+		{s.w, &s.wTripReopen, `UPDATE actions
+			SET state = 'pending', outcome = '', detail = ?, next_attempt_at = ?, hold = 0, updated_at = ?
+			WHERE id = ? AND ((state = 'done' AND outcome = 'skipped') OR state = 'failed')`},
+		{s.w, &s.wEndCallsRedo, `UPDATE actions
+			SET state = 'pending', outcome = '', detail = '', next_attempt_at = ?, updated_at = ?
+			WHERE incident_id = ? AND kind = 'end_calls' AND state = 'done' AND outcome = 'skipped'`},
+		{s.w, &s.wIncidentReopn, `UPDATE incidents
+			SET account_name = ?, usage_trigger_sid = ?, usage_category = ?, trigger_by = ?,
+				recurring = ?, trigger_value = ?, current_value = ?, date_fired = ?, action = ?,
+				dry_run = ?, state = 'pending', outcome = '', detail = ?,
+				updated_at = max(updated_at, ?)
+			WHERE id = ?
+			RETURNING ` + incidentCols},
 		{s.w, &s.wSavepoint, `SAVEPOINT firing`},
 		{s.w, &s.wRelease, `RELEASE firing`},
 		{s.w, &s.wRollbackTo, `ROLLBACK TO firing`},
 
 		{s.r, &s.rIncident, `SELECT ` + incidentCols + ` FROM incidents WHERE id = ?`},
-		{s.r, &s.rPending, `SELECT ` + actionCols + ` FROM actions
-			WHERE state = 'pending' AND next_attempt_at <= ?
-				AND NOT ((kind LIKE 'notify:%' OR kind = 'end_calls')
-					AND (SELECT i.state FROM incidents i WHERE i.id = actions.incident_id) = 'pending')
-			ORDER BY next_attempt_at, id LIMIT ?`},
+		{s.r, &s.rPending, pendingQuery},
 		{s.r, &s.rCountPending, `SELECT count(*) FROM actions WHERE state = 'pending' AND hold <> 1 AND kind <> 'reactivate'`},
 		{s.r, &s.rActions, `SELECT ` + actionCols + ` FROM actions WHERE incident_id = ? ORDER BY id`},
 	}
@@ -302,6 +331,7 @@ func (s *SQLite) closeDBs() error {
 		s.wFiringLookup, s.wIncidentByID, s.wIncidentUpsrt, s.wFiringInsert, s.wActionInsert,
 		s.wActionRetry, s.wActionFinish, s.wIncidentRetry, s.wIncidentEnd,
 		s.wSavepoint, s.wRelease, s.wRollbackTo,
+		s.wTripOf, s.wTripReopen, s.wEndCallsRedo, s.wIncidentReopn,
 		s.rIncident, s.rPending, s.rCountPending, s.rActions,
 	} {
 		if st != nil {
@@ -328,8 +358,11 @@ func (s *SQLite) check(op string) error {
 
 // RecordFiring implements Store. A zero f.ReceivedAt is taken as now. The
 // incident and its actions take f.ReceivedAt as CreatedAt (and the actions as
-// NextAttemptAt); a repeat firing moves the incident's UpdatedAt forward to
-// its ReceivedAt. Duplicate kinds in f.Actions are created once.
+// NextAttemptAt); a repeat firing (another token, same key) moves the
+// incident's UpdatedAt forward to its ReceivedAt, never back. Duplicate kinds
+// in f.Actions are created once. A firing with a new token for an incident
+// whose trip ended skipped or failed reopens it in the same savepoint
+// (reopenTx, RecordResult.Reopened).
 //
 // Concurrent calls are group-committed by the writer goroutine (batch.go):
 // each firing is its own savepoint, so it is atomic on its own, and the batch
@@ -380,7 +413,10 @@ func (s *SQLite) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, rece
 		return res, fmt.Errorf("insert firing: %w", err)
 	}
 
-	if res.NewIncident && len(f.Actions) > 0 {
+	if !res.NewIncident {
+		return s.reopenTx(ctx, tx, f, received, res)
+	}
+	if len(f.Actions) > 0 {
 		ins := tx.StmtContext(ctx, s.wActionInsert)
 		for _, kind := range f.Actions {
 			if _, err = ins.ExecContext(ctx, res.Incident.ID, kind, received, received, received); err != nil {
@@ -388,6 +424,62 @@ func (s *SQLite) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, rece
 			}
 		}
 	}
+	return res, nil
+}
+
+// outcomeSkipped is the trip outcome of an incident the breaker verified and
+// did not act on (breaker.OutcomeSkipped).
+const outcomeSkipped = "skipped"
+
+// reopenTx runs for a firing with a new token that attached to an existing
+// incident. If the incident's trip action ended skipped or failed, the
+// firing is new evidence, not a repeat: a skip was decided on the firing
+// that opened the incident (its value, its trigger's category, the rule as
+// it was then), and the trip that ended must not swallow every later firing
+// of the period. So the trip action is put back to pending, due at the
+// firing's ReceivedAt (Attempts kept, so its backoff goes on; Hold cleared:
+// a person's release of an earlier hold does not carry over), an end_calls
+// action that was skipped because the account was not suspended is pending
+// again too, and the incident takes the firing's values and is pending.
+// The breaker then verifies the incident afresh, on this firing's values.
+//
+// Notifications already sent are not repeated (see RecordResult.Reopened).
+func (s *SQLite) reopenTx(ctx context.Context, tx *sql.Tx, f *Firing, received int64, res RecordResult) (RecordResult, error) {
+	var (
+		tripID                         int64
+		state, outcome, detailAsBefore string
+	)
+	err := tx.StmtContext(ctx, s.wTripOf).QueryRowContext(ctx, res.Incident.ID).Scan(&tripID, &state, &outcome, &detailAsBefore)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return res, nil // an incident without a trip action: nothing to reopen
+	case err != nil:
+		return res, fmt.Errorf("read trip action: %w", err)
+	}
+	if !(state == StateDone && outcome == outcomeSkipped) && state != StateFailed {
+		return res, nil // pending (it will see this incident), or acted on
+	}
+	detail := fmt.Sprintf("reopened by a new firing (current value %s); the trip had ended %s: %s",
+		f.CurrentValue, outcome, detailAsBefore)
+	r, err := tx.StmtContext(ctx, s.wTripReopen).ExecContext(ctx, detail, received, received, tripID)
+	if err != nil {
+		return res, fmt.Errorf("reopen trip action: %w", err)
+	}
+	if n, err := r.RowsAffected(); err != nil || n != 1 {
+		return res, fmt.Errorf("reopen trip action %d: %d rows changed (%v)", tripID, n, err)
+	}
+	if _, err := tx.StmtContext(ctx, s.wEndCallsRedo).ExecContext(ctx, received, received, res.Incident.ID); err != nil {
+		return res, fmt.Errorf("reopen end_calls action: %w", err)
+	}
+	inc, err := scanIncident(tx.StmtContext(ctx, s.wIncidentReopn).QueryRowContext(ctx,
+		f.AccountName, f.UsageTriggerSID, f.UsageCategory, f.TriggerBy, f.Recurring,
+		f.TriggerValue, f.CurrentValue, f.DateFired, f.Action, boolInt(f.DryRun),
+		detail, received, res.Incident.ID))
+	if err != nil {
+		return res, fmt.Errorf("reopen incident: %w", err)
+	}
+	res.Incident = inc
+	res.Reopened = true
 	return res, nil
 }
 

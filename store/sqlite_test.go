@@ -448,10 +448,10 @@ func TestPendingActions(t *testing.T) {
 	check("before any", pending(t0, 0), []pa{})
 	check("at t0+1m (inclusive)", pending(t0.Add(time.Minute), 0),
 		[]pa{{ids[1], ActionTrip}, {ids[1], "extra"}})
+	// Trip actions first, then the others, each oldest first.
 	all := []pa{
-		{ids[1], ActionTrip}, {ids[1], "extra"},
-		{ids[2], ActionTrip}, {ids[2], "extra"},
-		{ids[0], ActionTrip}, {ids[0], "extra"},
+		{ids[1], ActionTrip}, {ids[2], ActionTrip}, {ids[0], ActionTrip},
+		{ids[1], "extra"}, {ids[2], "extra"}, {ids[0], "extra"},
 	}
 	check("all", pending(t0.Add(time.Hour), 0), all)
 	check("limit 3", pending(t0.Add(time.Hour), 3), all[:3])
@@ -466,13 +466,12 @@ func TestPendingActions(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("after retry and finish", pending(t0.Add(time.Hour), 0), []pa{
-		{ids[1], "extra"}, {ids[2], ActionTrip},
-		{ids[0], ActionTrip}, {ids[0], "extra"},
-		{ids[1], ActionTrip},
+		{ids[2], ActionTrip}, {ids[0], ActionTrip}, {ids[1], ActionTrip},
+		{ids[1], "extra"}, {ids[0], "extra"},
 	})
 	check("retried not yet due", pending(t0.Add(29*time.Minute), 0), []pa{
-		{ids[1], "extra"}, {ids[2], ActionTrip},
-		{ids[0], ActionTrip}, {ids[0], "extra"},
+		{ids[2], ActionTrip}, {ids[0], ActionTrip},
+		{ids[1], "extra"}, {ids[0], "extra"},
 	})
 	if n, err := s.CountPendingActions(ctx); err != nil || n != 5 {
 		t.Errorf("CountPendingActions = %d, %v; want 5", n, err)

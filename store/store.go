@@ -68,10 +68,34 @@ type RecordResult struct {
 	// NewIncident: this firing opened the incident. False when the token is a
 	// duplicate or another firing already opened the (rule, account, period) incident.
 	NewIncident bool
+	// Reopened: this firing (a new token) attached to an existing incident
+	// whose trip action had ended, either done with outcome "skipped" or
+	// failed, and put it back to work in the same transaction:
+	//   - the trip action is pending again with no Outcome, due at the
+	//     firing's ReceivedAt, its Attempts kept and its Hold cleared;
+	//   - an end_calls action that ended "skipped" (the account was not
+	//     suspended) is pending again; notify:* and other actions are left
+	//     as they are, so notifications that already ran are not repeated;
+	//   - the incident takes this firing's AccountName, UsageTriggerSID,
+	//     UsageCategory, TriggerBy, Recurring, TriggerValue, CurrentValue,
+	//     DateFired, Action and DryRun, is pending with no Outcome, and its
+	//     Detail says it was reopened and how the trip had ended; UpdatedAt
+	//     moves forward to ReceivedAt (never back); Source, IdempotencyToken
+	//     and CreatedAt stay the first firing's.
+	// Incident is the incident after that. The caller treats it as work to
+	// do, like a new incident (wake the executor), though no action was
+	// created. Never true together with NewIncident or DuplicateToken. A new
+	// token for an incident whose trip is pending, or ended otherwise
+	// (suspended, already_suspended, dry_run, notified), changes only
+	// Firings and UpdatedAt, as before.
+	Reopened bool
 }
 
 // Incident is one trip: one per (rule, account, period).
 type Incident struct {
+	// Source and IdempotencyToken are the first firing's. AccountName and
+	// UsageTriggerSID to DryRun are the first firing's, or those of the
+	// latest firing that reopened the incident (RecordResult.Reopened).
 	ID               int64
 	Rule             string
 	AccountSID       string
@@ -132,6 +156,8 @@ type Store interface {
 
 	// RecordFiring records a firing and, if its (Rule, AccountSID, Period) has no
 	// incident yet, opens one with a pending action of each kind in f.Actions.
+	// A new token for an incident whose trip ended skipped or failed reopens
+	// it (RecordResult.Reopened). A token recorded before changes nothing.
 	RecordFiring(ctx context.Context, f Firing) (RecordResult, error)
 
 	// Incident returns one incident, or ErrNotFound.
@@ -140,9 +166,11 @@ type Store interface {
 	ListIncidents(ctx context.Context, f IncidentFilter) ([]Incident, error)
 
 	// PendingActions returns every pending action whose NextAttemptAt is at or
-	// before now, oldest first, at most limit (0: no limit). Notify and
-	// end_calls actions are left out while their incident's trip action is
-	// pending: they report or follow its outcome.
+	// before now, at most limit (0: no limit): trip actions first, then the
+	// others, each group oldest NextAttemptAt first (ties: lowest ID), so the
+	// executor hands out due suspensions before notifications. Notify and end_calls
+	// actions are left out while their incident's trip action is pending:
+	// they report or follow its outcome.
 	PendingActions(ctx context.Context, now time.Time, limit int) ([]Action, error)
 	// CountPendingActions counts pending actions regardless of NextAttemptAt,
 	// except suspensions the guard holds and scheduled reactivations, which
