@@ -2,6 +2,7 @@ package breaker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/usagebreaker/usagebreaker/store"
@@ -58,6 +59,24 @@ func (b *Breaker) guardDone(id int64) {
 	b.op.guardMu.Unlock()
 }
 
+// guardRecord runs record, which records the suspension of trip action id,
+// and frees the action's slot, both under the guard's lock: guardAdmit then
+// counts the suspension exactly once, as a slot until it is in the store and
+// in the store afterwards. (Freed only after the record, a slot would count
+// twice meanwhile, and hold a suspension the limit still allows.) Without a
+// slot (no guard, or a released suspension) record just runs.
+func (b *Breaker) guardRecord(id int64, record func()) {
+	b.op.guardMu.Lock()
+	if !b.op.guardSlots[id] {
+		b.op.guardMu.Unlock()
+		record()
+		return
+	}
+	defer b.op.guardMu.Unlock()
+	record()
+	delete(b.op.guardSlots, id)
+}
+
 // hold parks trip action a for the guard; the first hold of an episode
 // creates the guard pages (one per configured notifier) with it.
 func (b *Breaker) hold(ctx context.Context, a store.Action, inc store.Incident, h errHeld) {
@@ -73,6 +92,12 @@ func (b *Breaker) hold(ctx context.Context, a store.Action, inc store.Incident, 
 		detail = fmt.Sprintf("held by the guard, which already holds %d suspension(s); POST /api/v1/guard/release executes them", h.held)
 	}
 	paged, err := b.store.HoldAction(context.WithoutCancel(ctx), a.ID, detail, pages)
+	if errors.Is(err, store.ErrNotFound) {
+		// Already held (or no longer pending): this attempt ran on an old
+		// copy of the action. Retrying would make a held action due again.
+		b.log.Debug("trip already held or finished; nothing to hold", "action", a.ID, "incident", inc.ID)
+		return
+	}
 	if err != nil {
 		b.retry(ctx, a, fmt.Errorf("guard: record the hold: %w", err))
 		return

@@ -215,6 +215,13 @@ func (b *Breaker) incidentPeriod(ctx context.Context, rule, accountSID, base str
 // executeOperator runs the action kinds of this file; false for a kind it
 // does not know.
 func (b *Breaker) executeOperator(ctx context.Context, a store.Action) bool {
+	if !operatorKind(a.Kind) {
+		return false
+	}
+	a, run := b.current(ctx, a)
+	if !run {
+		return true
+	}
 	switch {
 	case a.Kind == store.ActionEndCalls:
 		b.executeEndCalls(ctx, a)
@@ -224,10 +231,43 @@ func (b *Breaker) executeOperator(ctx context.Context, a store.Action) bool {
 		b.executeNotify(ctx, a, strings.TrimPrefix(a.Kind, store.KindNotifyPrefix), notify.KindIncident)
 	case strings.HasPrefix(a.Kind, store.KindGuardPrefix):
 		b.executeNotify(ctx, a, strings.TrimPrefix(a.Kind, store.KindGuardPrefix), notify.KindGuard)
-	default:
-		return false
 	}
 	return true
+}
+
+func operatorKind(kind string) bool {
+	return kind == store.ActionEndCalls || kind == store.ActionReactivate ||
+		strings.HasPrefix(kind, store.KindNotifyPrefix) || strings.HasPrefix(kind, store.KindGuardPrefix)
+}
+
+// current re-reads action a before it runs and reports whether it should:
+// a is the executor's snapshot of the pending actions, which may be older
+// than an attempt that ran (and finished, or was retried) after the snapshot
+// was read; such a copy must not send a page or a notification again. A
+// scheduled reactivation also waits for its time: at start the executor
+// hands out every pending action whatever its NextAttemptAt.
+func (b *Breaker) current(ctx context.Context, a store.Action) (store.Action, bool) {
+	acts, err := b.store.IncidentActions(ctx, []int64{a.IncidentID})
+	if err != nil {
+		b.retry(ctx, a, fmt.Errorf("read the action: %w", err))
+		return a, false
+	}
+	for _, cur := range acts[a.IncidentID] {
+		if cur.ID != a.ID {
+			continue
+		}
+		switch {
+		case cur.State != store.StatePending || cur.Attempts != a.Attempts:
+			b.log.Debug("action already ran since it was read; not running it again", "action", a.ID, "kind", a.Kind,
+				"incident", a.IncidentID, "state", cur.State, "attempts", cur.Attempts)
+			return cur, false
+		case cur.Kind == store.ActionReactivate && cur.NextAttemptAt.After(b.now()):
+			b.log.Debug("scheduled reactivation not due yet", "action", a.ID, "incident", a.IncidentID, "due", cur.NextAttemptAt)
+			return cur, false
+		}
+		return cur, true // with its latest progress
+	}
+	return a, false // gone
 }
 
 // actionFinished updates the gauges after an action ended.
@@ -243,6 +283,16 @@ func (b *Breaker) actionFinished(a store.Action) {
 // finishTrip ends a trip action; after a suspension by a rule with a
 // reactivate policy it schedules the reactivation in the same transaction.
 func (b *Breaker) finishTrip(ctx context.Context, a store.Action, r *rules.Rule, outcome, detail string) {
+	if outcome == OutcomeSuspended {
+		// The guard counts this suspension by its slot until it is in the
+		// store, then by the store: never both (see guardRecord).
+		b.guardRecord(a.ID, func() { b.recordTrip(ctx, a, r, outcome, detail) })
+		return
+	}
+	b.recordTrip(ctx, a, r, outcome, detail)
+}
+
+func (b *Breaker) recordTrip(ctx context.Context, a store.Action, r *rules.Rule, outcome, detail string) {
 	if outcome != OutcomeSuspended || r.Reactivate == nil {
 		b.finish(ctx, a, store.StateDone, outcome, detail)
 		return

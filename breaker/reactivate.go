@@ -29,7 +29,12 @@ import (
 // repeats of the first firing still dedupe on their token.
 
 // RefusedError is a reactivation the breaker will not do, with why.
-type RefusedError struct{ Reason string }
+type RefusedError struct {
+	Reason string
+	// Pending: a newer incident is still being handled (or held by the
+	// guard); the answer may change once it has ended.
+	Pending bool
+}
 
 func (e *RefusedError) Error() string { return e.Reason }
 
@@ -39,8 +44,9 @@ type ReactivateRequest struct {
 	Reason     string
 	Actor      string // who asks: the admin API caller, or the rule's policy
 	Via        string // store.ViaManual | store.ViaScheduled
-	// IncidentID, when set, is the suspension to undo: refused if a newer
-	// incident exists (a scheduled reactivation is for its own incident).
+	// IncidentID, when set, is the suspension to undo: refused unless it is
+	// the account's newest suspension (a scheduled reactivation is for its
+	// own incident).
 	IncidentID int64
 }
 
@@ -57,7 +63,12 @@ type RearmedTrigger struct {
 
 // ReactivateResult is what a reactivation did.
 type ReactivateResult struct {
-	Incident     store.Incident
+	Incident store.Incident // the suspension undone; it carries the reactivation record
+	// Episode are the incidents newer than Incident that this reactivation
+	// also covers (newest first): other rules that fired in the same burst
+	// and found the account already suspended, were skipped, dry runs or
+	// only notified. Their rules are re-armed too.
+	Episode      []store.Incident
 	Account      twilioapi.Account
 	WasActive    bool // someone had already set it active at Twilio
 	Rearmed      []RearmedTrigger
@@ -65,17 +76,32 @@ type ReactivateResult struct {
 	Reactivation store.Reactivation
 }
 
+// maxEpisode bounds the incidents of an account read to find the suspension
+// to undo (the store's largest page).
+const maxEpisode = 1000
+
 // Reactivate reactivates a subaccount the breaker suspended: the newest
-// incident of the account must have suspended it and not been reactivated
-// yet. It sets Status=active, re-arms every owned trigger that fired this
-// period and records who did it and why. A *RefusedError says why not.
+// incident of the account whose outcome is "suspended" is undone, unless it
+// was reactivated already or a newer incident still needs the account
+// suspended (one still pending or held by the guard, or a newer suspension).
+// Newer incidents that ended otherwise (already_suspended, skipped, dry_run,
+// notified, failed) are part of the same episode and do not block: one burst
+// often fires several rules, and only the first one suspends.
+//
+// Nothing is changed unless the re-arm is guaranteed: the account's triggers
+// are listed and the re-arm exceptions recorded before Status=active is
+// written, so a re-arm cut short by a Twilio error or a crash after the
+// status write is finished by the next reconcile. Every owned trigger that
+// fired this period, and the trigger of every rule of the episode's
+// incidents in their current period, is re-armed. The suspending incident
+// gets the audit record (who, why). A *RefusedError says why not.
 func (b *Breaker) Reactivate(ctx context.Context, req ReactivateRequest) (ReactivateResult, error) {
 	var res ReactivateResult
 	if !ValidAccountSID(req.AccountSID) {
-		return res, &RefusedError{fmt.Sprintf("%q is not an account SID (AC followed by 32 hex digits)", req.AccountSID)}
+		return res, &RefusedError{Reason: fmt.Sprintf("%q is not an account SID (AC followed by 32 hex digits)", req.AccountSID)}
 	}
 	if strings.TrimSpace(req.Reason) == "" {
-		return res, &RefusedError{"a reason is required"}
+		return res, &RefusedError{Reason: "a reason is required"}
 	}
 	unlock := b.op.lockAccount(req.AccountSID)
 	defer unlock()
@@ -84,31 +110,17 @@ func (b *Breaker) Reactivate(ctx context.Context, req ReactivateRequest) (Reacti
 	unlockActions := b.acctMu.lock(req.AccountSID)
 	defer unlockActions()
 
-	incs, err := b.store.ListIncidents(ctx, store.IncidentFilter{AccountSID: req.AccountSID, Limit: 1})
+	inc, episode, err := b.reactivationTarget(ctx, req)
 	if err != nil {
 		return res, err
 	}
-	if len(incs) == 0 {
-		return res, &RefusedError{"usagebreaker has no incident for this account: it did not suspend it"}
-	}
-	inc := incs[0]
-	res.Incident = inc
-	switch {
-	case req.IncidentID != 0 && inc.ID != req.IncidentID:
-		return res, &RefusedError{fmt.Sprintf("a newer incident (%d, rule %s, outcome %s) exists; a person must look at it",
-			inc.ID, inc.Rule, orNone(inc.Outcome))}
-	case inc.State == store.StatePending:
-		return res, &RefusedError{fmt.Sprintf("the newest incident (%d, rule %s) is still being handled: %s", inc.ID, inc.Rule, orNone(inc.Detail))}
-	case inc.Outcome != OutcomeSuspended:
-		return res, &RefusedError{fmt.Sprintf("usagebreaker did not suspend it: the newest incident (%d, rule %s) ended %s%s",
-			inc.ID, inc.Rule, inc.Outcome, detailSuffix(inc.Detail))}
-	}
+	res.Incident, res.Episode = inc, episode
 	prev, err := b.store.Reactivations(ctx, []int64{inc.ID})
 	if err != nil {
 		return res, err
 	}
 	if p, ok := prev[inc.ID]; ok {
-		return res, &RefusedError{fmt.Sprintf("already reactivated at %s by %s (%s); there is no newer suspension",
+		return res, &RefusedError{Reason: fmt.Sprintf("already reactivated at %s by %s (%s); there is no newer suspension",
 			p.CreatedAt.UTC().Format(time.RFC3339), p.Actor, p.Reason)}
 	}
 
@@ -116,21 +128,46 @@ func (b *Breaker) Reactivate(ctx context.Context, req ReactivateRequest) (Reacti
 	if err != nil {
 		return res, fmt.Errorf("read the account: %w", err)
 	}
-	switch acct.Status {
-	case twilioapi.StatusClosed:
-		return res, &RefusedError{"the account is closed; Twilio cannot reopen it"}
-	case twilioapi.StatusActive:
+	if acct.Status == twilioapi.StatusClosed {
+		return res, &RefusedError{Reason: "the account is closed; Twilio cannot reopen it"}
+	}
+	// Before anything changes: what to re-arm, recorded durably. Should any
+	// of it fail, the account is left as it is.
+	s := b.settings.Load()
+	now := b.now()
+	ts, err := b.api.ListTriggers(ctx, acct.SID)
+	if err != nil {
+		return res, fmt.Errorf("list the account's triggers (nothing was changed): %w", err)
+	}
+	plans := planRearm(s, acct, ts, append([]store.Incident{inc}, episode...), now)
+	for i := range plans {
+		p := &plans[i]
+		// The exception first: the reconciler finishes it (creates the
+		// "+allowance" trigger) whatever happens after the status write, and
+		// a firing of the new trigger already belongs to the new generation.
+		p.ex, err = b.store.BeginRearm(ctx, acct.SID, p.rule.Name, p.period, p.rule.Allowance().String(), rules.PeriodEnd(p.rule.Recurring, now))
+		if err != nil {
+			return res, fmt.Errorf("record the re-arm of %s (the account was not changed): %w", p.rule.Name, err)
+		}
+	}
+
+	if acct.Status == twilioapi.StatusActive {
 		res.WasActive = true
-	default:
+	} else {
 		acct, err = b.api.SetAccountStatus(ctx, req.AccountSID, twilioapi.StatusActive)
 		if err != nil {
+			if len(plans) > 0 {
+				// Should the write have landed after all, the reconciler
+				// finishes the recorded re-arms.
+				b.requestReconcile()
+			}
 			return res, fmt.Errorf("set the account active: %w", err)
 		}
 	}
 	b.accounts.Put(acct)
 	res.Account = acct
 
-	res.Rearmed, res.Problems = b.rearm(ctx, acct)
+	res.Rearmed, res.Problems = b.rearm(ctx, acct, s, plans)
 	if len(res.Problems) > 0 {
 		b.requestReconcile()
 	}
@@ -146,9 +183,106 @@ func (b *Breaker) Reactivate(ctx context.Context, req ReactivateRequest) (Reacti
 	res.Reactivation = rec
 	b.m.Reactivations.WithLabelValues(req.Via).Inc()
 	b.log.Warn("subaccount reactivated", "account", acct.SID, "account_name", acct.FriendlyName, "incident", inc.ID,
-		"via", req.Via, "by", req.Actor, "reason", req.Reason, "rearmed", len(res.Rearmed), "was_active", res.WasActive,
-		"problems", strings.Join(res.Problems, "; "))
+		"episode", incidentIDs(episode), "via", req.Via, "by", req.Actor, "reason", req.Reason, "rearmed", len(res.Rearmed),
+		"was_active", res.WasActive, "problems", strings.Join(res.Problems, "; "))
 	return res, nil
+}
+
+// reactivationTarget finds the suspension a reactivation undoes and the
+// newer incidents of its episode (newest first), or says why not.
+//
+// "Newer" is by when each incident's trip ended, not when the incident was
+// opened: a skipped or failed incident reopened by a later firing may
+// suspend after incidents opened after it. Any incident still pending (or
+// held by the guard) blocks, whatever its age: it may yet suspend the
+// account.
+func (b *Breaker) reactivationTarget(ctx context.Context, req ReactivateRequest) (store.Incident, []store.Incident, error) {
+	incs, err := b.store.ListIncidents(ctx, store.IncidentFilter{AccountSID: req.AccountSID, Limit: maxEpisode})
+	if err != nil {
+		return store.Incident{}, nil, err
+	}
+	if len(incs) == 0 {
+		return store.Incident{}, nil, &RefusedError{Reason: "usagebreaker has no incident for this account: it did not suspend it"}
+	}
+	for i, n := range incs {
+		if n.State != store.StatePending {
+			continue
+		}
+		which := fmt.Sprintf("incident %d (rule %s)", n.ID, n.Rule)
+		if i == 0 {
+			which = fmt.Sprintf("the newest incident (%d, rule %s)", n.ID, n.Rule)
+		}
+		return store.Incident{}, nil, &RefusedError{Reason: fmt.Sprintf("%s is still being handled: %s", which, orNone(n.Detail)), Pending: true}
+	}
+	ended, err := b.byEnd(ctx, incs)
+	if err != nil {
+		return store.Incident{}, nil, err
+	}
+	at := -1 // the target's index in ended, newest first
+	for i, inc := range ended {
+		if (req.IncidentID != 0 && inc.ID == req.IncidentID) || (req.IncidentID == 0 && inc.Outcome == OutcomeSuspended) {
+			at = i
+			break
+		}
+	}
+	switch {
+	case at < 0 && req.IncidentID != 0:
+		newest := ended[0]
+		return store.Incident{}, nil, &RefusedError{Reason: fmt.Sprintf("a newer incident (%d, rule %s, outcome %s) exists; a person must look at it",
+			newest.ID, newest.Rule, orNone(newest.Outcome))}
+	case at < 0:
+		newest := incs[0]
+		return store.Incident{}, nil, &RefusedError{Reason: fmt.Sprintf("usagebreaker did not suspend it: the newest incident (%d, rule %s) ended %s%s",
+			newest.ID, newest.Rule, newest.Outcome, detailSuffix(newest.Detail))}
+	}
+	newer := ended[:at]
+	for _, n := range newer {
+		if n.Outcome == OutcomeSuspended { // a trip after the one to undo (only with IncidentID)
+			return store.Incident{}, nil, &RefusedError{Reason: fmt.Sprintf("a newer incident (%d, rule %s, outcome %s) exists; a person must look at it",
+				n.ID, n.Rule, n.Outcome)}
+		}
+	}
+	target := ended[at]
+	if target.Outcome != OutcomeSuspended {
+		return store.Incident{}, nil, &RefusedError{Reason: fmt.Sprintf("usagebreaker did not suspend it: incident %d (rule %s) ended %s%s",
+			target.ID, target.Rule, orNone(target.Outcome), detailSuffix(target.Detail))}
+	}
+	return target, append([]store.Incident(nil), newer...), nil
+}
+
+// byEnd orders ended incidents by when their trip action ended, newest
+// first (ties: the higher ID first).
+func (b *Breaker) byEnd(ctx context.Context, incs []store.Incident) ([]store.Incident, error) {
+	acts, err := b.store.IncidentActions(ctx, incidentIDs(incs))
+	if err != nil {
+		return nil, err
+	}
+	endedAt := make(map[int64]time.Time, len(incs))
+	for _, inc := range incs {
+		endedAt[inc.ID] = inc.UpdatedAt
+		for _, a := range acts[inc.ID] {
+			if a.Kind == store.ActionTrip {
+				endedAt[inc.ID] = a.UpdatedAt
+			}
+		}
+	}
+	out := append([]store.Incident(nil), incs...)
+	sort.SliceStable(out, func(i, j int) bool {
+		ti, tj := endedAt[out[i].ID], endedAt[out[j].ID]
+		if !ti.Equal(tj) {
+			return ti.After(tj)
+		}
+		return out[i].ID > out[j].ID
+	})
+	return out, nil
+}
+
+func incidentIDs(incs []store.Incident) []int64 {
+	out := make([]int64, len(incs))
+	for i, inc := range incs {
+		out[i] = inc.ID
+	}
+	return out
 }
 
 func orNone(s string) string {
@@ -172,82 +306,108 @@ func describeRearm(res ReactivateResult) string {
 	}
 	parts = append(parts, res.Problems...)
 	if len(parts) == 0 {
-		return "no trigger had fired this period; nothing to re-arm"
+		parts = append(parts, "no trigger had fired this period; nothing to re-arm")
+	}
+	if len(res.Episode) > 0 {
+		var also []string
+		for i := len(res.Episode) - 1; i >= 0; i-- { // oldest first
+			e := res.Episode[i]
+			also = append(also, fmt.Sprintf("%d (%s, %s)", e.ID, e.Rule, orNone(e.Outcome)))
+		}
+		parts = append(parts, "also covers the later incident(s) "+strings.Join(also, ", "))
 	}
 	return strings.Join(parts, "; ")
 }
 
-// rearm replaces every owned trigger of acct that fired in its rule's
-// current period. Failures are returned as problems: an exception whose
-// trigger could not be created is finished by the next reconcile.
-func (b *Breaker) rearm(ctx context.Context, acct twilioapi.Account) ([]RearmedTrigger, []string) {
-	s := b.settings.Load()
+// rearmPlan is the re-arm of one rule on an account.
+type rearmPlan struct {
+	rule   *rules.Rule
+	period string              // the rule's current period
+	old    []twilioapi.Trigger // the account's owned triggers of the rule (the spent one among them)
+	ex     store.Rearm         // the exception, once begun
+}
+
+// planRearm says which rules a reactivation re-arms on acct: every rule
+// with an owned trigger that fired in the rule's current period, and every
+// rule of the episode's incidents whose period is the rule's current one
+// (its trigger may not say it fired: a poll found the usage, or the trigger
+// was missing). Rules that are gone or no longer match are left to the
+// reconciler.
+func planRearm(s *Settings, acct twilioapi.Account, ts []twilioapi.Trigger, episode []store.Incident, now time.Time) []rearmPlan {
 	prefix := rules.OwnedPrefix(s.Instance)
-	ts, err := b.api.ListTriggers(ctx, acct.SID)
-	if err != nil {
-		return nil, []string{fmt.Sprintf("list triggers: %v (the next reconcile re-arms)", err)}
-	}
-	now := b.now()
-	spent := map[string][]twilioapi.Trigger{} // rule -> owned triggers of it; re-armed if one fired this period
-	fired := map[string]bool{}
+	owned := map[string][]twilioapi.Trigger{}
+	want := map[string]bool{}
 	for _, t := range ts {
 		name, ok := strings.CutPrefix(t.FriendlyName, prefix)
 		if !ok {
 			continue
 		}
-		spent[name] = append(spent[name], t)
+		owned[name] = append(owned[name], t)
 		r := s.Rules.Get(name)
 		if r == nil || t.DateFired == "" {
 			continue
 		}
 		at, err := mail.ParseDate(t.DateFired)
 		if err == nil && PeriodKey(r.Recurring, at) == PeriodKey(r.Recurring, now) {
-			fired[name] = true
+			want[name] = true
 		}
 	}
-	names := make([]string, 0, len(fired))
-	for n := range fired {
+	for _, inc := range episode {
+		r := s.Rules.Get(inc.Rule)
+		base, _, _ := strings.Cut(inc.Period, "#")
+		if r != nil && base == PeriodKey(r.Recurring, now) {
+			want[inc.Rule] = true
+		}
+	}
+	names := make([]string, 0, len(want))
+	for n := range want {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	var out []rearmPlan
+	for _, name := range names {
+		r := s.Rules.Get(name)
+		if r == nil || !r.Matches(acct.SID, acct.FriendlyName) {
+			continue // no longer wanted: the reconciler deletes its triggers
+		}
+		out = append(out, rearmPlan{rule: r, period: PeriodKey(r.Recurring, now), old: owned[name]})
+	}
+	return out
+}
+
+// rearm carries out begun re-arms on acct. Failures are returned as
+// problems: an exception whose trigger could not be created is finished by
+// the next reconcile.
+func (b *Breaker) rearm(ctx context.Context, acct twilioapi.Account, s *Settings, plans []rearmPlan) ([]RearmedTrigger, []string) {
 	var (
 		out      []RearmedTrigger
 		problems []string
 	)
-	for _, name := range names {
-		r := s.Rules.Get(name)
-		if !r.Matches(acct.SID, acct.FriendlyName) {
-			continue // no longer wanted: the reconciler deletes it
-		}
-		rt, err := b.rearmRule(ctx, acct, r, s, now, spent[name])
+	for _, p := range plans {
+		rt, err := b.rearmRule(ctx, acct, s, p)
 		if err != nil {
-			problems = append(problems, fmt.Sprintf("re-arm %s: %v", name, err))
-			continue
+			problems = append(problems, fmt.Sprintf("re-arm %s: %v", p.rule.Name, err))
+			if rt.TriggerSID == "" {
+				continue
+			}
 		}
 		out = append(out, rt)
 	}
 	return out, problems
 }
 
-// rearmRule records the exception, creates the "+allowance" trigger and
+// rearmRule creates the "+allowance" trigger of a begun exception and
 // deletes the spent ones.
-func (b *Breaker) rearmRule(ctx context.Context, acct twilioapi.Account, r *rules.Rule, s *Settings, now time.Time, old []twilioapi.Trigger) (RearmedTrigger, error) {
-	period := PeriodKey(r.Recurring, now)
-	allowance := r.Allowance().String()
-	// The exception first: a firing of the new trigger that arrives before
-	// CompleteRearm already belongs to the new generation.
-	ex, err := b.store.BeginRearm(ctx, acct.SID, r.Name, period, allowance, rules.PeriodEnd(r.Recurring, now))
-	if err != nil {
-		return RearmedTrigger{}, err
-	}
+func (b *Breaker) rearmRule(ctx context.Context, acct twilioapi.Account, s *Settings, p rearmPlan) (RearmedTrigger, error) {
+	r, ex := p.rule, p.ex
 	t, err := b.createRearmed(ctx, acct, r, s, ex)
 	if err != nil {
 		return RearmedTrigger{}, fmt.Errorf("%w (the next reconcile retries)", err)
 	}
-	rt := RearmedTrigger{Rule: r.Name, Period: period, Generation: ex.Generation, TriggerSID: t.SID,
-		TriggerValue: t.TriggerValue.String(), Allowance: allowance}
+	rt := RearmedTrigger{Rule: r.Name, Period: ex.Period, Generation: ex.Generation, TriggerSID: t.SID,
+		TriggerValue: t.TriggerValue.String(), Allowance: ex.Allowance}
 	var errs []string
-	for _, o := range old {
+	for _, o := range p.old {
 		if o.SID == t.SID {
 			continue
 		}
@@ -259,8 +419,8 @@ func (b *Breaker) rearmRule(ctx context.Context, acct twilioapi.Account, r *rule
 			rt.Replaced = o.SID
 		}
 	}
-	b.log.Info("trigger re-armed", "account", acct.SID, "rule", r.Name, "period", period, "generation", ex.Generation,
-		"trigger", t.SID, "value", rt.TriggerValue, "allowance", allowance, "replaced", rt.Replaced)
+	b.log.Info("trigger re-armed", "account", acct.SID, "rule", r.Name, "period", ex.Period, "generation", ex.Generation,
+		"trigger", t.SID, "value", rt.TriggerValue, "allowance", ex.Allowance, "replaced", rt.Replaced)
 	if len(errs) > 0 {
 		return rt, errors.New(strings.Join(errs, "; "))
 	}
@@ -348,6 +508,11 @@ func (b *Breaker) executeReactivate(ctx context.Context, a store.Action) {
 		Actor: "rule " + r.Name, Reason: "scheduled: reactivate " + policy})
 	var refused *RefusedError
 	switch {
+	case errors.As(err, &refused) && refused.Pending:
+		// Another rule's incident of the same burst may still be on its
+		// way to already_suspended: look again after a backoff.
+		log.Info("scheduled reactivation waits for a newer incident", "why", refused.Reason)
+		b.retry(ctx, a, err)
 	case errors.As(err, &refused):
 		log.Warn("scheduled reactivation skipped", "why", refused.Reason)
 		b.finish(ctx, a, store.StateDone, OutcomeSkipped, refused.Reason)

@@ -210,7 +210,13 @@ func (b *Breaker) RunDueOnce(ctx context.Context) {
 func (b *Breaker) execute(ctx context.Context, a store.Action) {
 	switch a.Kind {
 	case store.ActionTrip:
-		b.executeTrip(ctx, a)
+		// The executor works from a batch read earlier: an action another
+		// pass has run since must not run again from this old copy.
+		cur, run := b.current(ctx, a)
+		if !run {
+			return
+		}
+		b.executeTrip(ctx, cur)
 	default:
 		if !b.executeOperator(ctx, a) { // notify:*, guard:*, end_calls, reactivate
 			b.finish(ctx, a, store.StateFailed, OutcomeFailed, fmt.Sprintf("unknown action kind %q", a.Kind))

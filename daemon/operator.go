@@ -28,6 +28,12 @@ const HeaderOperator = "X-Usagebreaker-Operator"
 // MaxReasonLength bounds a reactivation reason.
 const MaxReasonLength = 1000
 
+// ReactivateTimeout bounds a reactivation started through the admin API. It
+// runs to the end even if the caller hangs up: cut short between its steps
+// (status, re-arm, audit) it would leave work for the reconciler, and the
+// caller would not know what was done.
+const ReactivateTimeout = 2 * time.Minute
+
 // fullSettings is settingsOf plus the notifiers, built for the Twilio client.
 func (d *Daemon) fullSettings(cfg *config.Config) (breaker.Settings, error) {
 	s := settingsOf(cfg)
@@ -104,6 +110,11 @@ type ReactivateJSON struct {
 	Reason        string                   `json:"reason"`
 	Actor         string                   `json:"actor"`
 	ReactivatedAt time.Time                `json:"reactivated_at"`
+
+	// EpisodeIncidents are the later incidents of the same burst that this
+	// reactivation also covers (other rules that fired and found the account
+	// suspended, or did not act); their rules are re-armed too.
+	EpisodeIncidents []int64 `json:"episode_incidents,omitempty"`
 }
 
 // ErrorJSON is the body of a refused or failed admin API call.
@@ -147,7 +158,9 @@ func (d *Daemon) reactivate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	who := actor(r)
-	res, err := d.br.Reactivate(r.Context(), breaker.ReactivateRequest{AccountSID: sid, Reason: body.Reason, Actor: who, Via: store.ViaManual})
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), ReactivateTimeout)
+	defer cancel()
+	res, err := d.br.Reactivate(ctx, breaker.ReactivateRequest{AccountSID: sid, Reason: body.Reason, Actor: who, Via: store.ViaManual})
 	var refused *breaker.RefusedError
 	switch {
 	case errors.As(err, &refused):
@@ -165,12 +178,20 @@ func (d *Daemon) reactivate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := ReactivateJSON{AccountSID: res.Account.SID, AccountName: res.Account.FriendlyName, Status: res.Account.Status,
-		IncidentID: res.Incident.ID, WasActive: res.WasActive, Rearmed: res.Rearmed, Problems: res.Problems,
+		IncidentID: res.Incident.ID, EpisodeIncidents: episodeIDs(res.Episode), WasActive: res.WasActive, Rearmed: res.Rearmed, Problems: res.Problems,
 		Reason: body.Reason, Actor: who, ReactivatedAt: res.Reactivation.CreatedAt}
 	if out.Rearmed == nil {
 		out.Rearmed = []breaker.RearmedTrigger{}
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+func episodeIDs(incs []store.Incident) []int64 {
+	var out []int64
+	for _, inc := range incs {
+		out = append(out, inc.ID)
+	}
+	return out
 }
 
 func (d *Daemon) guardRelease(w http.ResponseWriter, r *http.Request) {

@@ -598,9 +598,8 @@ func TestOpsGuardHoldsThe21st(t *testing.T) {
 		return n
 	}
 	e.waitFor("the guard's pages", func() bool { return pages(e.slack) == 1 && pages(e.hook) == 1 })
-	if !strings.Contains(e.metrics(), "usagebreaker_guard_held 1") {
-		t.Error("guard_held is not 1")
-	}
+	// The gauge is set right after the hold is recorded, not with it.
+	e.waitFor("guard_held 1", func() bool { return strings.Contains(e.metrics(), "usagebreaker_guard_held 1") })
 	if code, out, _ := e.cli("incidents"); code != 0 || !strings.Contains(out, "HELD (guard)") {
 		t.Errorf("incidents table:\n%s", out)
 	}
@@ -617,8 +616,94 @@ func TestOpsGuardHoldsThe21st(t *testing.T) {
 		return true
 	})
 	e.waitFor("guard_held 0", func() bool { return strings.Contains(e.metrics(), "usagebreaker_guard_held 0") })
-	if pages(e.slack) != 1 {
-		t.Errorf("%d guard pages to Slack, want exactly 1", pages(e.slack))
+	// The released incident is notified as usual (21 incident messages in
+	// all), and there is still exactly one page per notifier.
+	e.waitFor("the released incident's notifications", func() bool {
+		return len(e.slack.delivered()) == 22 && len(e.hook.delivered()) == 22
+	})
+	if pages(e.slack) != 1 || pages(e.hook) != 1 {
+		t.Errorf("%d guard pages to Slack and %d to the webhook, want exactly 1 each", pages(e.slack), pages(e.hook))
+	}
+}
+
+// One burst fires two rules of a tenant: the first incident suspends, the
+// second finds it already suspended. A person can still reactivate it, and
+// both rules are re-armed. The reactivation also finishes when the caller
+// hangs up in the middle of it.
+func TestOpsReactivateAnEpisodeWhenTheCallerHangsUp(t *testing.T) {
+	e := startOps(t, opsOptions{names: []string{"tenant-a"}, notifiers: []string{"ops-slack"}, extraRules: `  - name: sms-daily
+    accounts:
+      include: ["tenant-*"]
+    usage_category: sms
+    trigger_by: count
+    recurring: daily
+    threshold: "1"
+    action: suspend
+    rearm_allowance: "5"
+`})
+	sid := e.accts["tenant-a"].SID
+	if f := e.spend("tenant-a", "60"); len(f) != 2 {
+		t.Fatalf("firings = %+v, want both rules", f)
+	}
+	var suspender, other int64
+	e.waitFor("both incidents handled", func() bool {
+		incs := e.incidents("?account=" + sid)
+		if len(incs) != 2 || incs[0].State != "done" || incs[1].State != "done" {
+			return false
+		}
+		for _, i := range incs {
+			switch i.Outcome {
+			case "suspended":
+				suspender = i.ID
+			case "already_suspended":
+				other = i.ID
+			}
+		}
+		return true
+	})
+	if suspender == 0 || other == 0 {
+		t.Fatalf("incidents = %+v", e.incidents("?account="+sid))
+	}
+
+	// The account's triggers are listed slowly; the caller gives up first.
+	if _, err := e.sim.AddFault(twiliosim.Fault{Path: `/Usage/Triggers\.json$`, Method: "GET", Delay: 1500 * time.Millisecond, Times: 1}); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("POST", e.admin+"/api/v1/accounts/"+sid+"/reactivate", strings.NewReader(`{"reason": "customer confirmed the traffic"}`))
+	req.Header.Set("Authorization", "Bearer "+opsToken)
+	if resp, err := (&http.Client{Timeout: 300 * time.Millisecond}).Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("the reactivation answered in time (%d); the test needs the caller to hang up", resp.StatusCode)
+	}
+	done := func() bool {
+		if e.account("tenant-a").Status != "active" || e.triggerValue("tenant-a", "spend-daily") != "85" ||
+			e.triggerValue("tenant-a", "sms-daily") != "6" {
+			return false
+		}
+		for _, i := range e.incidents("?account=" + sid) {
+			if i.ID == suspender && i.Reactivation != nil {
+				return true
+			}
+		}
+		return false
+	}
+	for deadline := time.Now().Add(30 * time.Second); !done(); time.Sleep(25 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not reactivated and re-armed: status %s, spend-daily at %s, sms-daily at %s, incidents %+v",
+				e.account("tenant-a").Status, e.triggerValue("tenant-a", "spend-daily"), e.triggerValue("tenant-a", "sms-daily"),
+				e.incidents("?account="+sid))
+		}
+	}
+	for _, i := range e.incidents("?account=" + sid) {
+		switch {
+		case i.ID == suspender && (i.Reactivation.Rearmed != 2 || i.Reactivation.Via != "manual"):
+			t.Errorf("audit = %+v", i.Reactivation)
+		case i.ID == other && i.Reactivation != nil:
+			t.Errorf("the incident that did not suspend has a reactivation: %+v", i.Reactivation)
+		}
+	}
+	if code, _, errOut := e.cli("reactivate", sid, "--reason", "again"); code != 1 || !strings.Contains(errOut, "already reactivated") {
+		t.Errorf("second reactivation: %d %s", code, errOut)
 	}
 }
 
