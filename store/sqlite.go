@@ -616,21 +616,7 @@ func (s *SQLite) queryActions(ctx context.Context, st *sql.Stmt, args ...any) ([
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []Action
-	for rows.Next() {
-		var (
-			a                      Action
-			next, created, updated int64
-		)
-		if err := rows.Scan(&a.ID, &a.IncidentID, &a.Kind, &a.State, &a.Attempts, &next,
-			&a.Outcome, &a.Detail, &created, &updated, &a.Hold, &a.Progress); err != nil {
-			return nil, err
-		}
-		a.NextAttemptAt, a.CreatedAt, a.UpdatedAt = fromUnixNano(next), fromUnixNano(created), fromUnixNano(updated)
-		out = append(out, a)
-	}
-	return out, rows.Err()
+	return scanActions(rows) // operator.go
 }
 
 // CountPendingActions implements Store.
@@ -659,7 +645,16 @@ func (s *SQLite) RetryAction(ctx context.Context, id int64, nextAttemptAt time.T
 	return nil
 }
 
-func (s *SQLite) retryAction(ctx context.Context, id int64, nextAttemptAt time.Time, detail string) (err error) {
+func (s *SQLite) retryAction(ctx context.Context, id int64, nextAttemptAt time.Time, detail string) error {
+	return s.updatePending(ctx, nextAttemptAt, func(tx *sql.Tx, next, now int64) *sql.Row {
+		return tx.StmtContext(ctx, s.wActionRetry).QueryRowContext(ctx, detail, next, now, id)
+	}, detail)
+}
+
+// updatePending runs upd, an UPDATE of one pending action that returns its
+// incident_id and kind, in a transaction, and mirrors detail on the incident
+// of a trip action. No pending action: ErrNotFound.
+func (s *SQLite) updatePending(ctx context.Context, nextAttemptAt time.Time, upd func(tx *sql.Tx, next, now int64) *sql.Row, detail string) (err error) {
 	next, err := unixNano(nextAttemptAt)
 	if err != nil {
 		return fmt.Errorf("next attempt: %w", err)
@@ -681,7 +676,7 @@ func (s *SQLite) retryAction(ctx context.Context, id int64, nextAttemptAt time.T
 		incidentID int64
 		kind       string
 	)
-	err = tx.StmtContext(ctx, s.wActionRetry).QueryRowContext(ctx, detail, next, now, id).Scan(&incidentID, &kind)
+	err = upd(tx, next, now).Scan(&incidentID, &kind)
 	if errors.Is(err, sql.ErrNoRows) {
 		return ErrNotFound // not there, or no longer pending
 	}
