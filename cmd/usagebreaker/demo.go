@@ -293,7 +293,7 @@ func waitFor(ctx context.Context, limit time.Duration, cond func() bool) error {
 	return nil
 }
 
-// printMetrics prints the metric lines that start with one of the prefixes.
+// printMetrics prints the non-zero metric lines that start with one of the prefixes.
 func printMetrics(w io.Writer, url string, prefixes ...string) error {
 	resp, err := http.Get(url)
 	if err != nil {
@@ -303,6 +303,9 @@ func printMetrics(w io.Writer, url string, prefixes ...string) error {
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
 		line := sc.Text()
+		if strings.HasSuffix(line, " 0") {
+			continue // series primed at zero: nothing happened there
+		}
 		for _, p := range prefixes {
 			if strings.HasPrefix(line, p) {
 				fmt.Fprintf(w, "    %s\n", line)
