@@ -209,6 +209,7 @@ func (s *SQLite) runBatch(batch []*recordReq) {
 		}
 		return
 	}
+	s.wrote()
 	for _, r := range ok {
 		r.finish(r.res, nil)
 	}

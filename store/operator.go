@@ -166,7 +166,7 @@ func (s *SQLite) write(ctx context.Context, op string, fn func(tx *sql.Tx) error
 		_ = tx.Rollback()
 		return err
 	}
-	return tx.Commit()
+	return s.commit(tx)
 }
 
 func insertScheduled(ctx context.Context, tx *sql.Tx, incidentID int64, then []Scheduled, now int64) error {
@@ -383,6 +383,7 @@ func (s *SQLite) BeginRearm(ctx context.Context, accountSID, rule, period, allow
 	if accountSID == "" || rule == "" || period == "" || allowance == "" {
 		return Rearm{}, errors.New("store: begin re-arm: empty account, rule, period or allowance")
 	}
+	s.rearmed.Store(accountSID, struct{}{}) // before the row exists: never missed by RearmFor
 	err = s.write(ctx, "begin re-arm", func(tx *sql.Tx) error {
 		now, err := unixNano(s.now())
 		if err != nil {
@@ -429,6 +430,9 @@ func (s *SQLite) CompleteRearm(ctx context.Context, accountSID, rule, period str
 func (s *SQLite) RearmFor(ctx context.Context, accountSID, rule, period string) (Rearm, error) {
 	if err := s.check("re-arm"); err != nil {
 		return Rearm{}, err
+	}
+	if _, ok := s.rearmed.Load(accountSID); !ok {
+		return Rearm{}, ErrNotFound // no re-arm ever: no read on the callback's path
 	}
 	r, err := scanRearm(s.r.QueryRowContext(ctx, `SELECT `+rearmCols+` FROM rearms
 		WHERE account_sid = ? AND rule = ? AND period = ?`, accountSID, rule, period))

@@ -64,6 +64,19 @@ type SQLite struct {
 	closeOnce sync.Once
 	closeErr  error
 
+	// rearmed holds every account SID with a row in rearms (loaded at open;
+	// BeginRearm adds to it), so RearmFor, on every callback's path, reads
+	// the database only for accounts that were ever re-armed. This process
+	// is the database's only writer (the daemon holds its lock).
+	rearmed sync.Map
+
+	// Background checkpoints (checkpoint.go).
+	ck     *sql.DB       // one connection, for checkpoints only
+	dirty  atomic.Uint64 // transactions committed
+	ckRuns atomic.Uint64 // background checkpoints done (for tests)
+	ckNow  chan struct{}
+	ckDone chan struct{} // closed when checkpointLoop returns
+
 	// Group commit of RecordFiring (batch.go).
 	reqs       chan *recordReq // unbuffered
 	stop       chan struct{}   // closed by Close
@@ -157,7 +170,8 @@ func open(ctx context.Context, path string) (_ *SQLite, err error) {
 	// that may convert a new file to WAL, before any reader exists.
 	// temp_store=MEMORY keeps the sub-journals of the group commit's
 	// savepoints (batch.go) in memory rather than in temporary files.
-	if s.w, err = sql.Open("sqlite", dsn(abs, "_txlock=immediate", "_pragma=temp_store(MEMORY)")); err != nil {
+	// wal_autocheckpoint=0: checkpoints run in the background (checkpoint.go).
+	if s.w, err = sql.Open("sqlite", dsn(abs, "_txlock=immediate", "_pragma=temp_store(MEMORY)", "_pragma=wal_autocheckpoint(0)")); err != nil {
 		return nil, err
 	}
 	s.w.SetMaxOpenConns(1)
@@ -183,13 +197,30 @@ func open(ctx context.Context, path string) (_ *SQLite, err error) {
 		return nil, err
 	}
 
+	if s.ck, err = sql.Open("sqlite", dsn(abs, "_pragma=wal_autocheckpoint(0)")); err != nil {
+		return nil, err
+	}
+	s.ck.SetMaxOpenConns(1)
+	s.ck.SetMaxIdleConns(1)
+	s.ck.SetConnMaxLifetime(0)
+	s.ck.SetConnMaxIdleTime(0)
+	if err := checkConn(ctx, s.ck); err != nil {
+		return nil, err
+	}
+
 	if err := s.prepare(ctx); err != nil {
 		return nil, err
 	}
+	if err := s.loadRearmed(ctx); err != nil {
+		return nil, err
+	}
+	s.ckNow = make(chan struct{}, 1)
+	s.ckDone = make(chan struct{})
 	s.reqs = make(chan *recordReq)
 	s.stop = make(chan struct{})
 	s.writerDone = make(chan struct{})
 	go s.writeLoop()
+	go s.checkpointLoop()
 	return s, nil
 }
 
@@ -253,8 +284,8 @@ func (s *SQLite) prepare(ctx context.Context) error {
 		{s.w, &s.wIncidentUpsrt, `INSERT INTO incidents (rule, account_sid, account_name, period,
 				source, idempotency_token, usage_trigger_sid, usage_category, trigger_by,
 				recurring, trigger_value, current_value, date_fired, action, dry_run,
-				state, firings, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 1, ?, ?)
+				state, detail, firings, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, 1, ?, ?)
 			ON CONFLICT (rule, account_sid, period) DO UPDATE
 				SET firings = firings + 1, updated_at = max(updated_at, excluded.updated_at)
 			RETURNING ` + incidentCols},
@@ -264,8 +295,8 @@ func (s *SQLite) prepare(ctx context.Context) error {
 				dry_run, received_at)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
 		{s.w, &s.wActionInsert, `INSERT INTO actions (incident_id, kind, state, attempts,
-				next_attempt_at, created_at, updated_at)
-			VALUES (?, ?, 'pending', 0, ?, ?, ?)
+				next_attempt_at, detail, created_at, updated_at)
+			VALUES (?, ?, 'pending', 0, ?, ?, ?, ?)
 			ON CONFLICT (incident_id, kind) DO NOTHING`},
 		{s.w, &s.wActionRetry, `UPDATE actions
 			SET attempts = attempts + 1, detail = ?, next_attempt_at = ?, updated_at = ?
@@ -312,11 +343,28 @@ func (s *SQLite) prepare(ctx context.Context) error {
 
 // Close closes the database. In-flight calls finish first; later calls
 // return ErrClosed. Closing twice is not an error.
+func (s *SQLite) loadRearmed(ctx context.Context) error {
+	rows, err := s.r.QueryContext(ctx, `SELECT DISTINCT account_sid FROM rearms`)
+	if err != nil {
+		return fmt.Errorf("read re-arms: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var sid string
+		if err := rows.Scan(&sid); err != nil {
+			return fmt.Errorf("read re-arms: %w", err)
+		}
+		s.rearmed.Store(sid, struct{}{})
+	}
+	return rows.Err()
+}
+
 func (s *SQLite) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		close(s.stop)
 		<-s.writerDone // the batch in progress, if any, finishes
+		<-s.ckDone
 		s.closeErr = s.closeDBs()
 		if s.closeErr != nil {
 			s.closeErr = fmt.Errorf("store: close %s: %w", s.path, s.closeErr)
@@ -342,6 +390,9 @@ func (s *SQLite) closeDBs() error {
 	// the database file and removes it, and that is the writer's job.
 	if s.r != nil {
 		errs = append(errs, s.r.Close())
+	}
+	if s.ck != nil {
+		errs = append(errs, s.ck.Close())
 	}
 	if s.w != nil {
 		errs = append(errs, s.w.Close())
@@ -396,10 +447,14 @@ func (s *SQLite) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, rece
 	}
 
 	dry := boolInt(f.DryRun)
+	detail := "" // a new incident's; an existing one keeps its own
+	if f.Claim != nil {
+		detail = f.Claim.Detail
+	}
 	res.Incident, err = scanIncident(tx.StmtContext(ctx, s.wIncidentUpsrt).QueryRowContext(ctx,
 		f.Rule, f.AccountSID, f.AccountName, f.Period, f.Source, f.IdempotencyToken,
 		f.UsageTriggerSID, f.UsageCategory, f.TriggerBy, f.Recurring, f.TriggerValue,
-		f.CurrentValue, f.DateFired, f.Action, dry, received, received))
+		f.CurrentValue, f.DateFired, f.Action, dry, detail, received, received))
 	if err != nil {
 		return res, fmt.Errorf("upsert incident: %w", err)
 	}
@@ -419,9 +474,24 @@ func (s *SQLite) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, rece
 	if len(f.Actions) > 0 {
 		ins := tx.StmtContext(ctx, s.wActionInsert)
 		for _, kind := range f.Actions {
-			if _, err = ins.ExecContext(ctx, res.Incident.ID, kind, received, received, received); err != nil {
+			next, detail := received, ""
+			if kind == ActionTrip && f.Claim != nil && res.Trip.ID == 0 {
+				next, detail = f.Claim.NextAttemptAt.UnixNano(), f.Claim.Detail
+			}
+			r, err := ins.ExecContext(ctx, res.Incident.ID, kind, next, detail, received, received)
+			if err != nil {
 				return res, fmt.Errorf("insert action %q: %w", kind, err)
 			}
+			if kind != ActionTrip || res.Trip.ID != 0 {
+				continue
+			}
+			id, err := r.LastInsertId()
+			if err != nil {
+				return res, fmt.Errorf("insert action %q: %w", kind, err)
+			}
+			res.Trip = Action{ID: id, IncidentID: res.Incident.ID, Kind: kind, State: StatePending,
+				NextAttemptAt: fromUnixNano(next), Detail: detail,
+				CreatedAt: fromUnixNano(received), UpdatedAt: fromUnixNano(received)}
 		}
 	}
 	return res, nil
@@ -505,6 +575,9 @@ func validateFiring(f Firing) error {
 		if k == "" {
 			return errors.New("invalid firing: empty action kind")
 		}
+	}
+	if f.Claim != nil && f.Claim.NextAttemptAt.IsZero() {
+		return errors.New("invalid firing: a claim without NextAttemptAt")
 	}
 	return nil
 }
@@ -688,7 +761,7 @@ func (s *SQLite) updatePending(ctx context.Context, nextAttemptAt time.Time, upd
 			return err
 		}
 	}
-	return tx.Commit()
+	return s.commit(tx)
 }
 
 // FinishAction implements Store. state must be StateDone or StateFailed. It
@@ -739,7 +812,7 @@ func (s *SQLite) finishAction(ctx context.Context, id int64, state, outcome, det
 	if err = insertScheduled(ctx, tx, incidentID, then, now); err != nil {
 		return err
 	}
-	return tx.Commit()
+	return s.commit(tx)
 }
 
 type scanner interface{ Scan(dest ...any) error }

@@ -58,6 +58,19 @@ type Firing struct {
 	// Actions are the kinds of action rows to create with a new incident; the
 	// first is normally ActionTrip. Ignored when the incident already exists.
 	Actions []string
+	// Claim, when set, says the recording process runs the new incident's
+	// ActionTrip itself, straight after the commit: the action is created
+	// with Claim's NextAttemptAt and Detail instead of due at ReceivedAt with
+	// no detail, so no executor pass picks it up while the claimant works,
+	// and a process that restarts finds the claimant's mark. Ignored when no
+	// incident is created.
+	Claim *Claim
+}
+
+// Claim is how a claimed trip action is created (Firing.Claim).
+type Claim struct {
+	NextAttemptAt time.Time
+	Detail        string
 }
 
 // RecordResult says what RecordFiring did.
@@ -68,6 +81,9 @@ type RecordResult struct {
 	// NewIncident: this firing opened the incident. False when the token is a
 	// duplicate or another firing already opened the (rule, account, period) incident.
 	NewIncident bool
+	// Trip is the ActionTrip action created with a new incident, as stored
+	// (with the firing's Claim applied); zero ID when none was created.
+	Trip Action
 	// Reopened: this firing (a new token) attached to an existing incident
 	// whose trip action had ended, either done with outcome "skipped" or
 	// failed, and put it back to work in the same transaction:
