@@ -69,6 +69,33 @@ func (k *keyedMutex) lock(key string) (unlock func()) {
 	}
 }
 
+// tryLock locks key if nobody holds it, returning its unlock and true;
+// otherwise it returns false at once.
+func (k *keyedMutex) tryLock(key string) (unlock func(), ok bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.m == nil {
+		k.m = map[string]*keyedEntry{}
+	}
+	e := k.m[key]
+	if e == nil {
+		e = &keyedEntry{}
+		k.m[key] = e
+	}
+	if !e.mu.TryLock() { // held, so e.refs > 0 and e stays
+		return nil, false
+	}
+	e.refs++
+	return func() {
+		e.mu.Unlock()
+		k.mu.Lock()
+		if e.refs--; e.refs == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}, true
+}
+
 // leases are the accounts a status write from before a restart may still
 // reach, and until when.
 type leases struct {
@@ -135,9 +162,9 @@ type errWait struct {
 func (e errWait) Error() string { return e.why }
 
 // wroteBefore reports whether an earlier attempt of a sent a status write
-// whose outcome was never learnt.
+// whose outcome was never learnt (or may have: a claim of the fast path).
 func wroteBefore(a store.Action) bool {
-	return a.Detail == detailWriteSent || strings.HasPrefix(a.Detail, prefixWriteUnknown)
+	return a.Detail == detailWriteSent || a.Detail == detailClaimed || strings.HasPrefix(a.Detail, prefixWriteUnknown)
 }
 
 // claimedByAnother reports whether another incident of the account already

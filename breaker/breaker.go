@@ -87,6 +87,9 @@ type Breaker struct {
 	wroteBy sync.Map       // account SID -> ID of the action whose suspend write this process saw succeed
 
 	pollMu sync.Mutex // never two polls at once
+
+	exec   atomic.Pointer[execState] // the running executor, for the fast path (fast.go)
+	tokens tokenSet                  // callback tokens seen: a repeat takes no fast path
 }
 
 // New builds a Breaker; nothing runs until Reconcile or RunExecutor is called.

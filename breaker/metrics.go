@@ -15,6 +15,10 @@ type Metrics struct {
 	ReconcileErrors     prometheus.Counter
 	ActionsPending      prometheus.Gauge
 	ActionAttemptErrors *prometheus.CounterVec // kind
+	// SuspendWriteLatency: from a callback's receipt to its suspend request
+	// written to Twilio (the first attempt's), the durable record and the
+	// read before the write included.
+	SuspendWriteLatency prometheus.Histogram
 
 	*OperatorMetrics // notifications, reactivations, guard (operator.go)
 }
@@ -74,11 +78,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "usagebreaker_action_attempt_errors_total",
 			Help: "Failed attempts at an action that will be retried, by kind.",
 		}, []string{"kind"}),
+		SuspendWriteLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "usagebreaker_callback_to_suspend_write_seconds",
+			Help: "Time from receiving a Usage Trigger callback to its suspend request being written to Twilio (first attempt; the durable record and the read before the write included).",
+			Buckets: []float64{0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+				1, 2.5, 5, 10, 30, 60, 300},
+		}),
 	}
 	m.OperatorMetrics = newOperatorMetrics(reg)
 	if reg != nil {
 		reg.MustRegister(m.Callbacks, m.Suspensions, m.Incidents, m.Skipped, m.ManagedTriggers,
-			m.ReconcileDuration, m.ReconcileLastOK, m.ReconcileErrors, m.ActionsPending, m.ActionAttemptErrors)
+			m.ReconcileDuration, m.ReconcileLastOK, m.ReconcileErrors, m.ActionsPending, m.ActionAttemptErrors,
+			m.SuspendWriteLatency)
 	}
 	for _, o := range []string{OutcomeAccepted, OutcomeDuplicate, OutcomeBadSignature, OutcomeBadRequest,
 		OutcomeUnknownRule, OutcomeUnknownAccount, OutcomeError} {

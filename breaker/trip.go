@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/mail"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/usagebreaker/usagebreaker/internal/decimal"
@@ -38,6 +39,9 @@ type Callback struct {
 	CurrentValue     string
 	UsageRecordURI   string
 	IdempotencyToken string
+	// Arrived is when the callback reached the daemon (the handler's start);
+	// zero if unknown. It measures the time to the suspend write.
+	Arrived time.Time
 }
 
 // PeriodKey names the interval of a rule's recurring that t (GMT) falls in:
@@ -71,13 +75,24 @@ type AcceptResult struct {
 	// Duplicate: nothing new (a repeat of the token, or another firing of an
 	// incident that already exists).
 	Duplicate bool
+
+	rec store.RecordResult // what the store said
 }
 
 // Accept durably records a verified callback for rule r from subaccount acct
 // and wakes the executor. When it returns nil the firing survives a crash and
 // the callback may be answered 200; the action runs afterwards.
-func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Account, cb Callback) (AcceptResult, error) {
+//
+// A suspension whose rule and account allow it runs on the fast path
+// (fast.go): its read starts now, and it is written as soon as the commit
+// returns, by this process.
+func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Account, cb Callback) (res AcceptResult, err error) {
 	now := b.now()
+	var claim *store.Claim
+	if ft := b.claimFast(r, acct.SID, cb.IdempotencyToken, cb.Arrived); ft != nil {
+		claim = b.claim(now)
+		defer func() { ft.committed(b, res.rec, err) }()
+	}
 	// After a re-arm, a firing in the same period belongs to the re-armed
 	// generation: its own incident ("daily:2026-11-24#2"), so it trips again.
 	period, err := b.incidentPeriod(ctx, r.Name, acct.SID, PeriodKey(r.Recurring, firedAt(cb.DateFired, now)))
@@ -102,6 +117,7 @@ func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Acco
 		DryRun:           r.DryRun,
 		ReceivedAt:       now,
 		Actions:          b.ActionKinds(r),
+		Claim:            claim,
 	}
 	return b.record(ctx, f)
 }
@@ -115,7 +131,11 @@ func (b *Breaker) record(ctx context.Context, f store.Firing) (AcceptResult, err
 	case res.NewIncident:
 		b.m.Incidents.WithLabelValues(f.Rule, f.Source).Inc()
 		b.m.ActionsPending.Add(float64(len(f.Actions)))
-		b.Wake()
+		if f.Claim == nil {
+			// A claimed trip is run by the fast path, and the incident's
+			// other actions wait for its outcome (which wakes the executor).
+			b.Wake()
+		}
 	case res.Reopened:
 		// The incident's trip had ended skipped or failed; this new firing put
 		// it back to pending, to be verified again on the new values.
@@ -124,7 +144,7 @@ func (b *Breaker) record(ctx context.Context, f store.Firing) (AcceptResult, err
 		b.UpdatePendingGauge(ctx)
 		b.Wake()
 	}
-	return AcceptResult{Incident: res.Incident, Duplicate: !res.NewIncident && !res.Reopened}, nil
+	return AcceptResult{Incident: res.Incident, Duplicate: !res.NewIncident && !res.Reopened, rec: res}, nil
 }
 
 // RunExecutor runs due actions until ctx ends: at start (resuming whatever a
@@ -143,10 +163,18 @@ func (b *Breaker) RunExecutor(ctx context.Context, drain time.Duration) {
 	// At start every pending action is resumed, whatever its backoff said
 	// (the restart may be the fix it waited for); the write leases still hold.
 	b.runPending(ctx, actx, sem, &wg, b.now().AddDate(50, 0, 0), 0)
+	// Only then may new callbacks take the fast path: that pass took every
+	// pending action, claimed ones too, and later passes take due ones only.
+	st := &execState{actx: actx, sem: sem, wg: &wg}
+	b.exec.Store(st)
 	for {
 		b.runDue(ctx, actx, sem, &wg)
 		select {
 		case <-ctx.Done():
+			st.mu.Lock()
+			st.closed = true // no fast path starts after this: wg.Wait below sees them all
+			st.mu.Unlock()
+			b.exec.CompareAndSwap(st, nil)
 			done := make(chan struct{})
 			go func() { wg.Wait(); close(done) }()
 			select {
@@ -230,7 +258,6 @@ type errSkip struct{ why string }
 func (e errSkip) Error() string { return e.why }
 
 func (b *Breaker) executeTrip(ctx context.Context, a store.Action) {
-	defer b.guardDone(a.ID) // after the outcome is recorded
 	inc, err := b.store.Incident(ctx, a.IncidentID)
 	if err != nil {
 		b.retry(ctx, a, fmt.Errorf("read incident: %w", err))
@@ -240,9 +267,18 @@ func (b *Breaker) executeTrip(ctx context.Context, a store.Action) {
 	// rules crossed at once) must not both read "active" and both write.
 	unlock := b.acctMu.lock(inc.AccountSID)
 	defer unlock()
+	b.runTrip(ctx, a, inc, nil)
+}
+
+// runTrip verifies and acts on trip action a of incident inc and records
+// the outcome; the caller holds the account's lock. fast is set on the fast
+// path (fast.go).
+func (b *Breaker) runTrip(ctx context.Context, a store.Action, inc store.Incident, fast *fastRun) {
+	defer b.guardDone(a.ID) // after the outcome is recorded
 	r := b.Rule(inc.Rule)
 	log := b.log.With("incident", inc.ID, "rule", inc.Rule, "account", inc.AccountSID, "account_name", inc.AccountName, "source", inc.Source)
-	outcome, detail, err := b.trip(ctx, a, inc, r)
+	var took atomic.Int64 // ns from the callback to the suspend write, when one was sent
+	outcome, detail, err := b.trip(ctx, a, inc, r, fast, &took)
 	var (
 		skip errSkip
 		held errHeld
@@ -273,13 +309,23 @@ func (b *Breaker) executeTrip(ctx context.Context, a store.Action) {
 		if r.Action == rules.ActionSuspend {
 			b.m.Suspensions.WithLabelValues(inc.Rule, outcome).Inc()
 		}
-		log.Info("incident handled", "outcome", outcome, "detail", detail, "current_value", inc.CurrentValue, "threshold", r.Threshold.String())
+		attrs := []any{"outcome", outcome, "detail", detail, "current_value", inc.CurrentValue, "threshold", r.Threshold.String()}
+		if ns := took.Load(); ns > 0 {
+			attrs = append(attrs, "receipt_to_write", time.Duration(ns))
+			if fast != nil {
+				attrs = append(attrs, "twilio_wait", fast.twilioWait)
+			}
+		}
+		log.Info("incident handled", attrs...)
 		b.finishTrip(ctx, a, r, outcome, detail) // schedules the rule's reactivation after a suspension
 	}
 }
 
 // trip verifies the incident against the current rule and account, then acts.
-func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, r *rules.Rule) (outcome, detail string, err error) {
+// On the fast path the account was read already (fast) and the write-intent
+// mark was committed with the firing. took receives the time from the
+// callback's receipt to the suspend request's first write.
+func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, r *rules.Rule, fast *fastRun, took *atomic.Int64) (outcome, detail string, err error) {
 	// Verify.
 	if r == nil {
 		return "", "", errSkip{fmt.Sprintf("rule %q no longer exists", inc.Rule)}
@@ -292,9 +338,13 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 		}
 	}
 	var acct twilioapi.Account
-	if cached, ok := b.accounts.Cached(inc.AccountSID); ok && !suspend {
+	cached, ok := b.accounts.Cached(inc.AccountSID)
+	switch {
+	case fast != nil:
+		acct, err = fast.acct, fast.err // fresh: read under the account's lock
+	case ok && !suspend:
 		acct = cached
-	} else {
+	default:
 		// A suspension is decided on a fresh read (read before write: after a
 		// crash or a lost answer the account may already be suspended).
 		acct, err = b.readAccount(ctx, inc.AccountSID)
@@ -343,11 +393,23 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 	}
 	// Record the intent first: should the process die before the answer is
 	// recorded, the next one waits for the write to land before reading again.
-	if err := b.store.NoteAction(ctx, a.ID, b.now().Add(b.lease), detailWriteSent); err != nil {
-		return "", "", fmt.Errorf("record the suspend write: %w", err)
+	// On the fast path the firing's commit recorded it, unless so much of its
+	// lease has passed (a slow read) that the write could outlive it.
+	if fast == nil || b.now().Add(b.lease*3/4).After(a.NextAttemptAt) {
+		if err := b.store.NoteAction(ctx, a.ID, b.now().Add(b.lease), detailWriteSent); err != nil {
+			return "", "", fmt.Errorf("record the suspend write: %w", err)
+		}
 	}
 	a.Detail = detailWriteSent
-	upd, err := b.api.SetAccountStatus(ctx, acct.SID, twilioapi.StatusSuspended)
+	wctx := ctx
+	if inc.Source == store.SourceCallback {
+		since := func() time.Duration { return b.now().Sub(inc.UpdatedAt) } // the latest firing's receipt
+		if fast != nil && !fast.arrived.IsZero() {
+			since = func() time.Duration { return time.Since(fast.arrived) }
+		}
+		wctx = b.writeTrace(ctx, since, took)
+	}
+	upd, err := b.api.SetAccountStatus(wctx, acct.SID, twilioapi.StatusSuspended)
 	if err != nil {
 		if unknownOutcome(err) {
 			err = writeUnknown{err}

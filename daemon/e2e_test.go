@@ -595,10 +595,16 @@ func TestEndToEnd(t *testing.T) {
 			"usagebreaker_config_last_reload_successful 1", "usagebreaker_config_last_reload_success_timestamp_seconds",
 			"usagebreaker_build_info{", `usagebreaker_incidents_total{rule="spend-daily",source="callback"} 1`,
 			"usagebreaker_actions_pending 0",
+			// The one suspension, timed from its callback's receipt to its write (fast path).
+			"usagebreaker_callback_to_suspend_write_seconds_count 1",
 		} {
 			if !strings.Contains(m, name) {
 				t.Errorf("/metrics lacks %s", name)
 			}
+		}
+		// The same measure is on the suspension's log line, with Twilio's share.
+		if l := e.logs.String(); !strings.Contains(l, `"receipt_to_write":`) || !strings.Contains(l, `"twilio_wait":`) {
+			t.Error(`no "incident handled" line carries receipt_to_write and twilio_wait`)
 		}
 		if strings.Contains(m, "AC") && strings.Contains(m, e.accounts["tenant-07"].SID) {
 			t.Error("a metric label carries a subaccount SID")

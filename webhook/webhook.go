@@ -63,7 +63,7 @@ type answer struct {
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	a := h.handle(w, r)
+	a := h.handle(w, r, time.Now())
 	h.m.Callbacks.WithLabelValues(a.outcome).Inc()
 	if a.status == http.StatusMethodNotAllowed {
 		w.Header().Set("Allow", http.MethodPost)
@@ -86,7 +86,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.log.Log(r.Context(), level, "callback", attrs...)
 }
 
-func (h *Handler) handle(w http.ResponseWriter, r *http.Request) answer {
+// handle answers a callback that arrived at arrived.
+func (h *Handler) handle(w http.ResponseWriter, r *http.Request, arrived time.Time) answer {
 	ruleName, ok := strings.CutPrefix(r.URL.Path, rules.CallbackPathPrefix)
 	if !ok || ruleName == "" || strings.Contains(ruleName, "/") {
 		return answer{http.StatusNotFound, breaker.OutcomeUnknownRule, "not found", nil}
@@ -174,6 +175,7 @@ func (h *Handler) handle(w http.ResponseWriter, r *http.Request) answer {
 		CurrentValue:     form.Get("CurrentValue"),
 		UsageRecordURI:   form.Get("UsageRecordUri"),
 		IdempotencyToken: form.Get("IdempotencyToken"),
+		Arrived:          arrived,
 	}
 	attrs = append(attrs, "token", cb.IdempotencyToken, "current_value", cb.CurrentValue)
 

@@ -1,0 +1,268 @@
+package breaker
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/usagebreaker/usagebreaker/store"
+	"github.com/usagebreaker/usagebreaker/twilioapi"
+)
+
+// runExecutor runs f.b's executor until the test ends, and waits until the
+// fast path is open (the executor's start-up pass is done).
+func (f *fixture) runExecutor(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { f.b.RunExecutor(ctx, 5*time.Second); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitUntil(t, "the executor to start", func() bool { return f.b.exec.Load() != nil })
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func (f *fixture) trip(t *testing.T, incidentID int64) store.Action {
+	t.Helper()
+	for _, a := range f.actions(t, incidentID) {
+		if a.Kind == store.ActionTrip {
+			return a
+		}
+	}
+	t.Fatalf("incident %d has no trip action", incidentID)
+	return store.Action{}
+}
+
+// The receiving process claims the trip in the firing's own commit and runs
+// it at once: one read (started before the commit returned), one write, no
+// executor pass and no second mark.
+func TestFastPathClaimsAndSuspends(t *testing.T) {
+	f, s := newSlowFixture(t, twoSuspendRules)
+	s.fetchDelay = 50 * time.Millisecond // the read is still under way when Accept returns
+	a := f.api.addAccount("tenant-a", "active")
+	f.reconcile(t)
+	f.runExecutor(t)
+
+	res := f.accept(t, "spend-daily", a, callbackFor(a, "tok-1", "totalprice", "price", "60"))
+	// Answered (Accept returned) with the claim durable: a process that
+	// died now would wait out the lease, then read the account again.
+	trip := f.trip(t, res.Incident.ID)
+	if trip.State != store.StatePending || trip.Detail != detailClaimed || !trip.NextAttemptAt.Equal(f.clock.Now().Add(30*time.Second)) {
+		t.Fatalf("trip right after Accept: %+v", trip)
+	}
+	if inc := f.incident(t, res.Incident.ID); inc.Detail != detailClaimed {
+		t.Fatalf("incident right after Accept: %+v", inc)
+	}
+	waitUntil(t, "the incident to end", func() bool { return f.incident(t, res.Incident.ID).State == store.StateDone })
+	inc := f.incident(t, res.Incident.ID)
+	if inc.Outcome != OutcomeSuspended || f.api.count("accounts.fetch") != 1 || f.api.count("accounts.update") != 1 {
+		t.Fatalf("incident %+v after %d reads and %d writes", inc, f.api.count("accounts.fetch"), f.api.count("accounts.update"))
+	}
+	if got := f.trip(t, res.Incident.ID); got.Attempts != 1 || got.Outcome != OutcomeSuspended {
+		t.Fatalf("trip %+v", got)
+	}
+}
+
+// An executor pass that finds the claimed trip due (its lease passed while
+// the read was slow) does not run it a second time.
+func TestFastPathTripIsNotRunTwice(t *testing.T) {
+	f, s := newSlowFixture(t, twoSuspendRules)
+	s.fetchDelay = 100 * time.Millisecond
+	a := f.api.addAccount("tenant-a", "active")
+	f.reconcile(t)
+	f.runExecutor(t)
+
+	res := f.accept(t, "spend-daily", a, callbackFor(a, "tok-1", "totalprice", "price", "60"))
+	f.clock.Advance(time.Minute) // the claim is due now
+	for i := 0; i < 5; i++ {
+		f.b.Wake()
+		time.Sleep(5 * time.Millisecond)
+	}
+	waitUntil(t, "the incident to end", func() bool { return f.incident(t, res.Incident.ID).State == store.StateDone })
+	if f.api.count("accounts.update") != 1 || f.api.count("accounts.fetch") != 1 {
+		t.Fatalf("%d writes and %d reads, want one of each", f.api.count("accounts.update"), f.api.count("accounts.fetch"))
+	}
+	if inc := f.incident(t, res.Incident.ID); inc.Outcome != OutcomeSuspended {
+		t.Fatalf("incident %+v", inc)
+	}
+}
+
+// The fast path only starts when it can start at once; otherwise the firing
+// is recorded as before (due now, unclaimed) and the executor runs it.
+func TestFastPathFallsBackToTheExecutor(t *testing.T) {
+	t.Run("the account is busy", func(t *testing.T) {
+		f := newFixture(t, twoSuspendRules)
+		a := f.api.addAccount("tenant-a", "active")
+		f.reconcile(t)
+		f.runExecutor(t)
+		unlock := f.b.acctMu.lock(a.SID) // another action of the account is running
+		res := f.accept(t, "spend-daily", a, callbackFor(a, "tok-1", "totalprice", "price", "60"))
+		if trip := f.trip(t, res.Incident.ID); trip.Detail != "" || !trip.NextAttemptAt.Equal(f.clock.Now()) {
+			t.Fatalf("claimed although the account was busy: %+v", trip)
+		}
+		unlock()
+		f.b.Wake()
+		waitUntil(t, "the executor to run it", func() bool { return f.incident(t, res.Incident.ID).State == store.StateDone })
+		if inc := f.incident(t, res.Incident.ID); inc.Outcome != OutcomeSuspended || f.api.count("accounts.update") != 1 {
+			t.Fatalf("incident %+v, %d writes", inc, f.api.count("accounts.update"))
+		}
+	})
+	t.Run("a write from before a restart may still land", func(t *testing.T) {
+		f := newFixture(t, twoSuspendRules)
+		a := f.api.addAccount("tenant-a", "active")
+		f.reconcile(t)
+		f.runExecutor(t)
+		f.b.leases.set(a.SID, f.clock.Now().Add(time.Minute))
+		res := f.accept(t, "spend-daily", a, callbackFor(a, "tok-1", "totalprice", "price", "60"))
+		if trip := f.trip(t, res.Incident.ID); trip.Detail == detailClaimed {
+			t.Fatalf("claimed during a lease: %+v", trip)
+		}
+	})
+	t.Run("no executor", func(t *testing.T) {
+		f := newFixture(t, twoSuspendRules)
+		a := f.api.addAccount("tenant-a", "active")
+		f.reconcile(t)
+		res := f.accept(t, "spend-daily", a, callbackFor(a, "tok-1", "totalprice", "price", "60"))
+		if trip := f.trip(t, res.Incident.ID); trip.Detail != "" || f.api.count("accounts.fetch") != 0 {
+			t.Fatalf("claimed without an executor: %+v", trip)
+		}
+	})
+	t.Run("rules that do not suspend", func(t *testing.T) {
+		f := newFixture(t, baseRules)
+		a := f.api.addAccount("tenant-a", "active")
+		f.reconcile(t)
+		f.runExecutor(t)
+		for _, rule := range []string{"sms-count", "calls-dry"} { // notify only, dry run
+			r := f.b.Rule(rule)
+			res := f.accept(t, rule, a, callbackFor(a, "tok-"+rule, r.UsageCategory, r.TriggerBy, "100000"))
+			if trip := f.trip(t, res.Incident.ID); trip.Detail == detailClaimed {
+				t.Fatalf("%s: claimed: %+v", rule, trip)
+			}
+		}
+	})
+}
+
+// A replayed callback (a token this process saw) costs no Twilio read.
+func TestFastPathRepeatedTokenReadsNothing(t *testing.T) {
+	f := newFixture(t, twoSuspendRules)
+	a := f.api.addAccount("tenant-a", "active")
+	f.reconcile(t)
+	f.runExecutor(t)
+	var first AcceptResult
+	for i := 0; i < 5; i++ {
+		res := f.accept(t, "spend-daily", a, callbackFor(a, "tok-1", "totalprice", "price", "60"))
+		if i == 0 {
+			first = res
+		} else if !res.Duplicate {
+			t.Fatalf("repeat %d not a duplicate", i)
+		}
+	}
+	waitUntil(t, "the incident to end", func() bool { return f.incident(t, first.Incident.ID).State == store.StateDone })
+	if f.api.count("accounts.fetch") != 1 || f.api.count("accounts.update") != 1 {
+		t.Fatalf("%d reads and %d writes for one firing sent 5 times", f.api.count("accounts.fetch"), f.api.count("accounts.update"))
+	}
+}
+
+// A claim left by a process that died is a write that may have been sent:
+// the next process waits out its lease, then reads, and a suspension it
+// finds is the claimant's.
+func TestClaimLeftByACrash(t *testing.T) {
+	for _, landed := range []bool{true, false} {
+		t.Run(map[bool]string{true: "the write landed", false: "no write was sent"}[landed], func(t *testing.T) {
+			f := newFixture(t, twoSuspendRules)
+			a := f.api.addAccount("tenant-a", "active")
+			f.reconcile(t)
+			// What Accept commits on the fast path, with no process left to run it.
+			f.b.lease = 30 * time.Second
+			r := f.b.Rule("spend-daily")
+			res, err := f.st.RecordFiring(context.Background(), store.Firing{Source: store.SourceCallback,
+				IdempotencyToken: "tok-1", Rule: r.Name, AccountSID: a.SID, AccountName: a.FriendlyName,
+				Period: PeriodKey(r.Recurring, f.clock.Now()), UsageCategory: "totalprice", TriggerBy: "price",
+				Recurring: "daily", TriggerValue: "50", CurrentValue: "60", Action: r.Action,
+				ReceivedAt: f.clock.Now(), Actions: f.b.ActionKinds(r), Claim: f.b.claim(f.clock.Now())})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if landed {
+				f.api.SetAccountStatus(context.Background(), a.SID, twilioapi.StatusSuspended)
+			}
+			writes := f.api.count("accounts.update")
+
+			b2 := New(Options{API: f.api, Store: f.st, Metrics: f.m, Now: f.clock.Now, WriteLease: 30 * time.Second, Settings: f.b.Settings()})
+			b2.loadLeases(context.Background())
+			b2.RunDueOnce(context.Background())
+			if f.api.count("accounts.fetch") != 0 || f.api.count("accounts.update") != writes {
+				t.Fatalf("touched the account during the claim's lease")
+			}
+			f.clock.Advance(31 * time.Second)
+			b2.RunDueOnce(context.Background())
+			inc := f.incident(t, res.Incident.ID)
+			if inc.State != store.StateDone || inc.Outcome != OutcomeSuspended {
+				t.Fatalf("incident %+v", inc)
+			}
+			if landed != strings.Contains(inc.Detail, "earlier attempt") || f.api.count("accounts.update")-writes != map[bool]int{true: 0, false: 1}[landed] {
+				t.Fatalf("incident %+v after %d more writes", inc, f.api.count("accounts.update")-writes)
+			}
+		})
+	}
+}
+
+func TestTokenSetForgetsTheOldest(t *testing.T) {
+	var s tokenSet
+	for i := 0; i < tokenSetSize; i++ {
+		if !s.add(fmt.Sprint(i)) {
+			t.Fatalf("%d seen before", i)
+		}
+	}
+	if s.add("0") || s.add(fmt.Sprint(tokenSetSize-1)) {
+		t.Fatal("a remembered token counted as new")
+	}
+	if !s.add("new") { // takes the place of the oldest, "0"
+		t.Fatal("a new token counted as seen")
+	}
+	if !s.add("0") { // takes the place of "1"
+		t.Fatal("the oldest token still remembered")
+	}
+	if s.add("2") {
+		t.Fatal("a recent token forgotten")
+	}
+	if len(s.m) != tokenSetSize {
+		t.Fatalf("%d tokens remembered, want %d", len(s.m), tokenSetSize)
+	}
+}
+
+func TestKeyedMutexTryLock(t *testing.T) {
+	var k keyedMutex
+	unlock, ok := k.tryLock("a")
+	if !ok {
+		t.Fatal("free key not locked")
+	}
+	if _, ok := k.tryLock("a"); ok {
+		t.Fatal("held key locked twice")
+	}
+	if u, ok := k.tryLock("b"); !ok {
+		t.Fatal("another key refused")
+	} else {
+		u()
+	}
+	unlock()
+	u, ok := k.tryLock("a")
+	if !ok {
+		t.Fatal("released key not lockable")
+	}
+	u()
+	if len(k.m) != 0 {
+		t.Fatalf("%d entries left", len(k.m))
+	}
+}
