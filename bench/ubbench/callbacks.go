@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -50,6 +52,7 @@ func callbacksCmd(bin string, keep bool, args []string) error {
 	if err := e.createAccounts(*n); err != nil {
 		return err
 	}
+	e.infoLogs = *mode == "latency" // each suspension logs its receipt_to_write
 	if err := e.startDaemon(10, time.Hour); err != nil {
 		return err
 	}
@@ -159,11 +162,46 @@ func latency(e *env, gap time.Duration) error {
 			}
 		}
 	}
+	total, own, err := e.receiptToWrite()
+	if err != nil {
+		return err
+	}
 	fmt.Printf("\nlatency: %d firings, one every %s, each for a distinct subaccount\n", len(e.accounts), gap)
-	percentiles("callback answered 200 (durable)", answered)
-	percentiles("receipt -> suspend write at Twilio", overhead)
-	fmt.Println("  (the second includes the read-before-write FetchAccount round trip to the simulator)")
+	percentiles("daemon overhead: receipt -> write", own)
+	percentiles("receipt -> write, all included", total)
+	percentiles("sent -> 200 (durable)", answered)
+	percentiles("sent -> suspend write at Twilio", overhead)
+	fmt.Println("  receipt -> write: from the callback handler's start to the suspend request written to")
+	fmt.Println("  the connection (each suspension's receipt_to_write log field). The daemon's overhead is")
+	fmt.Println("  that minus twilio_wait, the time it waited for Twilio's answer to the read before the")
+	fmt.Println("  write once the firing was durable. The last two are seen from outside and add both")
+	fmt.Println("  loopback hops and the simulator's parsing.")
 	return nil
+}
+
+// receiptToWrite reads the receipt_to_write and twilio_wait of every
+// "incident handled" line in the daemon's log: the totals, and the daemon's
+// own share (total minus twilio_wait).
+func (e *env) receiptToWrite() (total, own []time.Duration, err error) {
+	f, err := os.Open(e.logPath())
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var l struct {
+			Msg            string `json:"msg"`
+			ReceiptToWrite int64  `json:"receipt_to_write"`
+			TwilioWait     int64  `json:"twilio_wait"`
+		}
+		if json.Unmarshal(sc.Bytes(), &l) == nil && l.Msg == "incident handled" && l.ReceiptToWrite > 0 {
+			total = append(total, time.Duration(l.ReceiptToWrite))
+			own = append(own, time.Duration(l.ReceiptToWrite-l.TwilioWait))
+		}
+	}
+	return total, own, sc.Err()
 }
 
 func valid(e *env, count, conc int) error {

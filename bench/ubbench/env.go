@@ -34,6 +34,7 @@ type env struct {
 	accounts        []account
 	daemonStartedAt time.Time
 	client          *http.Client
+	infoLogs        bool // run the daemon at --log-level info (the default) instead of warn
 }
 
 type account struct {
@@ -82,8 +83,9 @@ func (e *env) close() {
 	}
 	if !e.keep {
 		os.RemoveAll(e.dir)
+		os.Remove(e.logPath())
 	} else {
-		fmt.Fprintln(os.Stderr, "kept", e.dir)
+		fmt.Fprintln(os.Stderr, "kept", e.dir, e.logPath())
 	}
 }
 
@@ -224,8 +226,8 @@ poll:
 `, e.parentSID, e.parentToken, e.simURL, maxConcurrency, cbPort, e.publicURL, adminPort)
 	cfgPath := filepath.Join(e.dir, "config.yaml")
 	os.WriteFile(cfgPath, []byte(cfg), 0o600)
-	log, _ := os.OpenFile(filepath.Join(e.dir, "daemon.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	e.daemon = exec.Command(e.bin, "run", "--config", cfgPath, "--log-level", "warn")
+	log, _ := os.OpenFile(e.logPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	e.daemon = exec.Command(e.bin, "run", "--config", cfgPath, "--log-level", e.logLevel())
 	e.daemon.Stdout, e.daemon.Stderr = log, log
 	e.daemonStartedAt = time.Now()
 	if err := e.daemon.Start(); err != nil {
@@ -234,12 +236,32 @@ poll:
 	return waitHTTP(e.client, e.adminURL+"/-/ready", readyLimit)
 }
 
+// logPath is where the daemon's stdout and stderr go: in e.dir, or, with
+// -log-dir, elsewhere (a tmpfs keeps the log's writes out of the state
+// disk's fsyncs, as a container runtime's log does).
+func (e *env) logPath() string {
+	dir := e.dir
+	if logDir != "" {
+		dir = logDir
+	}
+	return filepath.Join(dir, "daemon-"+filepath.Base(e.dir)+".log")
+}
+
+// logLevel is the daemon's --log-level: warn unless e.infoLogs (which the
+// latency mode needs for each suspension's receipt_to_write).
+func (e *env) logLevel() string {
+	if e.infoLogs {
+		return "info"
+	}
+	return "warn"
+}
+
 func (e *env) restartDaemon(readyLimit time.Duration) error {
 	e.daemon.Process.Signal(syscall.SIGTERM)
 	e.daemon.Wait()
 	cfgPath := filepath.Join(e.dir, "config.yaml")
-	log, _ := os.OpenFile(filepath.Join(e.dir, "daemon.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	e.daemon = exec.Command(e.bin, "run", "--config", cfgPath, "--log-level", "warn")
+	log, _ := os.OpenFile(e.logPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	e.daemon = exec.Command(e.bin, "run", "--config", cfgPath, "--log-level", e.logLevel())
 	e.daemon.Stdout, e.daemon.Stderr = log, log
 	e.daemonStartedAt = time.Now()
 	if err := e.daemon.Start(); err != nil {

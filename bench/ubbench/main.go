@@ -18,10 +18,14 @@ import (
 	"os"
 )
 
+// logDir is -log-dir.
+var logDir string
+
 func main() {
 	fs := flag.NewFlagSet("ubbench", flag.ExitOnError)
 	bin := fs.String("bin", "", "path to a built usagebreaker binary (required)")
 	keep := fs.Bool("keep", false, "keep the temporary directory (config, state, logs)")
+	fs.StringVar(&logDir, "log-dir", "", "write the daemon's log here instead of the temporary directory (e.g. a tmpfs: /dev/shm)")
 	fs.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: ubbench -bin PATH (reconcile|callbacks) [flags]")
 		fs.PrintDefaults()
