@@ -128,7 +128,7 @@ func (l *leases) until(acct string, now time.Time) (time.Time, bool) {
 
 // loadLeases finds the writes a previous process sent without learning their
 // outcome (the process died, or the write was cut off or timed out; the
-// action is not due again yet),
+// action is not due again yet), and the fast path's claims it left (fast.go),
 // so no other action writes to those accounts before the writes may have
 // landed. RunExecutor calls it at start.
 func (b *Breaker) loadLeases(ctx context.Context) {
@@ -139,7 +139,7 @@ func (b *Breaker) loadLeases(ctx context.Context) {
 		return
 	}
 	for _, a := range acts {
-		if a.Kind != store.ActionTrip || !wroteBefore(a) || !a.NextAttemptAt.After(now) {
+		if a.Kind != store.ActionTrip || !(wroteBefore(a) || a.Detail == detailClaimed) || !a.NextAttemptAt.After(now) {
 			continue
 		}
 		inc, err := b.store.Incident(ctx, a.IncidentID)
@@ -162,9 +162,9 @@ type errWait struct {
 func (e errWait) Error() string { return e.why }
 
 // wroteBefore reports whether an earlier attempt of a sent a status write
-// whose outcome was never learnt (or may have: a claim of the fast path).
+// whose outcome was never learnt. A fast path's claim is not one (fast.go).
 func wroteBefore(a store.Action) bool {
-	return a.Detail == detailWriteSent || a.Detail == detailClaimed || strings.HasPrefix(a.Detail, prefixWriteUnknown)
+	return a.Detail == detailWriteSent || strings.HasPrefix(a.Detail, prefixWriteUnknown)
 }
 
 // claimedByAnother reports whether another incident of the account already

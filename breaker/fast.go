@@ -22,28 +22,43 @@ import (
 //
 //   - the read before the write starts as soon as the callback is verified
 //     and runs while the firing is committed;
-//   - the firing's commit carries the write-intent mark (store.Claim): the
-//     trip action is created claimed, with detailClaimed and due one write
-//     lease later, so no executor pass takes it while the claimant works,
-//     and a process that starts after a crash treats it like any write whose
-//     answer was lost (it waits out the lease, then reads the account again);
+//   - the firing's commit claims the trip (store.Claim): it is created with
+//     detailClaimed and due one write lease later, so no executor pass takes
+//     it while the claimant works, and a process that starts after a crash
+//     waits out the lease before it reads the account;
 //   - the trip's action and incident come back from the commit; nothing is
-//     read again.
+//     read again;
+//   - the write-intent mark (detailWriteSent) is recorded when the suspend
+//     request has been written to the connection, while Twilio answers,
+//     instead of before the request leaves.
 //
 // Exactly-once suspension is kept as on the executor's path (actions.go): the
 // account's lock is taken before the read and held until the outcome is
 // recorded, so the read is fresh and no other action of ours writes in
 // between; the action is marked in flight as soon as its commit returns.
+//
+// What a crash may leave differs. A claim does not say whether a write was
+// sent: the process may have died before the read answered, or after the
+// write left but before its mark was durable (a window of one commit). So a
+// later process that finds a claimed trip's account suspended records
+// already_suspended, never "suspended by us": a breaker must not schedule
+// the reactivation of an account that somebody else may have suspended. The
+// cost of that rare case is a suspension of ours not counted as ours (no
+// scheduled reactivation; a person reactivates it).
+//
 // The fast path is only taken when it can start at once: the executor is
-// running, a worker slot and the account's lock are free, no write from
-// before a restart may still land on the account, and this process has not
-// seen the firing's token before (a replayed callback costs no Twilio read).
+// running, a worker slot and the account's lock are free, no write that may
+// still land is known on the account, and this process has not recorded
+// the firing's token before (a replayed callback costs no Twilio read).
 // Otherwise the firing is recorded as usual and the executor runs it.
 
 // detailClaimed is the stored detail of a trip action claimed by the process
-// that recorded it. Should that process die, the next one cannot tell whether
-// the write was sent, so wroteBefore counts the claim as a write.
-const detailClaimed = "claimed by the receiving process to suspend at once; a suspend write may have been sent"
+// that recorded it; wroteBefore does not count it as a write (see above).
+const detailClaimed = "claimed by the receiving process, which reads the account and suspends it at once"
+
+// detailClaimLost ends the detail of an incident whose claimed trip found
+// the account suspended in a later process.
+const detailClaimLost = " (the process that recorded this callback stopped before recording the outcome; had its suspend write been sent, this suspension would be its own, but it is not counted as such)"
 
 // execState is the running executor's, shared with the fast path.
 type execState struct {
@@ -87,7 +102,7 @@ type fastRun struct {
 // or returns nil when it cannot start at once. The caller must call
 // ft.committed exactly once.
 func (b *Breaker) claimFast(r *rules.Rule, sid, token string, arrived time.Time) *fastTrip {
-	if r.Action != rules.ActionSuspend || r.DryRun || !b.tokens.add(token) {
+	if r.Action != rules.ActionSuspend || r.DryRun || b.tokens.has(token) {
 		return nil
 	}
 	st := b.exec.Load()
@@ -159,24 +174,64 @@ func (b *Breaker) runFast(ft *fastTrip) {
 	b.runTrip(ctx, a, d.res.Incident, &fastRun{acct: acct, err: err, arrived: ft.arrived, twilioWait: wait})
 }
 
+// markOnSend records the write-intent mark of a fast-path trip once its
+// suspend request has been written to the connection, while Twilio answers
+// (the firing's claim stood in for it until then). wait waits for that
+// record, if it was started.
+func (b *Breaker) markOnSend(ctx context.Context, a store.Action) (hook func(httptrace.WroteRequestInfo), wait func()) {
+	var (
+		once  sync.Once
+		noted = make(chan struct{})
+		begun atomic.Bool
+	)
+	hook = func(info httptrace.WroteRequestInfo) {
+		if info.Err != nil {
+			return
+		}
+		once.Do(func() {
+			begun.Store(true)
+			go func() {
+				defer close(noted)
+				if err := b.store.NoteAction(context.WithoutCancel(ctx), a.ID, b.now().Add(b.lease), detailWriteSent); err != nil {
+					b.log.Warn("cannot record the suspend write sent; until its outcome is recorded a restart would not count it as ours",
+						"action", a.ID, "err", err)
+				}
+			}()
+		})
+	}
+	wait = func() {
+		if begun.Load() {
+			<-noted
+		}
+	}
+	return hook, wait
+}
+
 // writeTrace returns ctx with a trace that, when the suspend request has
 // been written to Twilio the first time, stores since() in took (ns) and
-// observes it in usagebreaker_callback_to_suspend_write_seconds. The trace
-// runs on the HTTP transport's goroutine.
-func (b *Breaker) writeTrace(ctx context.Context, since func() time.Duration, took *atomic.Int64) context.Context {
+// observes it in usagebreaker_callback_to_suspend_write_seconds (since nil:
+// no measure);
+// also, when set, runs on every written request too. The trace runs on the
+// HTTP transport's goroutine.
+func (b *Breaker) writeTrace(ctx context.Context, since func() time.Duration, took *atomic.Int64, also func(httptrace.WroteRequestInfo)) context.Context {
 	var once sync.Once
 	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-		WroteRequest: func(httptrace.WroteRequestInfo) {
-			once.Do(func() {
-				d := max(since(), 1)
-				took.Store(int64(d))
-				b.m.SuspendWriteLatency.Observe(d.Seconds())
-			})
+		WroteRequest: func(info httptrace.WroteRequestInfo) {
+			if since != nil {
+				once.Do(func() {
+					d := max(since(), 1)
+					took.Store(int64(d))
+					b.m.SuspendWriteLatency.Observe(d.Seconds())
+				})
+			}
+			if also != nil {
+				also(info)
+			}
 		},
 	})
 }
 
-// tokenSet remembers the last tokenSetSize tokens seen (a ring).
+// tokenSet remembers the last tokenSetSize tokens recorded (a ring).
 type tokenSet struct {
 	mu   sync.Mutex
 	m    map[string]struct{}
@@ -185,6 +240,13 @@ type tokenSet struct {
 }
 
 const tokenSetSize = 4096
+
+func (t *tokenSet) has(token string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.m[token]
+	return ok
+}
 
 // add records token and reports whether it was new.
 func (t *tokenSet) add(token string) bool {

@@ -174,33 +174,48 @@ func TestFastPathRepeatedTokenReadsNothing(t *testing.T) {
 	}
 }
 
-// A claim left by a process that died is a write that may have been sent:
-// the next process waits out its lease, then reads, and a suspension it
-// finds is the claimant's.
+// claimLeft commits what Accept commits on the fast path for a firing of
+// rule, with no process left to run it (the receiving process died).
+func (f *fixture) claimLeft(t *testing.T, rule string, a twilioapi.Account, token, category, by, value string) store.RecordResult {
+	t.Helper()
+	r := f.b.Rule(rule)
+	res, err := f.st.RecordFiring(context.Background(), store.Firing{Source: store.SourceCallback,
+		IdempotencyToken: token, Rule: r.Name, AccountSID: a.SID, AccountName: a.FriendlyName,
+		Period: PeriodKey(r.Recurring, f.clock.Now()), UsageCategory: category, TriggerBy: by,
+		Recurring: r.Recurring, TriggerValue: "50", CurrentValue: value, Action: r.Action,
+		ReceivedAt: f.clock.Now(), Actions: f.b.ActionKinds(r), Claim: f.b.claim(f.clock.Now())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// restart is the next process on the same store and Twilio.
+func (f *fixture) restart() *Breaker {
+	b := New(Options{API: f.api, Store: f.st, Metrics: f.m, Now: f.clock.Now, WriteLease: 30 * time.Second, Settings: f.b.Settings()})
+	b.loadLeases(context.Background())
+	return b
+}
+
+// A claim left by a process that died does not say whether a write was
+// sent. The next process waits out its lease, then reads: an active account
+// is suspended, and a suspended one is recorded already_suspended (never
+// "suspended by us", which would schedule a reactivation of an account
+// somebody else may have suspended).
 func TestClaimLeftByACrash(t *testing.T) {
 	for _, landed := range []bool{true, false} {
 		t.Run(map[bool]string{true: "the write landed", false: "no write was sent"}[landed], func(t *testing.T) {
 			f := newFixture(t, twoSuspendRules)
 			a := f.api.addAccount("tenant-a", "active")
 			f.reconcile(t)
-			// What Accept commits on the fast path, with no process left to run it.
 			f.b.lease = 30 * time.Second
-			r := f.b.Rule("spend-daily")
-			res, err := f.st.RecordFiring(context.Background(), store.Firing{Source: store.SourceCallback,
-				IdempotencyToken: "tok-1", Rule: r.Name, AccountSID: a.SID, AccountName: a.FriendlyName,
-				Period: PeriodKey(r.Recurring, f.clock.Now()), UsageCategory: "totalprice", TriggerBy: "price",
-				Recurring: "daily", TriggerValue: "50", CurrentValue: "60", Action: r.Action,
-				ReceivedAt: f.clock.Now(), Actions: f.b.ActionKinds(r), Claim: f.b.claim(f.clock.Now())})
-			if err != nil {
-				t.Fatal(err)
-			}
+			res := f.claimLeft(t, "spend-daily", a, "tok-1", "totalprice", "price", "60")
 			if landed {
 				f.api.SetAccountStatus(context.Background(), a.SID, twilioapi.StatusSuspended)
 			}
 			writes := f.api.count("accounts.update")
 
-			b2 := New(Options{API: f.api, Store: f.st, Metrics: f.m, Now: f.clock.Now, WriteLease: 30 * time.Second, Settings: f.b.Settings()})
-			b2.loadLeases(context.Background())
+			b2 := f.restart()
 			b2.RunDueOnce(context.Background())
 			if f.api.count("accounts.fetch") != 0 || f.api.count("accounts.update") != writes {
 				t.Fatalf("touched the account during the claim's lease")
@@ -208,13 +223,100 @@ func TestClaimLeftByACrash(t *testing.T) {
 			f.clock.Advance(31 * time.Second)
 			b2.RunDueOnce(context.Background())
 			inc := f.incident(t, res.Incident.ID)
-			if inc.State != store.StateDone || inc.Outcome != OutcomeSuspended {
-				t.Fatalf("incident %+v", inc)
+			want, more := OutcomeSuspended, 1
+			if landed {
+				want, more = OutcomeAlreadySuspended, 0
 			}
-			if landed != strings.Contains(inc.Detail, "earlier attempt") || f.api.count("accounts.update")-writes != map[bool]int{true: 0, false: 1}[landed] {
+			if inc.State != store.StateDone || inc.Outcome != want || f.api.count("accounts.update")-writes != more {
 				t.Fatalf("incident %+v after %d more writes", inc, f.api.count("accounts.update")-writes)
 			}
+			if landed && !strings.HasSuffix(inc.Detail, detailClaimLost) {
+				t.Fatalf("detail %q does not say why", inc.Detail)
+			}
 		})
+	}
+}
+
+// The account a person suspended stays suspended: a claim cut off before its
+// read answered is not taken for the suspension, so the rule's reactivate
+// policy does not set the account active again.
+func TestClaimLeftOnASuspendedAccountIsNotOurs(t *testing.T) {
+	f := newFixture(t, episodeRules)
+	a := f.api.addAccount("auto-a", "active")
+	f.reconcile(t)
+	f.api.SetAccountStatus(context.Background(), a.SID, twilioapi.StatusSuspended) // by a person
+	writes := f.api.count("accounts.update")
+	f.b.lease = 30 * time.Second
+	res := f.claimLeft(t, "spend-auto", a, "tok-1", "totalprice", "price", "60")
+	b2 := f.restart()
+	f.clock.Advance(31 * time.Second)
+	b2.RunDueOnce(context.Background())
+	if inc := f.incident(t, res.Incident.ID); inc.Outcome != OutcomeAlreadySuspended {
+		t.Fatalf("incident %+v", inc)
+	}
+	f.clock.Advance(48 * time.Hour)
+	b2.RunDueOnce(context.Background())
+	b2.RunDueOnce(context.Background())
+	if got := f.status(t, a.SID); got != twilioapi.StatusSuspended || f.api.count("accounts.update") != writes {
+		t.Fatalf("the account is %q after %d writes by usagebreaker", got, f.api.count("accounts.update")-writes)
+	}
+}
+
+// One suspension, one incident that says so: a claim of another rule cut off
+// after the account was suspended by the first does not claim it too.
+func TestClaimLeftAfterOurSuspensionIsNotCountedTwice(t *testing.T) {
+	f := newFixture(t, twoSuspendRules)
+	f.st.(*store.SQLite).SetClock(f.clock.Now)
+	a := f.api.addAccount("tenant-a", "active")
+	f.reconcile(t)
+	f.b.lease = 30 * time.Second
+	f.accept(t, "spend-daily", a, callbackFor(a, "tok-spend", "totalprice", "price", "60"))
+	f.b.RunDueOnce(context.Background())
+	f.clock.Advance(time.Minute)
+	f.claimLeft(t, "sms-daily", a, "tok-sms", "sms", "count", "150")
+	b2 := f.restart()
+	f.clock.Advance(31 * time.Second)
+	b2.RunDueOnce(context.Background())
+	n := 0
+	for _, inc := range f.incidentsOf(t, a.SID) {
+		if inc.State != store.StateDone {
+			t.Fatalf("incident %+v", inc)
+		}
+		if inc.Outcome == OutcomeSuspended {
+			n++
+		}
+	}
+	if n != 1 || f.api.count("accounts.update") != 1 {
+		t.Fatalf("%d incidents say suspended after %d suspend writes", n, f.api.count("accounts.update"))
+	}
+}
+
+// A write that timed out may still land: until its lease has passed, no
+// other action of the same process writes to that account (before, only a
+// restart loaded such leases).
+func TestTimedOutWriteHoldsTheAccountInProcess(t *testing.T) {
+	f, s := newSlowFixture(t, twoSuspendRules)
+	a := f.api.addAccount("tenant-a", "active")
+	f.reconcile(t)
+	s.timeouts = 1 // the first write times out, not applied (yet)
+	spend := f.accept(t, "spend-daily", a, callbackFor(a, "tok-spend", "totalprice", "price", "60"))
+	f.b.RunDueOnce(context.Background())
+	f.clock.Advance(time.Second)
+	sms := f.accept(t, "sms-daily", a, callbackFor(a, "tok-sms", "sms", "count", "150"))
+	f.b.RunDueOnce(context.Background())
+	if n := f.api.count("accounts.update"); n != 1 {
+		t.Fatalf("%d suspend writes sent within the first write's lease", n)
+	}
+	if inc := f.incident(t, sms.Incident.ID); inc.State != store.StatePending || !strings.Contains(inc.Detail, "waiting for a suspend write") {
+		t.Fatalf("the other incident during the lease: %+v", inc)
+	}
+	f.clock.Advance(31 * time.Second) // past the lease: the first write did not land
+	f.b.RunDueOnce(context.Background())
+	f.b.RunDueOnce(context.Background())
+	outcomes := map[string]int{f.incident(t, spend.Incident.ID).Outcome: 1}
+	outcomes[f.incident(t, sms.Incident.ID).Outcome]++
+	if f.api.count("accounts.update") != 2 || outcomes[OutcomeSuspended] != 1 || outcomes[OutcomeAlreadySuspended] != 1 {
+		t.Fatalf("after the lease: %d writes, outcomes %v", f.api.count("accounts.update"), outcomes)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http/httptrace"
 	"net/mail"
 	"sync"
 	"sync/atomic"
@@ -119,7 +120,11 @@ func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Acco
 		Actions:          b.ActionKinds(r),
 		Claim:            claim,
 	}
-	return b.record(ctx, f)
+	res, err = b.record(ctx, f)
+	if err == nil {
+		b.tokens.add(cb.IdempotencyToken) // a replay takes no fast path (and costs no read)
+	}
+	return res, err
 }
 
 func (b *Breaker) record(ctx context.Context, f store.Firing) (AcceptResult, error) {
@@ -383,6 +388,9 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 			// Our earlier write landed (no other action of ours wrote since).
 			return OutcomeSuspended, fmt.Sprintf("value %s >= threshold %s (suspended by an earlier attempt whose answer was lost)", cur, r.Threshold), nil
 		}
+		if a.Detail == detailClaimed { // a fast path cut off before its outcome (fast.go)
+			return OutcomeAlreadySuspended, "the account was already suspended" + detailClaimLost, nil
+		}
 		return OutcomeAlreadySuspended, "the account was already suspended", nil
 	case twilioapi.StatusClosed:
 		return OutcomeAlreadySuspended, "the account is closed", nil
@@ -391,27 +399,45 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 	if err := b.guardAdmit(ctx, a); err != nil {
 		return "", "", err
 	}
+	if err := ctx.Err(); err != nil {
+		return "", "", err // stopping: the write is not sent
+	}
 	// Record the intent first: should the process die before the answer is
 	// recorded, the next one waits for the write to land before reading again.
-	// On the fast path the firing's commit recorded it, unless so much of its
-	// lease has passed (a slow read) that the write could outlive it.
+	// On the fast path the firing's claim holds the next process off, and the
+	// mark is recorded once the request is on its way (markOnSend), unless so
+	// much of the claim's lease has passed (a slow read) that it is renewed
+	// first.
+	var onSend func(httptrace.WroteRequestInfo)
 	if fast == nil || b.now().Add(b.lease*3/4).After(a.NextAttemptAt) {
 		if err := b.store.NoteAction(ctx, a.ID, b.now().Add(b.lease), detailWriteSent); err != nil {
 			return "", "", fmt.Errorf("record the suspend write: %w", err)
 		}
+	} else {
+		var noted func()
+		onSend, noted = b.markOnSend(ctx, a)
+		defer noted() // before the outcome is recorded
 	}
 	a.Detail = detailWriteSent
-	wctx := ctx
-	if inc.Source == store.SourceCallback {
-		since := func() time.Duration { return b.now().Sub(inc.UpdatedAt) } // the latest firing's receipt
+	var since func() time.Duration // the first attempt of a callback's trip is timed
+	if inc.Source == store.SourceCallback && a.Attempts == 0 {
+		since = func() time.Duration { return b.now().Sub(inc.UpdatedAt) } // the latest firing's receipt
 		if fast != nil && !fast.arrived.IsZero() {
 			since = func() time.Duration { return time.Since(fast.arrived) }
 		}
-		wctx = b.writeTrace(ctx, since, took)
+	}
+	wctx := ctx
+	if since != nil || onSend != nil {
+		wctx = b.writeTrace(ctx, since, took, onSend)
 	}
 	upd, err := b.api.SetAccountStatus(wctx, acct.SID, twilioapi.StatusSuspended)
 	if err != nil {
 		if unknownOutcome(err) {
+			if statusOf(err) == 0 {
+				// No answer: the write may still land. No other action of this
+				// process writes to the account before it can have.
+				b.leases.set(acct.SID, b.now().Add(b.lease))
+			}
 			err = writeUnknown{err}
 		}
 		return "", "", err

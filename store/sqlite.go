@@ -341,8 +341,7 @@ func (s *SQLite) prepare(ctx context.Context) error {
 	return nil
 }
 
-// Close closes the database. In-flight calls finish first; later calls
-// return ErrClosed. Closing twice is not an error.
+// loadRearmed fills s.rearmed from the rearms table (at open).
 func (s *SQLite) loadRearmed(ctx context.Context) error {
 	rows, err := s.r.QueryContext(ctx, `SELECT DISTINCT account_sid FROM rearms`)
 	if err != nil {
@@ -359,6 +358,8 @@ func (s *SQLite) loadRearmed(ctx context.Context) error {
 	return rows.Err()
 }
 
+// Close closes the database. In-flight calls finish first; later calls
+// return ErrClosed. Closing twice is not an error.
 func (s *SQLite) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)

@@ -479,8 +479,12 @@ func TestCrashStorm(t *testing.T) {
 		t.Errorf("%d actions pending", pending)
 	}
 	claims := map[string]int{}
+	claimsLost := map[string]int{} // fast-path claims cut off before their outcome (breaker/fast.go)
 	resumedWrites := 0
 	for _, i := range incidents {
+		if strings.Contains(i.detail, "stopped before recording the outcome") {
+			claimsLost[i.account]++
+		}
 		if strings.Contains(i.detail, "earlier attempt") {
 			resumedWrites++
 		}
@@ -500,8 +504,11 @@ func TestCrashStorm(t *testing.T) {
 		}
 	}
 	for sid, n := range writes {
-		if claims[sid] != n {
-			t.Errorf("%s: %d suspend writes, %d incidents say they suspended it", e.names[sid], n, claims[sid])
+		// Each write is claimed by exactly one incident, except one whose
+		// fast path was cut off between its claim and its outcome: that
+		// incident says so and does not claim it (never two claims).
+		if claims[sid] != n && !(claims[sid] == 0 && claimsLost[sid] > 0) {
+			t.Errorf("%s: %d suspend writes, %d incidents say they suspended it (%d cut-off claims)", e.names[sid], n, claims[sid], claimsLost[sid])
 		}
 	}
 
@@ -554,6 +561,7 @@ func TestCrashStorm(t *testing.T) {
 		"firings_answered_200": len(ok200), "suspend_firings_answered_200": suspendOK, "incidents": len(incidents),
 		"suspended_by_callbacks": suspendedBeforePoll, "suspended_by_the_final_poll": int(fromPoll),
 		"writes_cut_by_a_kill_and_held_at_restart": len(held), "suspensions_found_landed_after_a_kill": resumedWrites,
+		"fast_path_claims_cut_by_a_kill_on_a_suspended_account": len(claimsLost),
 		"build": built.Round(time.Millisecond).String(), "storm_and_recovery": stormTook.Round(time.Millisecond).String(),
 		"total": time.Since(began).Round(time.Millisecond).String(),
 	}
