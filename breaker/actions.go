@@ -24,7 +24,10 @@ import (
 //     with its next attempt one WriteLease later). If the process dies before
 //     the answer is recorded, the next process knows a write may be in flight:
 //     it leaves that account alone until the lease has passed (leases), then
-//     reads it again. A write that timed out is treated the same way.
+//     reads it again. A write that timed out is treated the same way, in
+//     this process too. (The fast path, fast.go, records the intent once the
+//     request is written, and its claim holds a restarted process off until
+//     then.)
 //   - The Twilio client never repeats a status write whose outcome is unknown.
 const (
 	// detailWriteSent is the action's detail while its status write is in flight.
