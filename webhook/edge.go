@@ -72,6 +72,7 @@ type Edge struct {
 	m         *breaker.Metrics
 	log       *slog.Logger
 	xffOnce   sync.Once
+	rejects   rejectLog // 401s are logged by sample (logsample.go)
 }
 
 // NewEdge wraps the callback handler.
@@ -138,8 +139,10 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if has {
 				why = "wrong credentials"
 			}
-			e.log.Warn("callback", "outcome", OutcomeUnauthorized, "status", http.StatusUnauthorized,
-				"remote", r.RemoteAddr, "client", key, "path", r.URL.Path, "why", why)
+			if e.rejects.allow(r.Context(), e.log, OutcomeUnauthorized) {
+				e.log.Warn("callback", "outcome", OutcomeUnauthorized, "status", http.StatusUnauthorized,
+					"remote", r.RemoteAddr, "client", key, "path", r.URL.Path, "why", why)
+			}
 			w.Header().Set("WWW-Authenticate", `Basic realm="`+Realm+`", charset="UTF-8"`)
 			plain(w, http.StatusUnauthorized, "unauthorized")
 			return

@@ -38,6 +38,7 @@ type Handler struct {
 	log     *slog.Logger
 	m       *breaker.Metrics
 	timeout time.Duration // for recording a firing
+	rejects rejectLog     // rejected callbacks are logged by sample (logsample.go)
 }
 
 // New returns the callback handler. Mount it at rules.CallbackPathPrefix.
@@ -78,6 +79,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		level = slog.LevelError
 	} else if a.status >= 400 {
 		level = slog.LevelWarn
+	}
+	if a.status >= 400 && (!h.log.Enabled(r.Context(), level) || !h.rejects.allow(r.Context(), h.log, a.outcome)) {
+		return
 	}
 	attrs := append([]any{"outcome", a.outcome, "status", a.status, "remote", r.RemoteAddr, "path", r.URL.Path}, a.attrs...)
 	if a.status != http.StatusOK {

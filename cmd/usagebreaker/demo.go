@@ -236,9 +236,12 @@ poll:
 	}
 
 	// 5. The suspension.
+	// Suspended at Twilio, and the outcome recorded (the write's answer
+	// comes back a moment after the simulator applied it).
 	if err := waitFor(ctx, 20*time.Second, func() bool {
 		a, _ := sim.Account(acme.SID)
-		return a.Status == twiliosim.StatusSuspended
+		return a.Status == twiliosim.StatusSuspended &&
+			metricsHave(adminURL+"/metrics", `usagebreaker_suspensions_total{outcome="suspended",rule="spend-daily"} 1`)
 	}); err != nil {
 		return errors.New("tenant-acme was not suspended")
 	}
@@ -294,6 +297,22 @@ func waitFor(ctx context.Context, limit time.Duration, cond func() bool) error {
 }
 
 // printMetrics prints the non-zero metric lines that start with one of the prefixes.
+// metricsHave reports whether the metrics at url include line.
+func metricsHave(url, line string) bool {
+	resp, err := http.Get(url)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if sc.Text() == line {
+			return true
+		}
+	}
+	return false
+}
+
 func printMetrics(w io.Writer, url string, prefixes ...string) error {
 	resp, err := http.Get(url)
 	if err != nil {
