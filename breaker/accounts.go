@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"sync"
 	"time"
 
@@ -21,10 +20,20 @@ var ErrNotSubaccount = errors.New("not a subaccount of the parent account")
 // lookups are rate-limited; the caller should answer "try again later".
 var ErrLookupLimited = errors.New("account lookup rate-limited")
 
-var accountSIDRe = regexp.MustCompile(`^AC[0-9a-fA-F]{32}$`)
-
-// ValidAccountSID reports whether s has the shape of an account SID.
-func ValidAccountSID(s string) bool { return accountSIDRe.MatchString(s) }
+// ValidAccountSID reports whether s has the shape of an account SID:
+// "AC" and 32 hex digits (on every callback's path, so no regexp).
+func ValidAccountSID(s string) bool {
+	if len(s) != 34 || s[0] != 'A' || s[1] != 'C' {
+		return false
+	}
+	for i := 2; i < len(s); i++ {
+		c := s[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}
 
 // Accounts caches the parent's subaccounts and their auth tokens, which sign
 // each subaccount's callbacks. The reconciler refreshes it with the full list;

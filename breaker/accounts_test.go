@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -141,5 +142,24 @@ func TestAccountsNotOursIsBounded(t *testing.T) {
 	accts.mu.RUnlock()
 	if n > maxNotOurs {
 		t.Fatalf("notOurs holds %d entries, want at most %d", n, maxNotOurs)
+	}
+}
+
+func TestValidAccountSID(t *testing.T) {
+	for s, want := range map[string]bool{
+		"AC" + strings.Repeat("0", 32):          true,
+		"AC0123456789abcdefABCDEF0123456789":    true,
+		"AC" + strings.Repeat("0", 31):          false,
+		"AC" + strings.Repeat("0", 33):          false,
+		"ac" + strings.Repeat("0", 32):          false,
+		"UT" + strings.Repeat("0", 32):          false,
+		"AC" + strings.Repeat("0", 31) + "g":    false,
+		"AC" + strings.Repeat("0", 31) + "\x00": false,
+		"":                                      false,
+		"AC" + strings.Repeat("é", 16):          false,
+	} {
+		if got := ValidAccountSID(s); got != want {
+			t.Errorf("ValidAccountSID(%q) = %v, want %v", s, got, want)
+		}
 	}
 }
