@@ -142,7 +142,7 @@ func (b *Breaker) loadLeases(ctx context.Context) {
 		return
 	}
 	for _, a := range acts {
-		if a.Kind != store.ActionTrip || !(wroteBefore(a) || a.Detail == detailClaimed) || !a.NextAttemptAt.After(now) {
+		if a.Kind != store.ActionTrip || !(wroteBefore(a) || claimLeft(a)) || !a.NextAttemptAt.After(now) {
 			continue
 		}
 		inc, err := b.store.Incident(ctx, a.IncidentID)
@@ -189,12 +189,18 @@ func (b *Breaker) claimedByAnother(ctx context.Context, inc store.Incident) bool
 
 // keepMark keeps an action's mark of a write with an unknown outcome in a
 // new detail, so a later attempt that finds the account suspended still
-// knows the suspension may be its own.
+// knows the suspension may be its own; and likewise a claim left by a fast
+// path, so that attempt still knows it must not count it as its own.
 func keepMark(a store.Action, detail string) string {
-	if !wroteBefore(a) || detail == detailWriteSent || strings.HasPrefix(detail, prefixWriteUnknown) {
-		return detail
+	switch {
+	case detail == detailWriteSent || strings.HasPrefix(detail, prefixWriteUnknown):
+		return detail // a write mark of its own
+	case wroteBefore(a):
+		return prefixWriteUnknown + "an earlier attempt's write; since then: " + detail
+	case claimLeft(a) && !strings.HasPrefix(detail, prefixClaimed):
+		return prefixClaimed + detail // a fast path's claim (fast.go)
 	}
-	return prefixWriteUnknown + "an earlier attempt's write; since then: " + detail
+	return detail
 }
 
 // readAccount reads a subaccount from Twilio for an action: always a fresh

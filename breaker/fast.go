@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http/httptrace"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,7 +55,20 @@ import (
 
 // detailClaimed is the stored detail of a trip action claimed by the process
 // that recorded it; wroteBefore does not count it as a write (see above).
-const detailClaimed = "claimed by the receiving process, which reads the account and suspends it at once"
+// Should a later process defer the action before it decides (a lease to wait
+// out, an error), the new detail starts with prefixClaimed, so the claim is
+// not forgotten.
+const (
+	detailClaimed = "claimed by the receiving process, which reads the account and suspends it at once"
+	prefixClaimed = "claimed by a process that stopped before recording the outcome; since then: "
+)
+
+// claimLeft reports whether a is a trip claimed by a fast path that did not
+// record its outcome (a process that stopped; in the claimant's own process
+// the action's detail is cleared).
+func claimLeft(a store.Action) bool {
+	return a.Detail == detailClaimed || strings.HasPrefix(a.Detail, prefixClaimed)
+}
 
 // detailClaimLost ends the detail of an incident whose claimed trip found
 // the account suspended in a later process.

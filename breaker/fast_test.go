@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -234,6 +235,36 @@ func TestClaimLeftByACrash(t *testing.T) {
 				t.Fatalf("detail %q does not say why", inc.Detail)
 			}
 		})
+	}
+}
+
+// The next process's start-up pass takes every pending action, the claimed
+// one too while its lease holds: deferring it must not make it forget that
+// it was a claim (found by a review).
+func TestClaimLeftSurvivesTheStartPass(t *testing.T) {
+	f := newFixture(t, twoSuspendRules)
+	a := f.api.addAccount("tenant-a", "active")
+	f.reconcile(t)
+	f.b.lease = 30 * time.Second
+	res := f.claimLeft(t, "spend-daily", a, "tok-1", "totalprice", "price", "60")
+	f.api.SetAccountStatus(context.Background(), a.SID, twilioapi.StatusSuspended) // the claimant's write landed
+	b2 := f.restart()
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	b2.runPending(ctx, ctx, make(chan struct{}, 4), &wg, f.clock.Now().AddDate(50, 0, 0), 0) // RunExecutor's start pass
+	wg.Wait()
+	if trip := f.trip(t, res.Incident.ID); !claimLeft(trip) || !strings.Contains(trip.Detail, "waiting for a suspend write") {
+		t.Fatalf("trip deferred by the start pass: %q", trip.Detail)
+	}
+	b3 := f.restart() // and once more: the deferred claim still holds the account
+	if _, held := b3.leases.until(a.SID, f.clock.Now()); !held {
+		t.Fatal("a deferred claim does not hold the account at the next start")
+	}
+	f.clock.Advance(31 * time.Second)
+	b2.RunDueOnce(ctx)
+	inc := f.incident(t, res.Incident.ID)
+	if inc.Outcome != OutcomeAlreadySuspended || !strings.HasSuffix(inc.Detail, detailClaimLost) || f.api.count("accounts.update") != 1 {
+		t.Fatalf("incident %s: %q after %d writes", inc.Outcome, inc.Detail, f.api.count("accounts.update"))
 	}
 }
 

@@ -388,7 +388,7 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 			// Our earlier write landed (no other action of ours wrote since).
 			return OutcomeSuspended, fmt.Sprintf("value %s >= threshold %s (suspended by an earlier attempt whose answer was lost)", cur, r.Threshold), nil
 		}
-		if a.Detail == detailClaimed { // a fast path cut off before its outcome (fast.go)
+		if claimLeft(a) { // a fast path cut off before its outcome (fast.go)
 			return OutcomeAlreadySuspended, "the account was already suspended" + detailClaimLost, nil
 		}
 		return OutcomeAlreadySuspended, "the account was already suspended", nil
