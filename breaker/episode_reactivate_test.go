@@ -137,9 +137,17 @@ func TestReactivateAnEpisodeOfTwoRules(t *testing.T) {
 	// when a poll found the usage), but its incident is of this period.
 	f.setFired(a.SID, "spend-daily", firedToday)
 
+	if _, ok := f.b.wroteBy.Load(a.SID); !ok {
+		t.Fatal("the suspension's write is not remembered")
+	}
 	out, err := f.b.Reactivate(ctx, manual(a.SID))
 	if err != nil {
 		t.Fatalf("reactivate: %v", err)
+	}
+	// The next suspension is another episode's: a lost answer then is not
+	// taken for a write of this one's action.
+	if _, ok := f.b.wroteBy.Load(a.SID); ok {
+		t.Fatal("the reactivated account still remembers the episode's write")
 	}
 	if out.Incident.ID != first.ID || len(out.Episode) != 1 || out.Episode[0].ID != second.ID || len(out.Problems) != 0 {
 		t.Fatalf("reactivate = incident %d, episode %+v, problems %v", out.Incident.ID, out.Episode, out.Problems)

@@ -31,7 +31,7 @@ import (
 //     read again;
 //   - the write-intent mark (detailWriteSent) is recorded when the suspend
 //     request has been written to the connection, while Twilio answers,
-//     instead of before the request leaves.
+//     instead of before the request leaves (markOnSend).
 //
 // Exactly-once suspension is kept as on the executor's path (actions.go): the
 // account's lock is taken before the read and held until the outcome is
@@ -188,35 +188,52 @@ func (b *Breaker) runFast(ft *fastTrip) {
 	b.runTrip(ctx, a, d.res.Incident, &fastRun{acct: acct, err: err, arrived: ft.arrived, twilioWait: wait})
 }
 
-// markOnSend records the write-intent mark of a fast-path trip once its
-// suspend request has been written to the connection, while Twilio answers
-// (the firing's claim stood in for it until then). wait waits for that
-// record, if it was started.
-func (b *Breaker) markOnSend(ctx context.Context, a store.Action) (hook func(httptrace.WroteRequestInfo), wait func()) {
+// markOnSend returns a WroteRequest hook that records the write-intent mark
+// (detailWriteSent, next attempt one write lease later) each time the suspend
+// request has been written: on the fast path the firing's claim stood in for
+// it until the first time, and a retried attempt (after a 429) renews the
+// lease, so the mark never expires while a write may still be on its way.
+// With skipFirst the first attempt is not marked (the caller recorded the
+// mark before sending). wait stops further marks (a late hook, as HTTP/2
+// may call it after the answer, records nothing) and waits for those
+// begun; call it before the outcome is recorded.
+func (b *Breaker) markOnSend(ctx context.Context, a store.Action, skipFirst bool) (hook func(httptrace.WroteRequestInfo), wait func()) {
 	var (
-		once  sync.Once
-		noted = make(chan struct{})
-		begun atomic.Bool
+		mu     sync.Mutex
+		closed bool
+		n      int
+		last   chan struct{} // the latest mark's; marks are recorded in order
+		wg     sync.WaitGroup
 	)
 	hook = func(info httptrace.WroteRequestInfo) {
 		if info.Err != nil {
 			return
 		}
-		once.Do(func() {
-			begun.Store(true)
-			go func() {
-				defer close(noted)
-				if err := b.store.NoteAction(context.WithoutCancel(ctx), a.ID, b.now().Add(b.lease), detailWriteSent); err != nil {
-					b.log.Warn("cannot record the suspend write sent; until its outcome is recorded a restart would not count it as ours",
-						"action", a.ID, "err", err)
-				}
-			}()
-		})
+		mu.Lock()
+		defer mu.Unlock()
+		if n++; closed || (skipFirst && n == 1) {
+			return
+		}
+		prev, cur := last, make(chan struct{})
+		last = cur
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(cur)
+			if prev != nil {
+				<-prev
+			}
+			if err := b.store.NoteAction(context.WithoutCancel(ctx), a.ID, b.now().Add(b.lease), detailWriteSent); err != nil {
+				b.log.Warn("cannot record the suspend write sent; until its outcome is recorded a restart would not count it as ours",
+					"action", a.ID, "err", err)
+			}
+		}()
 	}
 	wait = func() {
-		if begun.Load() {
-			<-noted
-		}
+		mu.Lock()
+		closed = true
+		mu.Unlock()
+		wg.Wait()
 	}
 	return hook, wait
 }

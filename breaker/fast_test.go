@@ -2,7 +2,9 @@ package breaker
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http/httptrace"
 	"strings"
 	"sync"
 	"testing"
@@ -348,6 +350,46 @@ func TestTimedOutWriteHoldsTheAccountInProcess(t *testing.T) {
 	outcomes[f.incident(t, sms.Incident.ID).Outcome]++
 	if f.api.count("accounts.update") != 2 || outcomes[OutcomeSuspended] != 1 || outcomes[OutcomeAlreadySuspended] != 1 {
 		t.Fatalf("after the lease: %d writes, outcomes %v", f.api.count("accounts.update"), outcomes)
+	}
+}
+
+// markOnSend marks the write each time it is sent (the first one only
+// without skipFirst), in order, and nothing once wait has returned: a late
+// hook (HTTP/2 may call it after the answer) must not mark a finished or
+// retried action.
+func TestMarkOnSend(t *testing.T) {
+	for _, skipFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("skipFirst=%v", skipFirst), func(t *testing.T) {
+			f := newFixture(t, twoSuspendRules)
+			a := f.api.addAccount("tenant-a", "active")
+			f.b.lease = 30 * time.Second
+			res := f.accept(t, "spend-daily", a, callbackFor(a, "tok-1", "totalprice", "price", "60"))
+			act := f.trip(t, res.Incident.ID)
+			hook, wait := f.b.markOnSend(context.Background(), act, skipFirst)
+			hook(httptrace.WroteRequestInfo{Err: errors.New("connection reset")}) // not sent: no mark
+			hook(httptrace.WroteRequestInfo{})
+			wait()
+			got := f.trip(t, res.Incident.ID)
+			if marked := got.Detail == detailWriteSent; marked == skipFirst || (marked && !got.NextAttemptAt.Equal(f.clock.Now().Add(30*time.Second))) {
+				t.Fatalf("after one send: %+v", got)
+			}
+			hook, wait = f.b.markOnSend(context.Background(), act, skipFirst)
+			hook(httptrace.WroteRequestInfo{})
+			f.clock.Advance(10 * time.Second)
+			hook(httptrace.WroteRequestInfo{}) // a retried attempt renews the lease
+			wait()
+			if got := f.trip(t, res.Incident.ID); got.Detail != detailWriteSent || !got.NextAttemptAt.Equal(f.clock.Now().Add(30*time.Second)) {
+				t.Fatalf("after a retried send: %+v", got)
+			}
+			if err := f.st.RetryAction(context.Background(), act.ID, f.clock.Now().Add(time.Second), "429 from Twilio"); err != nil {
+				t.Fatal(err)
+			}
+			hook(httptrace.WroteRequestInfo{}) // late
+			time.Sleep(20 * time.Millisecond)
+			if got := f.trip(t, res.Incident.ID); got.Detail != "429 from Twilio" {
+				t.Fatalf("a late hook changed the action: %+v", got)
+			}
+		})
 	}
 }
 

@@ -165,6 +165,7 @@ func (b *Breaker) Reactivate(ctx context.Context, req ReactivateRequest) (Reacti
 		}
 	}
 	b.accounts.Put(acct)
+	b.wroteBy.Delete(acct.SID) // a later suspension is a new episode's
 	res.Account = acct
 
 	res.Rearmed, res.Problems = b.rearm(ctx, acct, s, plans)

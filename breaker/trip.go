@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net/http/httptrace"
 	"net/mail"
 	"sync"
 	"sync/atomic"
@@ -339,7 +338,7 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 	if suspend {
 		// A write sent before a restart may still land: read only after it may have.
 		if until, held := b.leases.until(inc.AccountSID, b.now()); held {
-			return "", "", errWait{until, "waiting for a suspend write sent before the restart to land"}
+			return "", "", errWait{until, "waiting for a suspend write that may still land (sent before a restart, or its answer lost)"}
 		}
 	}
 	var acct twilioapi.Account
@@ -408,16 +407,15 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 	// mark is recorded once the request is on its way (markOnSend), unless so
 	// much of the claim's lease has passed (a slow read) that it is renewed
 	// first.
-	var onSend func(httptrace.WroteRequestInfo)
-	if fast == nil || b.now().Add(b.lease*3/4).After(a.NextAttemptAt) {
+	noteFirst := fast == nil || b.now().Add(b.lease*3/4).After(a.NextAttemptAt)
+	if noteFirst {
 		if err := b.store.NoteAction(ctx, a.ID, b.now().Add(b.lease), detailWriteSent); err != nil {
 			return "", "", fmt.Errorf("record the suspend write: %w", err)
 		}
-	} else {
-		var noted func()
-		onSend, noted = b.markOnSend(ctx, a)
-		defer noted() // before the outcome is recorded
 	}
+	// Each later attempt the client makes (after a 429) renews the mark.
+	onSend, noted := b.markOnSend(ctx, a, noteFirst)
+	defer noted() // before the outcome is recorded
 	a.Detail = detailWriteSent
 	var since func() time.Duration // the first attempt of a callback's trip is timed
 	if inc.Source == store.SourceCallback && a.Attempts == 0 {
@@ -426,10 +424,7 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 			since = func() time.Duration { return time.Since(fast.arrived) }
 		}
 	}
-	wctx := ctx
-	if since != nil || onSend != nil {
-		wctx = b.writeTrace(ctx, since, took, onSend)
-	}
+	wctx := b.writeTrace(ctx, since, took, onSend)
 	upd, err := b.api.SetAccountStatus(wctx, acct.SID, twilioapi.StatusSuspended)
 	if err != nil {
 		if unknownOutcome(err) {
