@@ -142,7 +142,14 @@ func (b *Breaker) loadLeases(ctx context.Context) {
 		return
 	}
 	for _, a := range acts {
-		if a.Kind != store.ActionTrip || !(wroteBefore(a) || claimLeft(a)) || !a.NextAttemptAt.After(now) {
+		until := a.NextAttemptAt
+		if claimLeft(a) {
+			// The claimant may have sent its write at any moment until it
+			// stopped (its request may have waited for a connection slot
+			// past the claim's own lease), so a whole lease from now.
+			until = now.Add(b.lease)
+		}
+		if a.Kind != store.ActionTrip || !(wroteBefore(a) || claimLeft(a)) || !until.After(now) {
 			continue
 		}
 		inc, err := b.store.Incident(ctx, a.IncidentID)
@@ -150,9 +157,9 @@ func (b *Breaker) loadLeases(ctx context.Context) {
 			b.log.Warn("cannot read the incident of an interrupted write", "action", a.ID, "err", err)
 			continue
 		}
-		b.leases.set(inc.AccountSID, a.NextAttemptAt)
+		b.leases.set(inc.AccountSID, until)
 		b.log.Info("a suspend write sent before the restart may still land; holding writes to the account until then",
-			"incident", inc.ID, "account", inc.AccountSID, "until", a.NextAttemptAt)
+			"incident", inc.ID, "account", inc.AccountSID, "until", until)
 	}
 }
 

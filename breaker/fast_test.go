@@ -270,6 +270,31 @@ func TestClaimLeftSurvivesTheStartPass(t *testing.T) {
 	}
 }
 
+// A claim whose own lease has passed still holds the account for a whole
+// lease after a restart: its request may have waited for a connection slot
+// past the claim's lease and been sent just before the process stopped.
+func TestClaimLeftHoldsAWholeLeaseAfterARestart(t *testing.T) {
+	f := newFixture(t, twoSuspendRules)
+	a := f.api.addAccount("tenant-a", "active")
+	f.reconcile(t)
+	f.b.lease = 30 * time.Second
+	res := f.claimLeft(t, "spend-daily", a, "tok-1", "totalprice", "price", "60")
+	f.clock.Advance(time.Minute) // the claim's lease has passed; the process stopped now
+	b2 := f.restart()
+	if until, held := b2.leases.until(a.SID, f.clock.Now()); !held || !until.Equal(f.clock.Now().Add(30*time.Second)) {
+		t.Fatalf("lease %v, %v", until, held)
+	}
+	b2.RunDueOnce(context.Background())
+	if f.api.count("accounts.fetch") != 0 || f.api.count("accounts.update") != 0 {
+		t.Fatal("touched the account during the lease")
+	}
+	f.clock.Advance(31 * time.Second)
+	b2.RunDueOnce(context.Background())
+	if inc := f.incident(t, res.Incident.ID); inc.Outcome != OutcomeSuspended || f.api.count("accounts.update") != 1 {
+		t.Fatalf("incident %+v after %d writes", inc, f.api.count("accounts.update"))
+	}
+}
+
 // The account a person suspended stays suspended: a claim cut off before its
 // read answered is not taken for the suspension, so the rule's reactivate
 // policy does not set the account active again.
