@@ -177,9 +177,9 @@ func TestFastPathRepeatedTokenReadsNothing(t *testing.T) {
 	}
 }
 
-// claimLeft commits what Accept commits on the fast path for a firing of
+// leaveClaim commits what Accept commits on the fast path for a firing of
 // rule, with no process left to run it (the receiving process died).
-func (f *fixture) claimLeft(t *testing.T, rule string, a twilioapi.Account, token, category, by, value string) store.RecordResult {
+func (f *fixture) leaveClaim(t *testing.T, rule string, a twilioapi.Account, token, category, by, value string) store.RecordResult {
 	t.Helper()
 	r := f.b.Rule(rule)
 	res, err := f.st.RecordFiring(context.Background(), store.Firing{Source: store.SourceCallback,
@@ -212,7 +212,7 @@ func TestClaimLeftByACrash(t *testing.T) {
 			a := f.api.addAccount("tenant-a", "active")
 			f.reconcile(t)
 			f.b.lease = 30 * time.Second
-			res := f.claimLeft(t, "spend-daily", a, "tok-1", "totalprice", "price", "60")
+			res := f.leaveClaim(t, "spend-daily", a, "tok-1", "totalprice", "price", "60")
 			if landed {
 				f.api.SetAccountStatus(context.Background(), a.SID, twilioapi.StatusSuspended)
 			}
@@ -248,7 +248,7 @@ func TestClaimLeftSurvivesTheStartPass(t *testing.T) {
 	a := f.api.addAccount("tenant-a", "active")
 	f.reconcile(t)
 	f.b.lease = 30 * time.Second
-	res := f.claimLeft(t, "spend-daily", a, "tok-1", "totalprice", "price", "60")
+	res := f.leaveClaim(t, "spend-daily", a, "tok-1", "totalprice", "price", "60")
 	f.api.SetAccountStatus(context.Background(), a.SID, twilioapi.StatusSuspended) // the claimant's write landed
 	b2 := f.restart()
 	ctx := context.Background()
@@ -278,7 +278,7 @@ func TestClaimLeftHoldsAWholeLeaseAfterARestart(t *testing.T) {
 	a := f.api.addAccount("tenant-a", "active")
 	f.reconcile(t)
 	f.b.lease = 30 * time.Second
-	res := f.claimLeft(t, "spend-daily", a, "tok-1", "totalprice", "price", "60")
+	res := f.leaveClaim(t, "spend-daily", a, "tok-1", "totalprice", "price", "60")
 	f.clock.Advance(time.Minute) // the claim's lease has passed; the process stopped now
 	b2 := f.restart()
 	if until, held := b2.leases.until(a.SID, f.clock.Now()); !held || !until.Equal(f.clock.Now().Add(30*time.Second)) {
@@ -305,7 +305,7 @@ func TestClaimLeftOnASuspendedAccountIsNotOurs(t *testing.T) {
 	f.api.SetAccountStatus(context.Background(), a.SID, twilioapi.StatusSuspended) // by a person
 	writes := f.api.count("accounts.update")
 	f.b.lease = 30 * time.Second
-	res := f.claimLeft(t, "spend-auto", a, "tok-1", "totalprice", "price", "60")
+	res := f.leaveClaim(t, "spend-auto", a, "tok-1", "totalprice", "price", "60")
 	b2 := f.restart()
 	f.clock.Advance(31 * time.Second)
 	b2.RunDueOnce(context.Background())
@@ -331,7 +331,7 @@ func TestClaimLeftAfterOurSuspensionIsNotCountedTwice(t *testing.T) {
 	f.accept(t, "spend-daily", a, callbackFor(a, "tok-spend", "totalprice", "price", "60"))
 	f.b.RunDueOnce(context.Background())
 	f.clock.Advance(time.Minute)
-	f.claimLeft(t, "sms-daily", a, "tok-sms", "sms", "count", "150")
+	f.leaveClaim(t, "sms-daily", a, "tok-sms", "sms", "count", "150")
 	b2 := f.restart()
 	f.clock.Advance(31 * time.Second)
 	b2.RunDueOnce(context.Background())

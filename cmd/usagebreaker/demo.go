@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -296,32 +297,31 @@ func waitFor(ctx context.Context, limit time.Duration, cond func() bool) error {
 	return nil
 }
 
-// printMetrics prints the non-zero metric lines that start with one of the prefixes.
-// metricsHave reports whether the metrics at url include line.
-func metricsHave(url, line string) bool {
+// metricLines returns the lines of the metrics page at url.
+func metricLines(url string) ([]string, error) {
 	resp, err := http.Get(url)
 	if err != nil {
-		return false
+		return nil, err
 	}
 	defer resp.Body.Close()
+	var lines []string
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if sc.Text() == line {
-			return true
-		}
+		lines = append(lines, sc.Text())
 	}
-	return false
+	return lines, sc.Err()
 }
 
+// metricsHave reports whether the metrics at url include line.
+func metricsHave(url, line string) bool {
+	lines, _ := metricLines(url)
+	return slices.Contains(lines, line)
+}
+
+// printMetrics prints the non-zero metric lines that start with one of the prefixes.
 func printMetrics(w io.Writer, url string, prefixes ...string) error {
-	resp, err := http.Get(url)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
+	lines, err := metricLines(url)
+	for _, line := range lines {
 		if strings.HasSuffix(line, " 0") {
 			continue // series primed at zero: nothing happened there
 		}
@@ -332,5 +332,5 @@ func printMetrics(w io.Writer, url string, prefixes ...string) error {
 			}
 		}
 	}
-	return sc.Err()
+	return err
 }
