@@ -2,8 +2,9 @@
 // subaccount's Usage Triggers as the rules want them, and the trip pipeline
 // that turns a verified firing into exactly one action:
 //
-//	dedup (store.RecordFiring) -> verify (rule, account, value) -> act (suspend,
-//	notify or dry-run at Twilio) -> record (store.FinishAction) -> metrics/logs
+//	record (store.RecordFiring, the trip claimed) -> verify (rule, account,
+//	value) -> act (suspend, notify or dry-run at Twilio) -> record the result
+//	(the engine: store.CompleteAction) -> metrics/logs
 //
 // It depends only on twilioapi.API and store.Store, so tests run it against an
 // in-memory fake or the simulator.
@@ -11,7 +12,10 @@ package breaker
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,41 +59,37 @@ type Options struct {
 	// recorded); no other write to that account is tried before it passes
 	// (default 20s; the daemon uses twice the Twilio request timeout).
 	WriteLease time.Duration
+	// Owner names this process in the claims of the action queue (default:
+	// a random name per process).
+	Owner string
 }
 
-// Breaker owns the reconciler, the account cache and the action executor.
+// Breaker owns the account cache, the reconciler, the poller, reactivation
+// and the workers of the action engine (trip, end_calls, notify, guard
+// pages, reactivate), which it runs with an Engine.
 type Breaker struct {
-	api      twilioapi.API
-	store    store.Store
-	log      *slog.Logger
-	m        *Metrics
-	now      func() time.Time
-	fanout   int
-	workers  int
-	retryMin time.Duration
-	retryMax time.Duration
-	lease    time.Duration
+	api        twilioapi.API
+	store      store.Store
+	log        *slog.Logger
+	m          *Metrics
+	now        func() time.Time
+	fanout     int
+	writeLease time.Duration
 
 	settings atomic.Pointer[Settings]
 	accounts *Accounts
+	engine   *Engine
+	guard    *guard
+	locks    keyedMutex // one per subaccount: reconciler, reactivation and the actions that touch it
 
 	callbacks *callbackMemo // wraps api: which CallbackUrl this process set on each trigger
 
 	reconcileMu sync.Mutex // never two reconciles at once
 	lastRecon   atomic.Pointer[ReconcileResult]
+	pollMu      sync.Mutex // never two polls at once
 
-	wake     chan struct{} // nudges the executor
-	inflight sync.Map      // action ID -> struct{}: running now
-
-	op      *operatorState // guard slots, account locks (operator.go)
-	acctMu  keyedMutex     // one action per subaccount at a time
-	leases  leases         // accounts a write from before a restart may still reach
-	wroteBy sync.Map       // account SID -> ID of the action whose suspend write this process saw succeed
-
-	pollMu sync.Mutex // never two polls at once
-
-	exec   atomic.Pointer[execState] // the running executor, for the fast path (fast.go)
-	tokens tokenSet                  // callback tokens seen: a repeat takes no fast path
+	reconcileReqMu sync.Mutex
+	reconcileReq   func() // asks the daemon for a reconcile soon
 }
 
 // New builds a Breaker; nothing runs until Reconcile or RunExecutor is called.
@@ -106,30 +106,81 @@ func New(o Options) *Breaker {
 	if o.Fanout <= 0 {
 		o.Fanout = 8
 	}
-	if o.Workers <= 0 {
-		o.Workers = 4
-	}
-	if o.RetryMin <= 0 {
-		o.RetryMin = time.Second
-	}
-	if o.RetryMax <= 0 {
-		o.RetryMax = 5 * time.Minute
-	}
 	if o.WriteLease <= 0 {
 		o.WriteLease = 20 * time.Second
 	}
+	if o.Owner == "" {
+		o.Owner = NewOwner()
+	}
 	b := &Breaker{
 		api: o.API, store: o.Store, log: o.Logger, m: o.Metrics, now: o.Now,
-		fanout: o.Fanout, workers: o.Workers, retryMin: o.RetryMin, retryMax: o.RetryMax, lease: o.WriteLease,
+		fanout: o.Fanout, writeLease: o.WriteLease,
 		accounts: NewAccounts(o.API, o.Now),
-		wake:     make(chan struct{}, 1),
-		op:       newOperatorState(),
 	}
+	b.guard = &guard{b: b, slots: map[int64]bool{}}
 	b.callbacks = newCallbackMemo(o.API)
 	b.api = b.callbacks
 	s := o.Settings
 	b.settings.Store(&s)
+	b.engine = NewEngine(EngineOptions{
+		Store: o.Store, Owner: o.Owner, Logger: o.Logger, Now: o.Now, Workers: o.Workers,
+		WriteLease: o.WriteLease, RetryMin: o.RetryMin, RetryMax: o.RetryMax,
+		Worker: b.worker, Finished: b.actionFinished,
+	})
 	return b
+}
+
+// NewOwner is a process's name in claims: the host name and a random part.
+func NewOwner() string {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "usagebreaker"
+	}
+	return fmt.Sprintf("%s/%08x", host, rand.Uint32())
+}
+
+// Engine is the breaker's action engine.
+func (b *Breaker) Engine() *Engine { return b.engine }
+
+// RunExecutor runs the action engine until ctx ends (see Engine.Run), and
+// keeps usagebreaker_actions_pending equal to the store's count.
+func (b *Breaker) RunExecutor(ctx context.Context, drain time.Duration) {
+	gctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			b.UpdatePendingGauge(gctx)
+			select {
+			case <-gctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	b.engine.Run(ctx, drain)
+}
+
+// RunDueOnce runs every due action to completion (tests and the demo use it
+// to step the pipeline deterministically).
+func (b *Breaker) RunDueOnce(ctx context.Context) { b.engine.RunDueOnce(ctx) }
+
+// SetReconcileRequester gives the breaker a way to ask for a reconcile soon
+// (after a re-arm could not finish, or when a re-arm's period ended).
+func (b *Breaker) SetReconcileRequester(f func()) {
+	b.reconcileReqMu.Lock()
+	defer b.reconcileReqMu.Unlock()
+	b.reconcileReq = f
+}
+
+func (b *Breaker) requestReconcile() {
+	b.reconcileReqMu.Lock()
+	f := b.reconcileReq
+	b.reconcileReqMu.Unlock()
+	if f != nil {
+		f()
+	}
 }
 
 // SetSettings swaps the settings (on reload).
@@ -144,13 +195,8 @@ func (b *Breaker) Accounts() *Accounts { return b.accounts }
 // Rule returns the current rule with that name, or nil.
 func (b *Breaker) Rule(name string) *rules.Rule { return b.settings.Load().Rules.Get(name) }
 
-// Wake makes the executor look for due actions now.
-func (b *Breaker) Wake() {
-	select {
-	case b.wake <- struct{}{}:
-	default:
-	}
-}
+// Wake makes the engine look for due actions now.
+func (b *Breaker) Wake() { b.engine.Wake() }
 
 // UpdatePendingGauge refreshes usagebreaker_actions_pending from the store.
 func (b *Breaker) UpdatePendingGauge(ctx context.Context) {

@@ -2,115 +2,121 @@ package breaker
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"sync"
+	"time"
 
 	"github.com/usagebreaker/usagebreaker/store"
 )
 
 // The blast-radius guard. At most guard.max_suspensions suspensions per
-// guard.window are executed; the next one is held (its trip action stays
-// pending, parked, with Hold=HoldHeld) and every notifier gets one page. While
-// any suspension is held, every further one is held too, without another
-// page: the breaker may be what is wrong, and a person decides. POST
-// /api/v1/guard/release executes the held ones (they skip the guard) and
-// ends the episode; the next hold pages again.
+// guard.window are executed; the next one is held (its trip action is parked
+// in the held state) and every notifier gets one page. While any suspension
+// is held, every further one is held too, without another page: the breaker
+// may be what is wrong, and a person decides. POST /api/v1/guard/release
+// executes the held ones (they skip the guard) and ends the episode; the
+// next hold pages again.
 //
 // Admission is serialised, and a suspension admitted but not yet recorded
-// holds a slot, so concurrent workers cannot overshoot the limit.
+// holds a slot, so concurrent workers cannot overshoot the limit. The slot is
+// freed in the same critical section that records the suspension, so it is
+// never counted twice.
 
-// errHeld says the guard holds this suspension.
-type errHeld struct {
+// GuardSettings is the blast-radius guard; MaxSuspensions 0 turns it off.
+type GuardSettings struct {
+	MaxSuspensions int
+	Window         time.Duration
+}
+
+type guard struct {
+	b     *Breaker
+	mu    sync.Mutex
+	slots map[int64]bool // trip actions admitted and not recorded yet
+}
+
+// held says the guard holds a suspension.
+type held struct {
 	suspended int // in the window, including admitted ones in flight
-	held      int // held before this one
+	before    int // held before this one
 }
 
-func (e errHeld) Error() string { return "held by the guard" }
+// guardSlot is an admitted suspension's place in the count.
+type guardSlot struct {
+	g  *guard
+	id int64 // 0: no slot (no guard, or a released suspension)
+}
 
-// guardAdmit decides whether trip action a may suspend now. It returns nil
-// (admitted: a slot is held until guardDone), errHeld, or a store error.
-func (b *Breaker) guardAdmit(ctx context.Context, a store.Action) error {
-	g := b.settings.Load().Operator.Guard
-	if g.MaxSuspensions <= 0 || a.Hold == store.HoldReleased {
-		return nil
+// admit decides whether trip action a may suspend now: a slot (free it, or
+// record the suspension with recordWith), or held, or a store error.
+func (g *guard) admit(ctx context.Context, a store.Action) (guardSlot, *held, error) {
+	gs := g.b.settings.Load().Operator.Guard
+	if gs.MaxSuspensions <= 0 || a.Released {
+		return guardSlot{g: g}, nil, nil
 	}
-	b.op.guardMu.Lock()
-	defer b.op.guardMu.Unlock()
-	held, err := b.store.CountHeld(ctx)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	nHeld, err := g.b.store.CountHeld(ctx)
 	if err != nil {
-		return fmt.Errorf("guard: %w", err)
+		return guardSlot{}, nil, fmt.Errorf("guard: %w", err)
 	}
-	n, err := b.store.CountSuspensions(ctx, b.now().Add(-g.Window))
+	n, err := g.b.store.CountSuspensions(ctx, g.b.now().Add(-gs.Window))
 	if err != nil {
-		return fmt.Errorf("guard: %w", err)
+		return guardSlot{}, nil, fmt.Errorf("guard: %w", err)
 	}
-	n += len(b.op.guardSlots)
-	if held > 0 || n >= g.MaxSuspensions {
-		return errHeld{suspended: n, held: held}
+	n += len(g.slots)
+	if nHeld > 0 || n >= gs.MaxSuspensions {
+		return guardSlot{}, &held{suspended: n, before: nHeld}, nil
 	}
-	b.op.guardSlots[a.ID] = true
-	return nil
+	g.slots[a.ID] = true
+	return guardSlot{g: g, id: a.ID}, nil, nil
 }
 
-// guardDone frees the slot of a trip action once its outcome is recorded.
-func (b *Breaker) guardDone(id int64) {
-	b.op.guardMu.Lock()
-	delete(b.op.guardSlots, id)
-	b.op.guardMu.Unlock()
-}
-
-// guardRecord runs record, which records the suspension of trip action id,
-// and frees the action's slot, both under the guard's lock: guardAdmit then
-// counts the suspension exactly once, as a slot until it is in the store and
-// in the store afterwards. (Freed only after the record, a slot would count
-// twice meanwhile, and hold a suspension the limit still allows.) Without a
-// slot (no guard, or a released suspension) record just runs.
-func (b *Breaker) guardRecord(id int64, record func()) {
-	b.op.guardMu.Lock()
-	if !b.op.guardSlots[id] {
-		b.op.guardMu.Unlock()
-		record()
+// free gives the slot back (the suspension was not made).
+func (s guardSlot) free() {
+	if s.id == 0 {
 		return
 	}
-	defer b.op.guardMu.Unlock()
-	record()
-	delete(b.op.guardSlots, id)
+	s.g.mu.Lock()
+	delete(s.g.slots, s.id)
+	s.g.mu.Unlock()
 }
 
-// hold parks trip action a for the guard; the first hold of an episode
-// creates the guard pages (one per configured notifier) with it.
-func (b *Breaker) hold(ctx context.Context, a store.Action, inc store.Incident, h errHeld) {
+// recordWith makes res record the suspension and free the slot under the
+// guard's lock.
+func (s guardSlot) recordWith(res Result) Result {
+	if s.id == 0 {
+		return res
+	}
+	return res.RecordedUnder(&s.g.mu).OnRecorded(func(bool, bool) { delete(s.g.slots, s.id) })
+}
+
+// hold parks the trip of incident inc for the guard; the first hold of an
+// episode creates the guard pages (one per configured notifier) with it.
+func (b *Breaker) hold(inc store.Incident, h held) Result {
 	s := b.settings.Load()
 	g := s.Operator.Guard
-	var pages []string
+	var pages []store.ActionKind
 	for _, n := range s.Operator.Notifiers {
-		pages = append(pages, store.KindGuardPrefix+n.Name())
+		pages = append(pages, store.GuardPageKind(n.Name()))
 	}
 	detail := fmt.Sprintf("held by the guard: %d suspensions in the last %s reached guard.max_suspensions (%d); POST /api/v1/guard/release executes it",
 		h.suspended, g.Window, g.MaxSuspensions)
-	if h.held > 0 {
-		detail = fmt.Sprintf("held by the guard, which already holds %d suspension(s); POST /api/v1/guard/release executes them", h.held)
-	}
-	paged, err := b.store.HoldAction(context.WithoutCancel(ctx), a.ID, detail, pages)
-	if errors.Is(err, store.ErrNotFound) {
-		// Already held (or no longer pending): this attempt ran on an old
-		// copy of the action. Retrying would make a held action due again.
-		b.log.Debug("trip already held or finished; nothing to hold", "action", a.ID, "incident", inc.ID)
-		return
-	}
-	if err != nil {
-		b.retry(ctx, a, fmt.Errorf("guard: record the hold: %w", err))
-		return
+	if h.before > 0 {
+		detail = fmt.Sprintf("held by the guard, which already holds %d suspension(s); POST /api/v1/guard/release executes them", h.before)
 	}
 	log := b.log.With("incident", inc.ID, "rule", inc.Rule, "account", inc.AccountSID, "account_name", inc.AccountName)
-	if paged {
-		log.Error("GUARD TRIPPED: suspensions are held until released", "suspended_in_window", h.suspended,
-			"max_suspensions", g.MaxSuspensions, "window", g.Window, "pages", len(pages))
-	} else {
-		log.Warn("suspension held by the guard", "held_before", h.held)
-	}
-	b.refreshOperatorGauges(ctx)
-	b.Wake() // the pages are due now
+	return Hold(detail, pages).OnRecorded(func(ok, paged bool) {
+		if !ok {
+			return
+		}
+		if paged {
+			log.Error("GUARD TRIPPED: suspensions are held until released", "suspended_in_window", h.suspended,
+				"max_suspensions", g.MaxSuspensions, "window", g.Window, "pages", len(pages))
+		} else {
+			log.Warn("suspension held by the guard", "held_before", h.before)
+		}
+		b.refreshOperatorGauges(context.Background())
+	})
 }
 
 // ReleaseHeld executes every suspension the guard holds (they skip the
@@ -122,7 +128,7 @@ func (b *Breaker) ReleaseHeld(ctx context.Context, who string) (int, error) {
 	}
 	b.log.Warn("guard released: held suspensions run now", "released", n, "by", who)
 	b.refreshOperatorGauges(ctx)
-	b.Wake()
+	b.engine.Wake()
 	return n, nil
 }
 

@@ -1,6 +1,10 @@
 package breaker
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/usagebreaker/usagebreaker/store"
+)
 
 // Metrics are the breaker's Prometheus metrics (names from CONTRACT.md). No
 // label carries a subaccount SID: there can be thousands.
@@ -20,7 +24,7 @@ type Metrics struct {
 	// read before the write included.
 	SuspendWriteLatency prometheus.Histogram
 
-	*OperatorMetrics // notifications, reactivations, guard (operator.go)
+	*OperatorMetrics // notifications, reactivations, guard
 }
 
 // Callback outcomes for usagebreaker_callbacks_total.
@@ -94,6 +98,47 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, o := range []string{OutcomeAccepted, OutcomeDuplicate, OutcomeBadSignature, OutcomeBadRequest,
 		OutcomeUnknownRule, OutcomeUnknownAccount, OutcomeError} {
 		m.Callbacks.WithLabelValues(o) // export zeros so rate() works from the start
+	}
+	return m
+}
+
+// OperatorMetrics are the people-in-the-loop metrics (names from CONTRACT.md).
+type OperatorMetrics struct {
+	Notifications *prometheus.CounterVec // notifier, outcome: sent | failed
+	Reactivations *prometheus.CounterVec // reason: manual | scheduled
+	GuardHeld     prometheus.Gauge
+	CallsEnded    prometheus.Counter
+	Rearms        prometheus.Counter
+}
+
+func newOperatorMetrics(reg prometheus.Registerer) *OperatorMetrics {
+	m := &OperatorMetrics{
+		Notifications: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "usagebreaker_notifications_total",
+			Help: "Notification attempts by notifier and outcome: sent, or failed (each failed attempt; it is retried unless permanent).",
+		}, []string{"notifier", "outcome"}),
+		Reactivations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "usagebreaker_reactivations_total",
+			Help: "Subaccounts reactivated after a suspension, by reason: manual (admin API, CLI) or scheduled (a rule's reactivate policy).",
+		}, []string{"reason"}),
+		GuardHeld: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "usagebreaker_guard_held",
+			Help: "Suspensions the blast-radius guard holds until POST /api/v1/guard/release.",
+		}),
+		CallsEnded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "usagebreaker_calls_ended_total",
+			Help: "In-progress calls ended after a suspension (end_calls).",
+		}),
+		Rearms: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "usagebreaker_rearms_total",
+			Help: "Triggers re-armed on reactivation (replaced by one offset by rearm_allowance).",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.Notifications, m.Reactivations, m.GuardHeld, m.CallsEnded, m.Rearms)
+	}
+	for _, r := range []string{store.ViaManual, store.ViaScheduled} {
+		m.Reactivations.WithLabelValues(r)
 	}
 	return m
 }

@@ -103,12 +103,10 @@ func (b *Breaker) Reactivate(ctx context.Context, req ReactivateRequest) (Reacti
 	if strings.TrimSpace(req.Reason) == "" {
 		return res, &RefusedError{Reason: "a reason is required"}
 	}
-	unlock := b.op.lockAccount(req.AccountSID)
+	// Not while the reconciler or an action of this process works on the
+	// account.
+	unlock := b.locks.lock(req.AccountSID)
 	defer unlock()
-	// And not while a suspend action of this account runs (lock order: the
-	// reconciler's account lock, then the actions' one).
-	unlockActions := b.acctMu.lock(req.AccountSID)
-	defer unlockActions()
 
 	inc, episode, err := b.reactivationTarget(ctx, req)
 	if err != nil {
@@ -165,7 +163,6 @@ func (b *Breaker) Reactivate(ctx context.Context, req ReactivateRequest) (Reacti
 		}
 	}
 	b.accounts.Put(acct)
-	b.wroteBy.Delete(acct.SID) // a later suspension is a new episode's
 	res.Account = acct
 
 	res.Rearmed, res.Problems = b.rearm(ctx, acct, s, plans)
@@ -230,7 +227,7 @@ func (b *Breaker) reactivationTarget(ctx context.Context, req ReactivateRequest)
 	case at < 0 && req.IncidentID != 0:
 		newest := ended[0]
 		return store.Incident{}, nil, &RefusedError{Reason: fmt.Sprintf("a newer incident (%d, rule %s, outcome %s) exists; a person must look at it",
-			newest.ID, newest.Rule, orNone(newest.Outcome))}
+			newest.ID, newest.Rule, orNone(string(newest.Outcome)))}
 	case at < 0:
 		newest := incs[0]
 		return store.Incident{}, nil, &RefusedError{Reason: fmt.Sprintf("usagebreaker did not suspend it: the newest incident (%d, rule %s) ended %s%s",
@@ -246,7 +243,7 @@ func (b *Breaker) reactivationTarget(ctx context.Context, req ReactivateRequest)
 	target := ended[at]
 	if target.Outcome != OutcomeSuspended {
 		return store.Incident{}, nil, &RefusedError{Reason: fmt.Sprintf("usagebreaker did not suspend it: incident %d (rule %s) ended %s%s",
-			target.ID, target.Rule, orNone(target.Outcome), detailSuffix(target.Detail))}
+			target.ID, target.Rule, orNone(string(target.Outcome)), detailSuffix(target.Detail))}
 	}
 	return target, append([]store.Incident(nil), newer...), nil
 }
@@ -313,7 +310,7 @@ func describeRearm(res ReactivateResult) string {
 		var also []string
 		for i := len(res.Episode) - 1; i >= 0; i-- { // oldest first
 			e := res.Episode[i]
-			also = append(also, fmt.Sprintf("%d (%s, %s)", e.ID, e.Rule, orNone(e.Outcome)))
+			also = append(also, fmt.Sprintf("%d (%s, %s)", e.ID, e.Rule, orNone(string(e.Outcome))))
 		}
 		parts = append(parts, "also covers the later incident(s) "+strings.Join(also, ", "))
 	}
@@ -489,20 +486,18 @@ func (b *Breaker) markRearmsRestored(ctx context.Context) {
 	}
 }
 
-// executeReactivate runs a rule's scheduled reactivation.
-func (b *Breaker) executeReactivate(ctx context.Context, a store.Action) {
+// workReactivate is the worker of a rule's scheduled reactivation.
+func (b *Breaker) workReactivate(ctx context.Context, a store.Action) Result {
 	inc, err := b.store.Incident(ctx, a.IncidentID)
 	if err != nil {
-		b.retry(ctx, a, fmt.Errorf("read incident: %w", err))
-		return
+		return Retry(fmt.Errorf("read incident: %w", err))
 	}
 	log := b.log.With("incident", inc.ID, "rule", inc.Rule, "account", inc.AccountSID, "account_name", inc.AccountName)
 	r := b.Rule(inc.Rule)
 	if r == nil || r.Reactivate == nil {
 		why := fmt.Sprintf("rule %q no longer has a reactivate policy; the account stays suspended until a person reactivates it", inc.Rule)
 		log.Warn("scheduled reactivation skipped", "why", why)
-		b.finish(ctx, a, store.StateDone, OutcomeSkipped, why)
-		return
+		return Done(OutcomeSkipped, why)
 	}
 	policy := r.Reactivate.String()
 	res, err := b.Reactivate(ctx, ReactivateRequest{AccountSID: inc.AccountSID, IncidentID: inc.ID, Via: store.ViaScheduled,
@@ -513,19 +508,19 @@ func (b *Breaker) executeReactivate(ctx context.Context, a store.Action) {
 		// Another rule's incident of the same burst may still be on its
 		// way to already_suspended: look again after a backoff.
 		log.Info("scheduled reactivation waits for a newer incident", "why", refused.Reason)
-		b.retry(ctx, a, err)
+		return Retry(err)
 	case errors.As(err, &refused):
 		log.Warn("scheduled reactivation skipped", "why", refused.Reason)
-		b.finish(ctx, a, store.StateDone, OutcomeSkipped, refused.Reason)
+		return Done(OutcomeSkipped, refused.Reason)
 	case err != nil && (twilioapi.IsRetryable(err) || !twilioapi.IsPermanent(err)):
 		log.Warn("scheduled reactivation failed, will retry", "attempt", a.Attempts+1, "err", err)
-		b.retry(ctx, a, err)
+		b.m.ActionAttemptErrors.WithLabelValues(string(a.Kind)).Inc()
+		return Retry(err)
 	case err != nil:
 		log.Error("scheduled reactivation failed for good", "err", err)
-		b.finish(ctx, a, store.StateFailed, OutcomeFailed, err.Error())
-	default:
-		b.finish(ctx, a, store.StateDone, OutcomeReactivated, describeRearm(res))
+		return Fail(err)
 	}
+	return Done(OutcomeReactivated, describeRearm(res))
 }
 
 // RunOperator does the periodic work of these features until ctx ends:

@@ -231,7 +231,7 @@ func sameTrigger(t twilioapi.Trigger, spec twilioapi.TriggerSpec) bool {
 
 func (b *Breaker) reconcileAccount(ctx context.Context, acct twilioapi.Account, desired []twilioapi.TriggerSpec, prefix string) (accountResult, error) {
 	res := accountResult{managed: map[string]int{}}
-	unlock := b.op.lockAccount(acct.SID) // not while a reactivation re-arms it
+	unlock := b.locks.lock(acct.SID) // not while a reactivation re-arms it, nor while an action acts on it
 	defer unlock()
 	desired, err := b.applyRearms(ctx, acct, desired) // a re-armed trigger stays while its period lasts
 	if err != nil {

@@ -4,10 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
+	"net/http"
 	"net/mail"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/usagebreaker/usagebreaker/internal/decimal"
@@ -19,12 +18,12 @@ import (
 // Incident outcomes (store.Incident.Outcome). The first four are also the
 // outcome label of usagebreaker_suspensions_total.
 const (
-	OutcomeSuspended        = "suspended"
-	OutcomeAlreadySuspended = "already_suspended"
-	OutcomeDryRun           = "dry_run"
-	OutcomeFailed           = "failed"
-	OutcomeNotified         = "notified"
-	OutcomeSkipped          = "skipped"
+	OutcomeSuspended        = store.OutcomeSuspended
+	OutcomeAlreadySuspended = store.OutcomeAlreadySuspended
+	OutcomeDryRun           = store.OutcomeDryRun
+	OutcomeFailed           = store.OutcomeFailed
+	OutcomeNotified         = store.OutcomeNotified
+	OutcomeSkipped          = store.OutcomeSkipped
 )
 
 // Callback is a verified Usage Trigger callback's parameters.
@@ -40,7 +39,7 @@ type Callback struct {
 	UsageRecordURI   string
 	IdempotencyToken string
 	// Arrived is when the callback reached the daemon (the handler's start);
-	// zero if unknown. It measures the time to the suspend write.
+	// zero if unknown. The incident records it as the firing's receipt.
 	Arrived time.Time
 }
 
@@ -75,31 +74,25 @@ type AcceptResult struct {
 	// Duplicate: nothing new (a repeat of the token, or another firing of an
 	// incident that already exists).
 	Duplicate bool
-
-	rec store.RecordResult // what the store said
 }
 
-// Accept durably records a verified callback for rule r from subaccount acct
-// and wakes the executor. When it returns nil the firing survives a crash and
-// the callback may be answered 200; the action runs afterwards.
-//
-// A suspension whose rule and account allow it runs on the fast path
-// (fast.go): its read starts now, and it is written as soon as the commit
-// returns, by this process.
-func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Account, cb Callback) (res AcceptResult, err error) {
+// Accept durably records a verified callback for rule r from subaccount acct.
+// When it returns nil the firing survives a crash and the callback may be
+// answered 200. A new incident's trip is recorded already claimed by this
+// process's engine and handed to a worker at once.
+func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Account, cb Callback) (AcceptResult, error) {
 	now := b.now()
-	var claim *store.Claim
-	if ft := b.claimFast(r, acct.SID, cb.IdempotencyToken, cb.Arrived); ft != nil {
-		claim = b.claim(now)
-		defer func() { ft.committed(b, res.rec, err) }()
+	received := now
+	if !cb.Arrived.IsZero() && cb.Arrived.Before(now) && now.Sub(cb.Arrived) < time.Minute {
+		received = cb.Arrived
 	}
 	// After a re-arm, a firing in the same period belongs to the re-armed
 	// generation: its own incident ("daily:2026-11-24#2"), so it trips again.
-	period, err := b.incidentPeriod(ctx, r.Name, acct.SID, PeriodKey(r.Recurring, firedAt(cb.DateFired, now)))
+	period, err := b.IncidentPeriod(ctx, r.Name, acct.SID, PeriodKey(r.Recurring, firedAt(cb.DateFired, now)))
 	if err != nil {
 		return AcceptResult{}, err
 	}
-	f := store.Firing{
+	return b.record(ctx, store.Firing{
 		Source:           store.SourceCallback,
 		IdempotencyToken: cb.IdempotencyToken,
 		Rule:             r.Name,
@@ -115,17 +108,13 @@ func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Acco
 		DateFired:        cb.DateFired,
 		Action:           r.Action,
 		DryRun:           r.DryRun,
-		ReceivedAt:       now,
+		ReceivedAt:       received,
 		Actions:          b.ActionKinds(r),
-		Claim:            claim,
-	}
-	res, err = b.record(ctx, f)
-	if err == nil {
-		b.tokens.add(cb.IdempotencyToken) // a replay takes no fast path (and costs no read)
-	}
-	return res, err
+		ClaimBy:          b.engine.Claim(),
+	})
 }
 
+// record records a firing (a callback's or a poll's) and starts its work.
 func (b *Breaker) record(ctx context.Context, f store.Firing) (AcceptResult, error) {
 	res, err := b.store.RecordFiring(ctx, f)
 	if err != nil {
@@ -133,350 +122,267 @@ func (b *Breaker) record(ctx context.Context, f store.Firing) (AcceptResult, err
 	}
 	switch {
 	case res.NewIncident:
-		b.m.Incidents.WithLabelValues(f.Rule, f.Source).Inc()
+		b.m.Incidents.WithLabelValues(f.Rule, string(f.Source)).Inc()
 		b.m.ActionsPending.Add(float64(len(f.Actions)))
-		if f.Claim == nil {
-			// A claimed trip is run by the fast path, and the incident's
-			// other actions wait for its outcome (which wakes the executor).
-			b.Wake()
+		if res.Trip.State == store.ActionRunning && f.ClaimBy != nil && res.Trip.Owner == f.ClaimBy.Owner {
+			b.engine.Submit(res.Trip)
+		} else {
+			b.engine.Wake()
 		}
 	case res.Reopened:
 		// The incident's trip had ended skipped or failed; this new firing put
-		// it back to pending, to be verified again on the new values.
+		// it back in the queue, to be verified again on the new values.
 		b.log.Info("incident reopened by a new firing", "incident", res.Incident.ID, "rule", f.Rule,
 			"account", f.AccountSID, "source", f.Source, "current_value", f.CurrentValue)
 		b.UpdatePendingGauge(ctx)
-		b.Wake()
+		b.engine.Wake()
 	}
-	return AcceptResult{Incident: res.Incident, Duplicate: !res.NewIncident && !res.Reopened, rec: res}, nil
+	return AcceptResult{Incident: res.Incident, Duplicate: !res.NewIncident && !res.Reopened}, nil
 }
 
-// RunExecutor runs due actions until ctx ends: at start (resuming whatever a
-// previous process left pending), when woken, and every second for retries.
-// When ctx ends it stops taking actions and gives those in flight up to drain
-// to finish; what is still unfinished then stays pending for the next start.
-func (b *Breaker) RunExecutor(ctx context.Context, drain time.Duration) {
-	actx, cancelActions := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelActions()
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, b.workers)
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	b.loadLeases(ctx)
-	b.UpdatePendingGauge(ctx)
-	// At start every pending action is resumed, whatever its backoff said
-	// (the restart may be the fix it waited for); the write leases still hold.
-	b.runPending(ctx, actx, sem, &wg, b.now().AddDate(50, 0, 0), 0)
-	// Only then may new callbacks take the fast path: that pass took every
-	// pending action, claimed ones too, and later passes take due ones only.
-	st := &execState{actx: actx, sem: sem, wg: &wg}
-	b.exec.Store(st)
-	for {
-		b.runDue(ctx, actx, sem, &wg)
-		select {
-		case <-ctx.Done():
-			st.mu.Lock()
-			st.closed = true // no fast path starts after this: wg.Wait below sees them all
-			st.mu.Unlock()
-			b.exec.CompareAndSwap(st, nil)
-			done := make(chan struct{})
-			go func() { wg.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(drain):
-				b.log.Warn("shutdown: actions still running after the drain timeout; they stay pending for the next start", "drain", drain)
-				cancelActions()
-				<-done
-			}
-			return
-		case <-b.wake:
-		case <-tick.C:
-			b.UpdatePendingGauge(ctx) // the store is the truth; the gauge never drifts
-		}
-	}
-}
+// skip is a trip that is not acted on, and why.
+type skip struct{ why string }
 
-func (b *Breaker) runDue(ctx, actx context.Context, sem chan struct{}, wg *sync.WaitGroup) {
-	b.runPending(ctx, actx, sem, wg, b.now(), 256)
-}
+func (e skip) Error() string { return e.why }
 
-// runPending starts the pending actions due at upTo (at most limit; 0: all).
-func (b *Breaker) runPending(ctx, actx context.Context, sem chan struct{}, wg *sync.WaitGroup, upTo time.Time, limit int) {
-	acts, err := b.store.PendingActions(ctx, upTo, limit)
-	if err != nil {
-		if ctx.Err() == nil {
-			b.log.Error("cannot read pending actions", "err", err)
-		}
-		return
-	}
-	for _, a := range acts {
-		if _, busy := b.inflight.LoadOrStore(a.ID, struct{}{}); busy {
-			continue
-		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			b.inflight.Delete(a.ID)
-			return
-		}
-		wg.Add(1)
-		go func(a store.Action) {
-			defer func() {
-				<-sem
-				b.inflight.Delete(a.ID)
-				wg.Done()
-			}()
-			b.execute(actx, a)
-		}(a)
-	}
-}
-
-// RunDueOnce runs every due action to completion (tests and the demo use it
-// to step the pipeline deterministically).
-func (b *Breaker) RunDueOnce(ctx context.Context) {
-	var wg sync.WaitGroup
-	b.runDue(ctx, ctx, make(chan struct{}, b.workers), &wg)
-	wg.Wait()
-}
-
-func (b *Breaker) execute(ctx context.Context, a store.Action) {
-	switch a.Kind {
-	case store.ActionTrip:
-		// The executor works from a batch read earlier: an action another
-		// pass has run since must not run again from this old copy.
-		cur, run := b.current(ctx, a)
-		if !run {
-			return
-		}
-		b.executeTrip(ctx, cur)
-	default:
-		if !b.executeOperator(ctx, a) { // notify:*, guard:*, end_calls, reactivate
-			b.finish(ctx, a, store.StateFailed, OutcomeFailed, fmt.Sprintf("unknown action kind %q", a.Kind))
-		}
-	}
-}
-
-// errSkip carries why an incident is not acted on.
-type errSkip struct{ why string }
-
-func (e errSkip) Error() string { return e.why }
-
-func (b *Breaker) executeTrip(ctx context.Context, a store.Action) {
+// workTrip is the trip worker: verify the incident against the rule and the
+// account, then act (suspend, or only notify, or dry-run) once.
+func (b *Breaker) workTrip(ctx context.Context, a store.Action) Result {
 	inc, err := b.store.Incident(ctx, a.IncidentID)
 	if err != nil {
-		b.retry(ctx, a, fmt.Errorf("read incident: %w", err))
-		return
+		return Retry(fmt.Errorf("read incident: %w", err))
 	}
-	// One action per subaccount at a time: two incidents of one account (two
-	// rules crossed at once) must not both read "active" and both write.
-	unlock := b.acctMu.lock(inc.AccountSID)
+	// The reconciler and a reactivation never work on the account meanwhile.
+	unlock := b.locks.lock(inc.AccountSID)
 	defer unlock()
-	b.runTrip(ctx, a, inc, nil)
-}
-
-// runTrip verifies and acts on trip action a of incident inc and records
-// the outcome; the caller holds the account's lock. fast is set on the fast
-// path (fast.go).
-func (b *Breaker) runTrip(ctx context.Context, a store.Action, inc store.Incident, fast *fastRun) {
-	defer b.guardDone(a.ID) // after the outcome is recorded
 	r := b.Rule(inc.Rule)
 	log := b.log.With("incident", inc.ID, "rule", inc.Rule, "account", inc.AccountSID, "account_name", inc.AccountName, "source", inc.Source)
-	var took atomic.Int64 // ns from the callback to the suspend write, when one was sent
-	outcome, detail, err := b.trip(ctx, a, inc, r, fast, &took)
-	var (
-		skip errSkip
-		held errHeld
-		wait errWait
-	)
+	suspend := r != nil && r.Action == rules.ActionSuspend && !r.DryRun
+	res, err := b.trip(ctx, a, inc, r)
+	var sk skip
 	switch {
-	case errors.As(err, &held):
-		b.hold(ctx, a, inc, held)
-	case errors.As(err, &skip):
+	case errors.As(err, &sk):
 		b.m.Skipped.WithLabelValues(inc.Rule).Inc()
-		log.Warn("incident skipped", "why", skip.why)
-		b.finish(ctx, a, store.StateDone, OutcomeSkipped, skip.why)
-	case errors.As(err, &wait):
-		log.Info("action deferred", "why", wait.why, "until", wait.until)
-		if err := b.store.NoteAction(context.WithoutCancel(ctx), a.ID, wait.until, keepMark(a, wait.why)); err != nil {
-			b.log.Error("cannot record a deferred action", "action", a.ID, "err", err)
-		}
+		log.Warn("incident skipped", "why", sk.why)
+		return Done(OutcomeSkipped, sk.why)
 	case err != nil && givesUp(err) && ctx.Err() == nil:
-		if r != nil && r.Action == rules.ActionSuspend && !r.DryRun {
-			b.m.Suspensions.WithLabelValues(inc.Rule, OutcomeFailed).Inc()
+		if suspend {
+			b.m.Suspensions.WithLabelValues(inc.Rule, string(OutcomeFailed)).Inc()
 		}
 		log.Error("action failed for good", "err", err)
-		b.finish(ctx, a, store.StateFailed, OutcomeFailed, err.Error())
+		return Fail(err)
 	case err != nil:
 		log.Warn("action failed, will retry", "attempt", a.Attempts+1, "err", err)
-		b.retry(ctx, a, err)
-	default:
-		if r.Action == rules.ActionSuspend {
-			b.m.Suspensions.WithLabelValues(inc.Rule, outcome).Inc()
-		}
-		attrs := []any{"outcome", outcome, "detail", detail, "current_value", inc.CurrentValue, "threshold", r.Threshold.String()}
-		if ns := took.Load(); ns > 0 {
-			attrs = append(attrs, "receipt_to_write", time.Duration(ns))
-			if fast != nil {
-				attrs = append(attrs, "twilio_wait", fast.twilioWait)
-			}
-		}
-		log.Info("incident handled", attrs...)
-		b.finishTrip(ctx, a, r, outcome, detail) // schedules the rule's reactivation after a suspension
+		b.m.ActionAttemptErrors.WithLabelValues(string(a.Kind)).Inc()
+		return Retry(err)
+	case !res.Finished():
+		return res // held, or waiting for a write that may still land
 	}
+	if r.Action == rules.ActionSuspend {
+		b.m.Suspensions.WithLabelValues(inc.Rule, string(res.Outcome())).Inc()
+	}
+	log.Info("incident handled", "outcome", res.Outcome(), "detail", res.Detail(), "current_value", inc.CurrentValue, "threshold", r.Threshold.String())
+	if res.Outcome() == OutcomeSuspended && r.Reactivate != nil {
+		due := r.Reactivate.Due(r.Recurring, b.now())
+		res = res.Then(store.Scheduled{Kind: store.ActionReactivate, At: due}).OnRecorded(func(ok, _ bool) {
+			if ok {
+				log.Info("reactivation scheduled", "policy", r.Reactivate.String(), "due", due)
+			}
+		})
+	}
+	return res
 }
 
-// trip verifies the incident against the current rule and account, then acts.
-// On the fast path the account was read already (fast) and the write-intent
-// mark was committed with the firing. took receives the time from the
-// callback's receipt to the suspend request's first write.
-func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, r *rules.Rule, fast *fastRun, took *atomic.Int64) (outcome, detail string, err error) {
+// trip verifies incident inc against rule r and the account, then acts.
+// A skip is returned as a skip error; other errors are retried or fail.
+func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, r *rules.Rule) (Result, error) {
 	// Verify.
 	if r == nil {
-		return "", "", errSkip{fmt.Sprintf("rule %q no longer exists", inc.Rule)}
+		return Result{}, skip{fmt.Sprintf("rule %q no longer exists", inc.Rule)}
 	}
 	suspend := r.Action == rules.ActionSuspend && !r.DryRun
-	if suspend {
-		// A write sent before a restart may still land: read only after it may have.
-		if until, held := b.leases.until(inc.AccountSID, b.now()); held {
-			return "", "", errWait{until, "waiting for a suspend write that may still land (sent before a restart, or its answer lost)"}
-		}
-	}
-	var acct twilioapi.Account
-	cached, ok := b.accounts.Cached(inc.AccountSID)
-	switch {
-	case fast != nil:
-		acct, err = fast.acct, fast.err // fresh: read under the account's lock
-	case ok && !suspend:
+	var (
+		acct twilioapi.Account
+		err  error
+	)
+	if cached, ok := b.accounts.Cached(inc.AccountSID); ok && !suspend {
 		acct = cached
-	default:
+	} else {
 		// A suspension is decided on a fresh read (read before write: after a
 		// crash or a lost answer the account may already be suspended).
 		acct, err = b.readAccount(ctx, inc.AccountSID)
 	}
 	if errors.Is(err, ErrNotSubaccount) {
-		return "", "", errSkip{"the account is not a subaccount of the parent any more"}
+		return Result{}, skip{"the account is not a subaccount of the parent any more"}
 	}
 	if err != nil {
-		return "", "", err
+		return Result{}, err
 	}
 	if !r.Matches(acct.SID, acct.FriendlyName) {
-		return "", "", errSkip{fmt.Sprintf("rule %q no longer matches account %q", r.Name, acct.FriendlyName)}
+		return Result{}, skip{fmt.Sprintf("rule %q no longer matches account %q", r.Name, acct.FriendlyName)}
 	}
 	if inc.Source == store.SourceCallback && (inc.UsageCategory != r.UsageCategory || inc.TriggerBy != r.TriggerBy) {
-		return "", "", errSkip{fmt.Sprintf("the trigger that fired watches %s by %s, the rule now watches %s by %s",
+		return Result{}, skip{fmt.Sprintf("the trigger that fired watches %s by %s, the rule now watches %s by %s",
 			inc.UsageCategory, inc.TriggerBy, r.UsageCategory, r.TriggerBy)}
 	}
 	cur, err := decimal.Parse(inc.CurrentValue)
 	if err != nil {
-		return "", "", errSkip{fmt.Sprintf("current value %q is not a number", inc.CurrentValue)}
+		return Result{}, skip{fmt.Sprintf("current value %q is not a number", inc.CurrentValue)}
 	}
 	if cur.Cmp(r.Threshold) < 0 {
-		return "", "", errSkip{fmt.Sprintf("current value %s is below the rule's threshold %s", cur, r.Threshold)}
+		return Result{}, skip{fmt.Sprintf("current value %s is below the rule's threshold %s", cur, r.Threshold)}
 	}
 
 	// Act.
 	switch {
 	case r.DryRun:
-		return OutcomeDryRun, fmt.Sprintf("dry run: would %s (value %s >= threshold %s)", r.Action, cur, r.Threshold), nil
+		return Done(OutcomeDryRun, fmt.Sprintf("dry run: would %s (value %s >= threshold %s)", r.Action, cur, r.Threshold)), nil
 	case r.Action == rules.ActionNotify:
-		return OutcomeNotified, fmt.Sprintf("value %s >= threshold %s; rule only notifies", cur, r.Threshold), nil
+		return Done(OutcomeNotified, fmt.Sprintf("value %s >= threshold %s; rule only notifies", cur, r.Threshold)), nil
 	}
 	switch acct.Status {
 	case twilioapi.StatusSuspended:
-		if by, ok := b.wroteBy.Load(acct.SID); wroteBefore(a) && (!ok || by == a.ID) && !b.claimedByAnother(ctx, inc) {
-			// Our earlier write landed (no other action of ours wrote since).
-			return OutcomeSuspended, fmt.Sprintf("value %s >= threshold %s (suspended by an earlier attempt whose answer was lost)", cur, r.Threshold), nil
+		if ours, err := b.ownSuspension(ctx, a, inc); err != nil {
+			return Result{}, err
+		} else if ours {
+			return Done(OutcomeSuspended, fmt.Sprintf("value %s >= threshold %s (suspended by an earlier attempt whose answer was lost)", cur, r.Threshold)), nil
 		}
-		if claimLeft(a) { // a fast path cut off before its outcome (fast.go)
-			return OutcomeAlreadySuspended, "the account was already suspended" + detailClaimLost, nil
-		}
-		return OutcomeAlreadySuspended, "the account was already suspended", nil
+		return Done(OutcomeAlreadySuspended, "the account was already suspended"), nil
 	case twilioapi.StatusClosed:
-		return OutcomeAlreadySuspended, "the account is closed", nil
+		return Done(OutcomeAlreadySuspended, "the account is closed"), nil
 	}
 	// The blast-radius guard: past guard.max_suspensions per window, hold.
-	if err := b.guardAdmit(ctx, a); err != nil {
-		return "", "", err
+	slot, held, err := b.guard.admit(ctx, a)
+	if err != nil {
+		return Result{}, err
+	}
+	if held != nil {
+		return b.hold(inc, *held), nil
 	}
 	if err := ctx.Err(); err != nil {
-		return "", "", err // stopping: the write is not sent
+		slot.free()
+		return Result{}, err // stopping: the write is not sent
 	}
-	// Record the intent first: should the process die before the answer is
-	// recorded, the next one waits for the write to land before reading again.
-	// On the fast path the firing's claim holds the next process off, and the
-	// mark is recorded once the request is on its way (markOnSend), unless so
-	// much of the claim's lease has passed (a slow read) that it is renewed
-	// first.
-	noteFirst := fast == nil || b.now().Add(b.lease*3/4).After(a.NextAttemptAt)
-	if noteFirst {
-		if err := b.store.NoteAction(ctx, a.ID, b.now().Add(b.lease), detailWriteSent); err != nil {
-			return "", "", fmt.Errorf("record the suspend write: %w", err)
-		}
-	}
-	// Each later attempt the client makes (after a 429) renews the mark.
-	onSend, noted := b.markOnSend(ctx, a, noteFirst)
-	defer noted() // before the outcome is recorded
-	a.Detail = detailWriteSent
-	var since func() time.Duration // the first attempt of a callback's trip is timed
-	if inc.Source == store.SourceCallback && a.Attempts == 0 {
-		since = func() time.Duration { return b.now().Sub(inc.UpdatedAt) } // the latest firing's receipt
-		if fast != nil && !fast.arrived.IsZero() {
-			since = func() time.Duration { return time.Since(fast.arrived) }
-		}
-	}
-	wctx := b.writeTrace(ctx, since, took, onSend)
-	upd, err := b.api.SetAccountStatus(wctx, acct.SID, twilioapi.StatusSuspended)
+	res, err := b.writeSuspended(ctx, a, inc)
 	if err != nil {
-		if unknownOutcome(err) {
-			if statusOf(err) == 0 {
-				// No answer: the write may still land. No other action of this
-				// process writes to the account before it can have.
-				b.leases.set(acct.SID, b.now().Add(b.lease))
-			}
-			err = writeUnknown{err}
+		slot.free()
+		return res, err
+	}
+	if !res.Finished() {
+		slot.free()
+		return res, nil
+	}
+	return slot.recordWith(res), nil
+}
+
+// ownSuspension reports whether the suspension found on inc's account is
+// the work of an earlier attempt of a: it sent a status write whose answer
+// was lost, and no other incident of the account counts a suspension made
+// since (of two writes whose fates a crash hid, the first to find the
+// account suspended claims it).
+func (b *Breaker) ownSuspension(ctx context.Context, a store.Action, inc store.Incident) (bool, error) {
+	if a.WriteSentAt.IsZero() {
+		return false, nil
+	}
+	other, err := b.store.SuspendedSince(ctx, inc.AccountSID, inc.ID, a.WriteSentAt)
+	if err != nil {
+		return false, fmt.Errorf("read the account's suspensions: %w", err)
+	}
+	return !other, nil
+}
+
+// writeSuspended writes Status=suspended. The moment the request is written
+// is recorded on the action (MarkWriteSent) while Twilio answers, so a
+// process that starts after a crash knows the suspension may be its own;
+// until then the claim holds the account. A write whose outcome is unknown
+// is not repeated before it can no longer land: the retry waits a write
+// lease and keeps the account that long.
+func (b *Breaker) writeSuspended(ctx context.Context, a store.Action, inc store.Incident) (Result, error) {
+	var (
+		mu   sync.Mutex
+		sent time.Time
+	)
+	first := inc.Source == store.SourceCallback && a.Attempts == 0
+	wctx := twilioapi.OnSent(ctx, func() {
+		now := b.now()
+		mu.Lock()
+		isFirst := sent.IsZero()
+		sent = now
+		mu.Unlock()
+		if isFirst && first {
+			b.m.SuspendWriteLatency.Observe(max(now.Sub(inc.UpdatedAt), time.Microsecond).Seconds())
 		}
-		return "", "", err
+		go func() {
+			if err := b.store.MarkWriteSent(context.WithoutCancel(ctx), a.ID, a.Owner, now, now.Add(b.writeLease)); err != nil && !errors.Is(err, store.ErrNotFound) {
+				b.log.Warn("cannot record that the suspend write was sent; until its outcome is recorded a restart would not count it as ours",
+					"action", a.ID, "err", err)
+			}
+		}()
+	})
+	upd, err := b.api.SetAccountStatus(wctx, inc.AccountSID, twilioapi.StatusSuspended)
+	mu.Lock()
+	sentAt := sent
+	mu.Unlock()
+	if err != nil {
+		if s := statusOf(err); !sentAt.IsZero() && !(s >= 400 && s < 500) {
+			// Sent, with no answer that says it was refused (a 5xx, a
+			// timeout, a broken connection, a shutdown): the write may
+			// still land. No attempt before it can have, and no other
+			// action of the account meanwhile.
+			until := b.now().Add(b.writeLease)
+			b.log.Warn("the suspend write's outcome is unknown; the account is held until it can no longer land",
+				"incident", inc.ID, "account", inc.AccountSID, "until", until, "err", err)
+			b.m.ActionAttemptErrors.WithLabelValues(string(a.Kind)).Inc()
+			return RetryAt(until, fmt.Errorf("the suspend write failed and may have been applied: %w", err)).
+				HoldingAccount(until).WithWriteSent(sentAt), nil
+		}
+		return Result{}, err
 	}
 	b.accounts.Put(upd)
-	b.wroteBy.Store(acct.SID, a.ID)
-	return OutcomeSuspended, fmt.Sprintf("value %s >= threshold %s", cur, r.Threshold), nil
+	cur := inc.CurrentValue
+	r := b.Rule(inc.Rule)
+	detail := "value " + cur
+	if r != nil {
+		detail = fmt.Sprintf("value %s >= threshold %s", cur, r.Threshold)
+	}
+	return Done(OutcomeSuspended, detail).WithWriteSent(sentAt), nil
 }
 
-// writeUnknown is a status write that failed without saying whether Twilio
-// applied it. Its message marks the action (see wroteBefore).
-type writeUnknown struct{ err error }
-
-func (e writeUnknown) Error() string { return prefixWriteUnknown + e.err.Error() }
-func (e writeUnknown) Unwrap() error { return e.err }
-
-func (b *Breaker) finish(ctx context.Context, a store.Action, state, outcome, detail string) {
-	if err := b.store.FinishAction(ctx, a.ID, state, outcome, detail); err != nil && !errors.Is(err, store.ErrNotFound) {
-		b.log.Error("cannot record the action's end; it will run again and find the work done", "action", a.ID, "err", err)
-		return
+// readAccount reads a subaccount from Twilio for an action: always a fresh
+// read of its own (never a cached account nor a fetch shared with a callback's
+// lookup), so a write is decided on the account's state after every earlier
+// write of ours. A SID the parent does not own is ErrNotSubaccount.
+func (b *Breaker) readAccount(ctx context.Context, sid string) (twilioapi.Account, error) {
+	if !ValidAccountSID(sid) || sid == b.api.ParentSID() {
+		return twilioapi.Account{}, ErrNotSubaccount
 	}
-	b.actionFinished(a)
+	acct, err := b.api.FetchAccount(ctx, sid)
+	switch {
+	case err == nil && (acct.SID != sid || acct.OwnerSID != b.api.ParentSID()):
+		return twilioapi.Account{}, ErrNotSubaccount
+	case err != nil && (twilioapi.IsNotFound(err) || statusOf(err) == http.StatusForbidden):
+		return twilioapi.Account{}, fmt.Errorf("%w: %v", ErrNotSubaccount, err)
+	case err != nil:
+		return twilioapi.Account{}, err
+	}
+	b.accounts.Put(acct)
+	return acct, nil
 }
 
-func (b *Breaker) retry(ctx context.Context, a store.Action, cause error) {
-	b.m.ActionAttemptErrors.WithLabelValues(a.Kind).Inc()
-	wait := b.backoff(a.Attempts)
-	var wu writeUnknown
-	if errors.As(cause, &wu) && statusOf(wu.err) == 0 {
-		// No answer at all: the write may still be on its way to Twilio.
-		wait = max(wait, b.lease)
+func statusOf(err error) int {
+	var e *twilioapi.Error
+	if errors.As(err, &e) {
+		return e.Status
 	}
-	next := b.now().Add(wait)
-	if err := b.store.RetryAction(context.WithoutCancel(ctx), a.ID, next, keepMark(a, cause.Error())); err != nil {
-		b.log.Error("cannot record a failed attempt", "action", a.ID, "err", err)
-	}
+	return -1
 }
 
-// backoff is exponential from RetryMin, capped at RetryMax, with equal jitter.
-func (b *Breaker) backoff(attempts int) time.Duration {
-	d := b.retryMin
-	for i := 0; i < attempts && d < b.retryMax; i++ {
-		d *= 2
-	}
-	d = min(d, b.retryMax)
-	return d/2 + rand.N(d/2+1)
+// givesUp reports an error that retrying cannot cure: Twilio's answer that
+// the request is wrong for good (a 4xx other than 429). A 401 is not one: it
+// means the parent's credentials are refused, which an operator fixes, and
+// the trip must then still happen. Everything else (5xx, 429, timeouts,
+// transport and store errors, answers that could not be decoded) is retried
+// with backoff.
+func givesUp(err error) bool {
+	return twilioapi.IsPermanent(err) && statusOf(err) != http.StatusUnauthorized
 }

@@ -82,24 +82,24 @@ func (d *Daemon) authed(h http.HandlerFunc) http.Handler {
 
 // IncidentJSON is an incident as /api/v1/incidents shows it.
 type IncidentJSON struct {
-	ID           int64     `json:"id"`
-	Rule         string    `json:"rule"`
-	AccountSID   string    `json:"account_sid"`
-	AccountName  string    `json:"account_name"`
-	Period       string    `json:"period"`
-	Source       string    `json:"source"`
-	Category     string    `json:"usage_category"`
-	TriggerBy    string    `json:"trigger_by"`
-	TriggerValue string    `json:"trigger_value"`
-	CurrentValue string    `json:"current_value"`
-	Action       string    `json:"action"`
-	DryRun       bool      `json:"dry_run"`
-	State        string    `json:"state"`
-	Outcome      string    `json:"outcome"`
-	Detail       string    `json:"detail"`
-	Firings      int       `json:"firings"`
-	CreatedAt    time.Time `json:"created_at"`
-	UpdatedAt    time.Time `json:"updated_at"`
+	ID           int64         `json:"id"`
+	Rule         string        `json:"rule"`
+	AccountSID   string        `json:"account_sid"`
+	AccountName  string        `json:"account_name"`
+	Period       string        `json:"period"`
+	Source       store.Source  `json:"source"`
+	Category     string        `json:"usage_category"`
+	TriggerBy    string        `json:"trigger_by"`
+	TriggerValue string        `json:"trigger_value"`
+	CurrentValue string        `json:"current_value"`
+	Action       string        `json:"action"`
+	DryRun       bool          `json:"dry_run"`
+	State        store.State   `json:"state"`
+	Outcome      store.Outcome `json:"outcome"`
+	Detail       string        `json:"detail"`
+	Firings      int           `json:"firings"`
+	CreatedAt    time.Time     `json:"created_at"`
+	UpdatedAt    time.Time     `json:"updated_at"`
 
 	// People in the loop (operator.go).
 	Held         bool              `json:"held"` // the guard holds its suspension

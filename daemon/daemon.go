@@ -152,6 +152,7 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		Metrics:  d.bm,
 		Now:      o.Now,
 		Fanout:   cfg.Twilio.MaxConcurrency,
+		Workers:  cfg.Twilio.MaxConcurrency, // the Twilio client bounds requests in flight to as many
 		// A status write that got no answer may land up to about a request
 		// timeout later; none is repeated before twice that.
 		WriteLease: 2 * cfg.Twilio.Timeout,

@@ -205,13 +205,15 @@ func (d *Daemon) guardRelease(w http.ResponseWriter, r *http.Request) {
 
 // ActionJSON is an action of an incident in /api/v1/incidents.
 type ActionJSON struct {
-	Kind          string    `json:"kind"`
-	State         string    `json:"state"`
-	Outcome       string    `json:"outcome,omitempty"`
-	Detail        string    `json:"detail,omitempty"`
-	Attempts      int       `json:"attempts"`
-	Held          bool      `json:"held,omitempty"`
-	NextAttemptAt time.Time `json:"next_attempt_at"`
+	Kind          store.ActionKind  `json:"kind"`
+	State         store.ActionState `json:"state"` // available | running | held | done | failed
+	Outcome       store.Outcome     `json:"outcome,omitempty"`
+	Detail        string            `json:"detail,omitempty"`
+	Attempts      int               `json:"attempts"`
+	Held          bool              `json:"held,omitempty"`
+	NextAttemptAt time.Time         `json:"next_attempt_at"`
+	Owner         string            `json:"owner,omitempty"`         // the process running it
+	WriteSentAt   *time.Time        `json:"write_sent_at,omitempty"` // when a status write was last sent
 }
 
 // ReactivationJSON is an incident's reactivation in /api/v1/incidents.
@@ -242,9 +244,13 @@ func (d *Daemon) enrich(ctx context.Context, out []IncidentJSON) error {
 		out[i].Actions = []ActionJSON{}
 		for _, a := range acts[out[i].ID] {
 			aj := ActionJSON{Kind: a.Kind, State: a.State, Outcome: a.Outcome, Detail: a.Detail, Attempts: a.Attempts,
-				Held: a.Hold == store.HoldHeld}
-			if a.State == store.StatePending && a.Hold != store.HoldHeld {
+				Held: a.State == store.ActionHeld, Owner: a.Owner}
+			if a.State == store.ActionAvailable {
 				aj.NextAttemptAt = a.NextAttemptAt
+			}
+			if !a.WriteSentAt.IsZero() {
+				t := a.WriteSentAt
+				aj.WriteSentAt = &t
 			}
 			if aj.Held {
 				out[i].Held = true

@@ -17,14 +17,14 @@ func primeRuleSeries(m *breaker.Metrics, set *rules.Set) {
 		return
 	}
 	for _, r := range set.Rules {
-		m.Incidents.WithLabelValues(r.Name, store.SourceCallback)
-		m.Incidents.WithLabelValues(r.Name, store.SourcePoll)
+		m.Incidents.WithLabelValues(r.Name, string(store.SourceCallback))
+		m.Incidents.WithLabelValues(r.Name, string(store.SourcePoll))
 		m.Skipped.WithLabelValues(r.Name)
 		if r.Action != rules.ActionSuspend {
 			continue
 		}
-		for _, o := range []string{breaker.OutcomeSuspended, breaker.OutcomeAlreadySuspended, breaker.OutcomeDryRun, breaker.OutcomeFailed} {
-			m.Suspensions.WithLabelValues(r.Name, o)
+		for _, o := range []store.Outcome{breaker.OutcomeSuspended, breaker.OutcomeAlreadySuspended, breaker.OutcomeDryRun, breaker.OutcomeFailed} {
+			m.Suspensions.WithLabelValues(r.Name, string(o))
 		}
 	}
 }

@@ -147,6 +147,74 @@ var migrations = []migration{
 			`CREATE INDEX reactivations_account ON reactivations (account_sid, created_at DESC)`,
 		},
 	},
+	{
+		// The action engine: typed states, claims (owner, lease) and the
+		// status write's time in columns instead of sentences in detail.
+		// SQLite cannot change a CHECK constraint, so the table is rebuilt.
+		// A pending action of the previous version becomes available (held
+		// if the guard held it), and its marks become columns:
+		//   - "suspend write sent..." or "the suspend write failed and may
+		//     have been applied: ..." set write_sent_at (the action's last
+		//     update) and keep the account leased until its next attempt;
+		//   - a claim of the former fast path becomes a running action of
+		//     the owner "before-upgrade", which the first start rescues.
+		name: "action engine",
+		stmts: []string{
+			`CREATE TABLE actions_v3 (
+				id              INTEGER PRIMARY KEY,
+				incident_id     INTEGER NOT NULL REFERENCES incidents (id),
+				kind            TEXT    NOT NULL CHECK (kind <> ''),
+				account_sid     TEXT    NOT NULL DEFAULT '',
+				state           TEXT    NOT NULL CHECK (state IN ('available', 'running', 'held', 'done', 'failed')),
+				attempts        INTEGER NOT NULL DEFAULT 0,
+				next_attempt_at INTEGER NOT NULL,
+				owner           TEXT    NOT NULL DEFAULT '',
+				lease_until     INTEGER NOT NULL DEFAULT 0,
+				write_sent_at   INTEGER NOT NULL DEFAULT 0,
+				released        INTEGER NOT NULL DEFAULT 0 CHECK (released IN (0, 1)),
+				outcome         TEXT    NOT NULL DEFAULT '',
+				detail          TEXT    NOT NULL DEFAULT '',
+				progress        TEXT    NOT NULL DEFAULT '',
+				created_at      INTEGER NOT NULL,
+				updated_at      INTEGER NOT NULL,
+				UNIQUE (incident_id, kind),
+				CHECK ((state = 'running') = (owner <> ''))
+			) STRICT`,
+			`INSERT INTO actions_v3 (id, incident_id, kind, account_sid, state, attempts, next_attempt_at,
+				owner, lease_until, write_sent_at, released, outcome, detail, progress, created_at, updated_at)
+			SELECT a.id, a.incident_id, a.kind,
+				CASE WHEN a.kind IN ('trip', 'end_calls', 'reactivate')
+					THEN (SELECT i.account_sid FROM incidents i WHERE i.id = a.incident_id) ELSE '' END,
+				CASE WHEN a.state <> 'pending' THEN a.state
+					WHEN a.hold = 1 THEN 'held'
+					WHEN a.kind = 'trip' AND a.detail LIKE 'claimed by %' THEN 'running'
+					ELSE 'available' END,
+				a.attempts,
+				CASE WHEN a.hold = 1 THEN a.updated_at ELSE a.next_attempt_at END,
+				CASE WHEN a.state = 'pending' AND a.hold <> 1 AND a.kind = 'trip' AND a.detail LIKE 'claimed by %'
+					THEN 'before-upgrade' ELSE '' END,
+				CASE WHEN a.state = 'pending' AND a.hold <> 1 AND a.kind = 'trip' AND (a.detail LIKE 'claimed by %'
+						OR a.detail = 'suspend write sent to Twilio; waiting for its answer'
+						OR a.detail LIKE 'the suspend write failed and may have been applied: %')
+					THEN a.next_attempt_at ELSE 0 END,
+				CASE WHEN a.kind = 'trip' AND (a.detail = 'suspend write sent to Twilio; waiting for its answer'
+						OR a.detail LIKE 'the suspend write failed and may have been applied: %')
+					THEN a.updated_at ELSE 0 END,
+				CASE WHEN a.hold = 2 THEN 1 ELSE 0 END,
+				a.outcome, a.detail, a.progress, a.created_at, a.updated_at
+			FROM actions a`,
+			`DROP TABLE actions`,
+			`ALTER TABLE actions_v3 RENAME TO actions`,
+			// ClaimActions: the due available actions (a range of this
+			// partial index), then the account leases they must not meet.
+			`CREATE INDEX actions_due ON actions (next_attempt_at, id) WHERE state = 'available'`,
+			`CREATE INDEX actions_leased ON actions (account_sid, lease_until) WHERE lease_until > 0`,
+			`CREATE INDEX actions_running ON actions (lease_until) WHERE state = 'running'`,
+			`CREATE INDEX actions_held ON actions (id) WHERE state = 'held'`,
+			// The guard counts recent suspensions; reactivation finds an account's.
+			`CREATE INDEX actions_suspended ON actions (updated_at) WHERE kind = 'trip' AND outcome = 'suspended'`,
+		},
+	},
 }
 
 // migrate brings the database to version len(migrations) in one IMMEDIATE transaction

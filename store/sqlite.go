@@ -77,10 +77,10 @@ type SQLite struct {
 	ckNow  chan struct{}
 	ckDone chan struct{} // closed when checkpointLoop returns
 
-	// Group commit of RecordFiring (batch.go).
-	reqs       chan *recordReq // unbuffered
-	stop       chan struct{}   // closed by Close
-	writerDone chan struct{}   // closed when writeLoop returns
+	// Group commit (groupcommit.go).
+	ops        chan *writeOp // unbuffered
+	stop       chan struct{} // closed by Close
+	writerDone chan struct{} // closed when writeLoop returns
 
 	// Prepared on w (used through tx.StmtContext, which reuses them on the one connection).
 	wFiringLookup  *sql.Stmt
@@ -88,9 +88,11 @@ type SQLite struct {
 	wIncidentUpsrt *sql.Stmt
 	wFiringInsert  *sql.Stmt
 	wActionInsert  *sql.Stmt
-	wActionRetry   *sql.Stmt
-	wActionFinish  *sql.Stmt
-	wIncidentRetry *sql.Stmt
+	wLeased        *sql.Stmt
+	wClaim         *sql.Stmt
+	wMark          *sql.Stmt
+	wComplete      *sql.Stmt
+	wIncidentNote  *sql.Stmt
 	wIncidentEnd   *sql.Stmt
 	wSavepoint     *sql.Stmt
 	wRelease       *sql.Stmt
@@ -102,7 +104,6 @@ type SQLite struct {
 
 	// Prepared on r.
 	rIncident     *sql.Stmt
-	rPending      *sql.Stmt
 	rCountPending *sql.Stmt
 	rActions      *sql.Stmt
 }
@@ -111,23 +112,8 @@ const incidentCols = `id, rule, account_sid, account_name, period, source, idemp
 	usage_trigger_sid, usage_category, trigger_by, recurring, trigger_value, current_value,
 	date_fired, action, dry_run, state, outcome, detail, firings, created_at, updated_at`
 
-const actionCols = `id, incident_id, kind, state, attempts, next_attempt_at, outcome, detail,
-	created_at, updated_at, hold, progress`
-
-// pendingQuery is PendingActions: trip actions first, then the others, each
-// group by next_attempt_at then id. In a mass event the notifications of the
-// incidents opened so far must not be handed out (and hold the workers)
-// before a newer incident's suspension.
-//
-// Plan (TestPendingQueryPlan): a range search of the partial index
-// actions_pending on next_attempt_at, so only pending actions that are due
-// are read, then a sort of those (a temporary B-tree, which keeps only the
-// first LIMIT rows). The index order alone cannot give the trip-first order.
-const pendingQuery = `SELECT ` + actionCols + ` FROM actions
-	WHERE state = 'pending' AND next_attempt_at <= ?
-		AND NOT ((kind LIKE 'notify:%' OR kind = 'end_calls')
-			AND (SELECT i.state FROM incidents i WHERE i.id = actions.incident_id) = 'pending')
-	ORDER BY kind <> 'trip', next_attempt_at, id LIMIT ?`
+const actionCols = `id, incident_id, kind, account_sid, state, attempts, next_attempt_at, owner,
+	lease_until, write_sent_at, released, outcome, detail, progress, created_at, updated_at`
 
 // Open opens (creating if needed) the database at path, creating its parent
 // directory with mode 0700 if it is missing, and migrates the schema to the
@@ -216,7 +202,7 @@ func open(ctx context.Context, path string) (_ *SQLite, err error) {
 	}
 	s.ckNow = make(chan struct{}, 1)
 	s.ckDone = make(chan struct{})
-	s.reqs = make(chan *recordReq)
+	s.ops = make(chan *writeOp)
 	s.stop = make(chan struct{})
 	s.writerDone = make(chan struct{})
 	go s.writeLoop()
@@ -294,26 +280,23 @@ func (s *SQLite) prepare(ctx context.Context) error {
 				trigger_by, recurring, trigger_value, current_value, date_fired, action,
 				dry_run, received_at)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
-		{s.w, &s.wActionInsert, `INSERT INTO actions (incident_id, kind, state, attempts,
-				next_attempt_at, detail, created_at, updated_at)
-			VALUES (?, ?, 'pending', 0, ?, ?, ?, ?)
+		{s.w, &s.wActionInsert, `INSERT INTO actions (incident_id, kind, account_sid, state, attempts,
+				next_attempt_at, owner, lease_until, created_at, updated_at)
+			VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?)
 			ON CONFLICT (incident_id, kind) DO NOTHING`},
-		{s.w, &s.wActionRetry, `UPDATE actions
-			SET attempts = attempts + 1, detail = ?, next_attempt_at = ?, updated_at = ?
-			WHERE id = ? AND state = 'pending'
-			RETURNING incident_id, kind`},
-		{s.w, &s.wActionFinish, `UPDATE actions
-			SET state = ?, outcome = ?, detail = ?, attempts = attempts + 1, updated_at = ?
-			WHERE id = ? AND state = 'pending'
-			RETURNING incident_id, kind`},
-		{s.w, &s.wIncidentRetry, `UPDATE incidents SET detail = ?, updated_at = ? WHERE id = ?`},
+		{s.w, &s.wLeased, leasedQuery},
+		{s.w, &s.wClaim, claimQuery},
+		{s.w, &s.wMark, `UPDATE actions SET write_sent_at = ?, lease_until = max(lease_until, ?), updated_at = ?
+			WHERE id = ? AND state = 'running' AND owner = ?`},
+		{s.w, &s.wComplete, completeQuery},
+		{s.w, &s.wIncidentNote, `UPDATE incidents SET detail = ?, updated_at = ? WHERE id = ?`},
 		{s.w, &s.wIncidentEnd, `UPDATE incidents SET state = ?, outcome = ?, detail = ?, updated_at = ? WHERE id = ?`},
 		{s.w, &s.wTripOf, `SELECT id, state, outcome, detail FROM actions WHERE incident_id = ? AND kind = 'trip'`},
 		{s.w, &s.wTripReopen, `UPDATE actions
-			SET state = 'pending', outcome = '', detail = ?, next_attempt_at = ?, hold = 0, updated_at = ?
+			SET state = 'available', outcome = '', detail = ?, next_attempt_at = ?, released = 0, updated_at = ?
 			WHERE id = ? AND ((state = 'done' AND outcome = 'skipped') OR state = 'failed')`},
 		{s.w, &s.wEndCallsRedo, `UPDATE actions
-			SET state = 'pending', outcome = '', detail = '', next_attempt_at = ?, updated_at = ?
+			SET state = 'available', outcome = '', detail = '', next_attempt_at = ?, updated_at = ?
 			WHERE incident_id = ? AND kind = 'end_calls' AND state = 'done' AND outcome = 'skipped'`},
 		{s.w, &s.wIncidentReopn, `UPDATE incidents
 			SET account_name = ?, usage_trigger_sid = ?, usage_category = ?, trigger_by = ?,
@@ -327,8 +310,7 @@ func (s *SQLite) prepare(ctx context.Context) error {
 		{s.w, &s.wRollbackTo, `ROLLBACK TO firing`},
 
 		{s.r, &s.rIncident, `SELECT ` + incidentCols + ` FROM incidents WHERE id = ?`},
-		{s.r, &s.rPending, pendingQuery},
-		{s.r, &s.rCountPending, `SELECT count(*) FROM actions WHERE state = 'pending' AND hold <> 1 AND kind <> 'reactivate'`},
+		{s.r, &s.rCountPending, `SELECT count(*) FROM actions WHERE state IN ('available', 'running') AND kind <> 'reactivate'`},
 		{s.r, &s.rActions, `SELECT ` + actionCols + ` FROM actions WHERE incident_id = ? ORDER BY id`},
 	}
 	for _, st := range stmts {
@@ -378,10 +360,10 @@ func (s *SQLite) closeDBs() error {
 	var errs []error
 	for _, st := range []*sql.Stmt{
 		s.wFiringLookup, s.wIncidentByID, s.wIncidentUpsrt, s.wFiringInsert, s.wActionInsert,
-		s.wActionRetry, s.wActionFinish, s.wIncidentRetry, s.wIncidentEnd,
+		s.wLeased, s.wClaim, s.wMark, s.wComplete, s.wIncidentNote, s.wIncidentEnd,
 		s.wSavepoint, s.wRelease, s.wRollbackTo,
 		s.wTripOf, s.wTripReopen, s.wEndCallsRedo, s.wIncidentReopn,
-		s.rIncident, s.rPending, s.rCountPending, s.rActions,
+		s.rIncident, s.rCountPending, s.rActions,
 	} {
 		if st != nil {
 			errs = append(errs, st.Close())
@@ -423,7 +405,19 @@ func (s *SQLite) RecordFiring(ctx context.Context, f Firing) (RecordResult, erro
 	if err := s.check("record firing"); err != nil {
 		return RecordResult{}, err
 	}
-	res, err := s.submit(ctx, f)
+	if err := validateFiring(f); err != nil {
+		return RecordResult{}, fmt.Errorf("store: record firing %q: %w", f.IdempotencyToken, err)
+	}
+	if f.ReceivedAt.IsZero() {
+		f.ReceivedAt = s.now()
+	}
+	received, err := unixNano(f.ReceivedAt)
+	if err != nil {
+		return RecordResult{}, fmt.Errorf("store: record firing %q: received_at: %w", f.IdempotencyToken, err)
+	}
+	res, err := submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) (RecordResult, error) {
+		return s.recordFiringTx(ctx, tx, &f, received)
+	})
 	if err != nil {
 		return RecordResult{}, fmt.Errorf("store: record firing %q: %w", f.IdempotencyToken, err)
 	}
@@ -448,14 +442,10 @@ func (s *SQLite) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, rece
 	}
 
 	dry := boolInt(f.DryRun)
-	detail := "" // a new incident's; an existing one keeps its own
-	if f.Claim != nil {
-		detail = f.Claim.Detail
-	}
 	res.Incident, err = scanIncident(tx.StmtContext(ctx, s.wIncidentUpsrt).QueryRowContext(ctx,
 		f.Rule, f.AccountSID, f.AccountName, f.Period, f.Source, f.IdempotencyToken,
 		f.UsageTriggerSID, f.UsageCategory, f.TriggerBy, f.Recurring, f.TriggerValue,
-		f.CurrentValue, f.DateFired, f.Action, dry, detail, received, received))
+		f.CurrentValue, f.DateFired, f.Action, dry, "", received, received))
 	if err != nil {
 		return res, fmt.Errorf("upsert incident: %w", err)
 	}
@@ -472,35 +462,43 @@ func (s *SQLite) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, rece
 	if !res.NewIncident {
 		return s.reopenTx(ctx, tx, f, received, res)
 	}
-	if len(f.Actions) > 0 {
-		ins := tx.StmtContext(ctx, s.wActionInsert)
-		for _, kind := range f.Actions {
-			next, detail := received, ""
-			if kind == ActionTrip && f.Claim != nil && res.Trip.ID == 0 {
-				next, detail = f.Claim.NextAttemptAt.UnixNano(), f.Claim.Detail
-			}
-			r, err := ins.ExecContext(ctx, res.Incident.ID, kind, next, detail, received, received)
-			if err != nil {
-				return res, fmt.Errorf("insert action %q: %w", kind, err)
-			}
-			if kind != ActionTrip || res.Trip.ID != 0 {
-				continue
-			}
-			id, err := r.LastInsertId()
-			if err != nil {
-				return res, fmt.Errorf("insert action %q: %w", kind, err)
-			}
-			res.Trip = Action{ID: id, IncidentID: res.Incident.ID, Kind: kind, State: StatePending,
-				NextAttemptAt: fromUnixNano(next), Detail: detail,
-				CreatedAt: fromUnixNano(received), UpdatedAt: fromUnixNano(received)}
+	// The trip is claimed by the recording process unless another action
+	// holds the account.
+	claim := f.ClaimBy
+	if claim != nil {
+		leased, err := s.accountLeased(ctx, tx, f.AccountSID, received)
+		if err != nil {
+			return res, err
 		}
+		if leased {
+			claim = nil
+		}
+	}
+	ins := tx.StmtContext(ctx, s.wActionInsert)
+	for _, kind := range f.Actions {
+		a := Action{IncidentID: res.Incident.ID, Kind: kind, State: ActionAvailable, NextAttemptAt: f.ReceivedAt,
+			CreatedAt: f.ReceivedAt, UpdatedAt: f.ReceivedAt}
+		if kind.LocksAccount() {
+			a.AccountSID = f.AccountSID
+		}
+		if kind == ActionTrip && claim != nil && res.Trip.ID == 0 {
+			a.State, a.Owner, a.LeaseUntil = ActionRunning, claim.Owner, claim.LeaseUntil
+		}
+		r, err := ins.ExecContext(ctx, a.IncidentID, a.Kind, a.AccountSID, a.State, received,
+			a.Owner, timeCol(a.LeaseUntil), received, received)
+		if err != nil {
+			return res, fmt.Errorf("insert action %q: %w", kind, err)
+		}
+		if kind != ActionTrip || res.Trip.ID != 0 {
+			continue
+		}
+		if a.ID, err = r.LastInsertId(); err != nil {
+			return res, fmt.Errorf("insert action %q: %w", kind, err)
+		}
+		res.Trip = a
 	}
 	return res, nil
 }
-
-// outcomeSkipped is the trip outcome of an incident the breaker verified and
-// did not act on (breaker.OutcomeSkipped).
-const outcomeSkipped = "skipped"
 
 // reopenTx runs for a firing with a new token that attached to an existing
 // incident. If the incident's trip action ended skipped or failed, the
@@ -527,7 +525,7 @@ func (s *SQLite) reopenTx(ctx context.Context, tx *sql.Tx, f *Firing, received i
 	case err != nil:
 		return res, fmt.Errorf("read trip action: %w", err)
 	}
-	if !(state == StateDone && outcome == outcomeSkipped) && state != StateFailed {
+	if !(state == string(ActionDone) && outcome == string(OutcomeSkipped)) && state != string(ActionFailed) {
 		return res, nil // pending (it will see this incident), or acted on
 	}
 	detail := fmt.Sprintf("reopened by a new firing (current value %s); the trip had ended %s: %s",
@@ -577,8 +575,8 @@ func validateFiring(f Firing) error {
 			return errors.New("invalid firing: empty action kind")
 		}
 	}
-	if f.Claim != nil && f.Claim.NextAttemptAt.IsZero() {
-		return errors.New("invalid firing: a claim without NextAttemptAt")
+	if f.ClaimBy != nil && (f.ClaimBy.Owner == "" || f.ClaimBy.LeaseUntil.IsZero()) {
+		return errors.New("invalid firing: a claim without owner or lease")
 	}
 	return nil
 }
@@ -651,26 +649,6 @@ func listLimit(n int) int {
 	return n
 }
 
-// PendingActions implements Store (ties in NextAttemptAt: lowest ID first).
-// A limit of 0 or less means no limit.
-func (s *SQLite) PendingActions(ctx context.Context, now time.Time, limit int) ([]Action, error) {
-	if err := s.check("pending actions"); err != nil {
-		return nil, err
-	}
-	at, err := unixNano(now)
-	if err != nil {
-		return nil, fmt.Errorf("store: pending actions: now: %w", err)
-	}
-	if limit <= 0 {
-		limit = -1 // SQLite: no limit
-	}
-	acts, err := s.queryActions(ctx, s.rPending, at, limit)
-	if err != nil {
-		return nil, fmt.Errorf("store: pending actions: %w", err)
-	}
-	return acts, nil
-}
-
 // Actions returns every action of an incident, in creation order (none, not
 // ErrNotFound, for an unknown incident). Not part of Store: for
 // tests, the status page and the CLI.
@@ -691,129 +669,6 @@ func (s *SQLite) queryActions(ctx context.Context, st *sql.Stmt, args ...any) ([
 		return nil, err
 	}
 	return scanActions(rows) // operator.go
-}
-
-// CountPendingActions implements Store.
-func (s *SQLite) CountPendingActions(ctx context.Context) (int, error) {
-	if err := s.check("count pending actions"); err != nil {
-		return 0, err
-	}
-	var n int
-	if err := s.rCountPending.QueryRowContext(ctx).Scan(&n); err != nil {
-		return 0, fmt.Errorf("store: count pending actions: %w", err)
-	}
-	return n, nil
-}
-
-// RetryAction implements Store. Attempts counts every attempt made, so it is
-// incremented here and by FinishAction. For an ActionTrip action the
-// incident's Detail (and UpdatedAt) follow too, so a pending incident shows
-// why it is still pending. An action that is not pending: ErrNotFound.
-func (s *SQLite) RetryAction(ctx context.Context, id int64, nextAttemptAt time.Time, detail string) error {
-	if err := s.check("retry action"); err != nil {
-		return err
-	}
-	if err := s.retryAction(ctx, id, nextAttemptAt, detail); err != nil {
-		return fmt.Errorf("store: retry action %d: %w", id, err)
-	}
-	return nil
-}
-
-func (s *SQLite) retryAction(ctx context.Context, id int64, nextAttemptAt time.Time, detail string) error {
-	return s.updatePending(ctx, nextAttemptAt, func(tx *sql.Tx, next, now int64) *sql.Row {
-		return tx.StmtContext(ctx, s.wActionRetry).QueryRowContext(ctx, detail, next, now, id)
-	}, detail)
-}
-
-// updatePending runs upd, an UPDATE of one pending action that returns its
-// incident_id and kind, in a transaction, and mirrors detail on the incident
-// of a trip action. No pending action: ErrNotFound.
-func (s *SQLite) updatePending(ctx context.Context, nextAttemptAt time.Time, upd func(tx *sql.Tx, next, now int64) *sql.Row, detail string) (err error) {
-	next, err := unixNano(nextAttemptAt)
-	if err != nil {
-		return fmt.Errorf("next attempt: %w", err)
-	}
-	now, err := unixNano(s.now())
-	if err != nil {
-		return err
-	}
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			_ = tx.Rollback()
-		}
-	}()
-	var (
-		incidentID int64
-		kind       string
-	)
-	err = upd(tx, next, now).Scan(&incidentID, &kind)
-	if errors.Is(err, sql.ErrNoRows) {
-		return ErrNotFound // not there, or no longer pending
-	}
-	if err != nil {
-		return err
-	}
-	if kind == ActionTrip {
-		if _, err = tx.StmtContext(ctx, s.wIncidentRetry).ExecContext(ctx, detail, now, incidentID); err != nil {
-			return err
-		}
-	}
-	return s.commit(tx)
-}
-
-// FinishAction implements Store. state must be StateDone or StateFailed. It
-// counts as an attempt (Attempts+1).
-func (s *SQLite) FinishAction(ctx context.Context, id int64, state, outcome, detail string) error {
-	if err := s.check("finish action"); err != nil {
-		return err
-	}
-	if err := s.finishAction(ctx, id, state, outcome, detail, nil); err != nil {
-		return fmt.Errorf("store: finish action %d: %w", id, err)
-	}
-	return nil
-}
-
-func (s *SQLite) finishAction(ctx context.Context, id int64, state, outcome, detail string, then []Scheduled) (err error) {
-	if state != StateDone && state != StateFailed {
-		return fmt.Errorf("invalid state %q, want %q or %q", state, StateDone, StateFailed)
-	}
-	now, err := unixNano(s.now())
-	if err != nil {
-		return err
-	}
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			_ = tx.Rollback()
-		}
-	}()
-	var (
-		incidentID int64
-		kind       string
-	)
-	err = tx.StmtContext(ctx, s.wActionFinish).QueryRowContext(ctx, state, outcome, detail, now, id).Scan(&incidentID, &kind)
-	if errors.Is(err, sql.ErrNoRows) {
-		return ErrNotFound // not there, or no longer pending
-	}
-	if err != nil {
-		return err
-	}
-	if kind == ActionTrip {
-		if _, err = tx.StmtContext(ctx, s.wIncidentEnd).ExecContext(ctx, state, outcome, detail, now, incidentID); err != nil {
-			return err
-		}
-	}
-	if err = insertScheduled(ctx, tx, incidentID, then, now); err != nil {
-		return err
-	}
-	return s.commit(tx)
 }
 
 type scanner interface{ Scan(dest ...any) error }

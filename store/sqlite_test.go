@@ -52,7 +52,7 @@ func firing(token, rule, account, period string, at time.Time) Firing {
 		Action:           "suspend",
 		DryRun:           false,
 		ReceivedAt:       at,
-		Actions:          []string{ActionTrip, "notify:ops"},
+		Actions:          []ActionKind{ActionTrip, NotifyKind("ops")},
 	}
 }
 
@@ -74,7 +74,7 @@ func actionsOf(t testing.TB, s *SQLite, incidentID int64) []Action {
 	return acts
 }
 
-func actionOf(t testing.TB, s *SQLite, incidentID int64, kind string) Action {
+func actionOf(t testing.TB, s *SQLite, incidentID int64, kind ActionKind) Action {
 	t.Helper()
 	for _, a := range actionsOf(t, s, incidentID) {
 		if a.Kind == kind {
@@ -137,7 +137,7 @@ func TestRecordFiringDuplicateToken(t *testing.T) {
 	// Same token, even with other fields (a Twilio retry, or a confused
 	// sender): nothing changes, the original incident comes back.
 	again := firing("tok1", "r2", "AC2", "q", t0.Add(time.Minute))
-	again.Actions = []string{ActionTrip, "end_calls"}
+	again.Actions = []ActionKind{ActionTrip, ActionEndCalls}
 	res := record(t, s, again)
 	if !res.DuplicateToken || res.NewIncident {
 		t.Fatalf("got %+v, want DuplicateToken only", res)
@@ -161,7 +161,7 @@ func TestRecordFiringSameKeyAttaches(t *testing.T) {
 	second := firing("tok2", "r1", "AC1", "p", t0.Add(time.Minute))
 	second.Source = SourcePoll
 	second.AccountName = "renamed"
-	second.Actions = []string{ActionTrip, "end_calls"}
+	second.Actions = []ActionKind{ActionTrip, ActionEndCalls}
 	res := record(t, s, second)
 	if res.DuplicateToken || res.NewIncident {
 		t.Fatalf("got %+v, want an attached firing", res)
@@ -179,12 +179,8 @@ func TestRecordFiringSameKeyAttaches(t *testing.T) {
 		t.Errorf("late firing\n got %+v\nwant %+v", res.Incident, want)
 	}
 	// The incident's actions are those of the first firing.
-	var kinds []string
-	for _, a := range actionsOf(t, s, want.ID) {
-		kinds = append(kinds, a.Kind)
-	}
-	if !reflect.DeepEqual(kinds, []string{ActionTrip, "notify:ops"}) {
-		t.Errorf("actions %v", kinds)
+	if got := kinds(actionsOf(t, s, want.ID)); !reflect.DeepEqual(got, []ActionKind{ActionTrip, NotifyKind("ops")}) {
+		t.Errorf("actions %v", got)
 	}
 	// Another period, rule or account is another incident.
 	for _, f := range []Firing{
@@ -200,31 +196,35 @@ func TestRecordFiringSameKeyAttaches(t *testing.T) {
 		t.Errorf("%d firings, want 6", n)
 	}
 }
-
 func TestRecordFiringActionsPerKind(t *testing.T) {
 	s, _ := openTest(t)
 	f := firing("tok1", "r1", "AC1", "p", t0)
-	f.Actions = []string{ActionTrip, "notify:ops", "notify:ops", "end_calls"}
+	f.Actions = []ActionKind{ActionTrip, NotifyKind("ops"), NotifyKind("ops"), ActionEndCalls}
 	res := record(t, s, f)
 	acts := actionsOf(t, s, res.Incident.ID)
-	var kinds []string
 	for _, a := range acts {
-		kinds = append(kinds, a.Kind)
-		want := Action{ID: a.ID, IncidentID: res.Incident.ID, Kind: a.Kind, State: StatePending,
+		want := Action{ID: a.ID, IncidentID: res.Incident.ID, Kind: a.Kind, State: ActionAvailable,
 			NextAttemptAt: t0, CreatedAt: t0, UpdatedAt: t0}
+		if a.Kind.LocksAccount() {
+			want.AccountSID = "AC1" // trip and end_calls lock the account; notifications do not
+		}
 		if a != want {
 			t.Errorf("action\n got %+v\nwant %+v", a, want)
 		}
 	}
-	if !reflect.DeepEqual(kinds, []string{ActionTrip, "notify:ops", "end_calls"}) {
-		t.Errorf("kinds %v", kinds)
+	if got := kinds(acts); !reflect.DeepEqual(got, []ActionKind{ActionTrip, NotifyKind("ops"), ActionEndCalls}) {
+		t.Errorf("kinds %v", got)
+	}
+	// Without ClaimBy the trip is returned, available, as stored.
+	if res.Trip != acts[0] {
+		t.Errorf("RecordResult.Trip\n got %+v\nwant %+v", res.Trip, acts[0])
 	}
 
-	// No actions: an incident all the same.
+	// No actions: an incident all the same, and no trip.
 	f = firing("tok2", "r2", "AC1", "p", t0)
 	f.Actions = nil
 	res = record(t, s, f)
-	if !res.NewIncident || len(actionsOf(t, s, res.Incident.ID)) != 0 {
+	if !res.NewIncident || res.Trip.ID != 0 || len(actionsOf(t, s, res.Incident.ID)) != 0 {
 		t.Errorf("no-action firing: %+v", res)
 	}
 }
@@ -237,7 +237,9 @@ func TestRecordFiringInvalid(t *testing.T) {
 		"no account":    func(f *Firing) { f.AccountSID = "" },
 		"no period":     func(f *Firing) { f.Period = "" },
 		"bad source":    func(f *Firing) { f.Source = "carrier pigeon" },
-		"empty kind":    func(f *Firing) { f.Actions = []string{ActionTrip, ""} },
+		"empty kind":    func(f *Firing) { f.Actions = []ActionKind{ActionTrip, ""} },
+		"claim no owner": func(f *Firing) { f.ClaimBy = &Claim{LeaseUntil: t0.Add(time.Minute)} },
+		"claim no lease": func(f *Firing) { f.ClaimBy = &Claim{Owner: "w"} },
 		"time in 2300":  func(f *Firing) { f.ReceivedAt = time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC) },
 		"time pre-1678": func(f *Firing) { f.ReceivedAt = time.Date(1600, 1, 1, 0, 0, 0, 0, time.UTC) },
 	} {
@@ -260,7 +262,6 @@ func TestRecordFiringZeroReceivedAtIsNow(t *testing.T) {
 		t.Errorf("CreatedAt %v, want %v", res.Incident.CreatedAt, t0)
 	}
 }
-
 func TestTimesRoundTrip(t *testing.T) {
 	s, _ := openTest(t)
 	loc := time.FixedZone("UTC-7", -7*3600)
@@ -271,12 +272,14 @@ func TestTimesRoundTrip(t *testing.T) {
 		t.Errorf("CreatedAt %v, want %v in UTC", inc.CreatedAt, at)
 	}
 	next := time.Date(2030, 1, 2, 3, 4, 5, 1, loc)
+	hold := time.Date(2030, 1, 2, 3, 4, 6, 2, loc)
+	sent := time.Date(2030, 1, 2, 3, 4, 4, 3, loc)
 	a := actionOf(t, s, inc.ID, ActionTrip)
-	if err := s.RetryAction(context.Background(), a.ID, next, "x"); err != nil {
-		t.Fatal(err)
-	}
-	if got := actionOf(t, s, inc.ID, ActionTrip).NextAttemptAt; got != next.UTC() {
-		t.Errorf("NextAttemptAt %v, want %v", got, next.UTC())
+	complete(t, s, a.ID, Completion{State: ActionAvailable, NextAttemptAt: next, HoldAccountUntil: hold, WriteSentAt: sent, Attempted: true})
+	got := actionOf(t, s, inc.ID, ActionTrip)
+	if got.NextAttemptAt != next.UTC() || got.LeaseUntil != hold.UTC() || got.WriteSentAt != sent.UTC() {
+		t.Errorf("NextAttemptAt %v, LeaseUntil %v, WriteSentAt %v; want %v, %v, %v",
+			got.NextAttemptAt, got.LeaseUntil, got.WriteSentAt, next.UTC(), hold.UTC(), sent.UTC())
 	}
 }
 
@@ -304,7 +307,7 @@ func TestRecordFiringConcurrent(t *testing.T) {
 			key := tok % keys
 			f := firing(fmt.Sprintf("tok%d", tok), fmt.Sprintf("rule%d", key%2),
 				fmt.Sprintf("AC%d", key), "monthly:2026-11", t0.Add(time.Duration(i)*time.Second))
-			f.Actions = []string{ActionTrip, "notify:ops", "end_calls"}
+			f.Actions = []ActionKind{ActionTrip, NotifyKind("ops"), ActionEndCalls}
 			<-start
 			results[i], errs[i] = s.RecordFiring(context.Background(), f)
 		}()
@@ -356,16 +359,22 @@ func TestRecordFiringConcurrent(t *testing.T) {
 }
 
 // Readers and all the writers at once (for -race, and to show writes never
-// fail with SQLITE_BUSY).
+// fail with SQLITE_BUSY): firings, claims by 8 owners, completions. Claims
+// are exclusive, so every completion of a claimed action succeeds.
 func TestConcurrentMixedLoad(t *testing.T) {
 	s, _ := openTest(t)
 	ctx := context.Background()
-	var wg sync.WaitGroup
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		claimed = map[int64]string{}
+	)
 	errc := make(chan error, 1000)
 	for g := range 8 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			owner := fmt.Sprint("worker-", g)
 			for i := range 10 {
 				f := firing(fmt.Sprintf("g%d-%d", g, i), "r", fmt.Sprintf("AC%d", i%3), fmt.Sprintf("p%d", g%2), t0)
 				res, err := s.RecordFiring(ctx, f)
@@ -373,18 +382,22 @@ func TestConcurrentMixedLoad(t *testing.T) {
 					errc <- err
 					continue
 				}
-				acts, err := s.PendingActions(ctx, t0, 5)
+				acts, err := s.ClaimActions(ctx, Claim{Owner: owner, LeaseUntil: t0.Add(time.Hour)}, t0, 5)
 				if err != nil {
 					errc <- err
 				}
 				for _, a := range acts {
-					var err error
-					if a.ID%2 == 0 {
-						err = s.FinishAction(ctx, a.ID, StateDone, "suspended", "")
-					} else {
-						err = s.RetryAction(ctx, a.ID, t0.Add(time.Hour), "try later")
+					mu.Lock()
+					if prev, ok := claimed[a.ID]; ok { // retries are due after every claim's now
+						errc <- fmt.Errorf("action %d claimed by %s and %s", a.ID, prev, owner)
 					}
-					if err != nil && !errors.Is(err, ErrNotFound) { // another goroutine got there first
+					claimed[a.ID] = owner
+					mu.Unlock()
+					c := Completion{State: ActionDone, Outcome: OutcomeSuspended, Attempted: true}
+					if a.ID%2 == 1 {
+						c = Completion{State: ActionAvailable, NextAttemptAt: t0.Add(time.Hour), Detail: "try later", Attempted: true}
+					}
+					if _, err := s.CompleteAction(ctx, a.ID, owner, c); err != nil {
 						errc <- err
 					}
 				}
@@ -405,178 +418,8 @@ func TestConcurrentMixedLoad(t *testing.T) {
 	if n := countRows(t, s, "incidents"); n != 6 {
 		t.Errorf("%d incidents, want 6", n)
 	}
-}
-
-func TestPendingActions(t *testing.T) {
-	s, _ := openTest(t)
-	ctx := context.Background()
-	// Incidents received at t0+3m, t0+1m, t0+2m, each with trip and "extra"
-	// (a kind that does not wait for the trip; see operator_test.go for those that do).
-	var ids []int64
-	for i, off := range []int{3, 1, 2} {
-		f := firing(fmt.Sprint("tok", i), "r", fmt.Sprint("AC", i), "p", t0.Add(time.Duration(off)*time.Minute))
-		f.Actions = []string{ActionTrip, "extra"}
-		res := record(t, s, f)
-		ids = append(ids, res.Incident.ID)
-	}
-	type pa struct {
-		incident int64
-		kind     string
-	}
-	pending := func(now time.Time, limit int) []pa {
-		t.Helper()
-		acts, err := s.PendingActions(ctx, now, limit)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out := []pa{}
-		for _, a := range acts {
-			if a.State != StatePending || a.NextAttemptAt.After(now) {
-				t.Errorf("PendingActions returned %+v", a)
-			}
-			out = append(out, pa{a.IncidentID, a.Kind})
-		}
-		return out
-	}
-	check := func(name string, got, want []pa) {
-		t.Helper()
-		if !reflect.DeepEqual(got, want) {
-			t.Errorf("%s:\n got %v\nwant %v", name, got, want)
-		}
-	}
-
-	check("before any", pending(t0, 0), []pa{})
-	check("at t0+1m (inclusive)", pending(t0.Add(time.Minute), 0),
-		[]pa{{ids[1], ActionTrip}, {ids[1], "extra"}})
-	// Trip actions first, then the others, each oldest first.
-	all := []pa{
-		{ids[1], ActionTrip}, {ids[2], ActionTrip}, {ids[0], ActionTrip},
-		{ids[1], "extra"}, {ids[2], "extra"}, {ids[0], "extra"},
-	}
-	check("all", pending(t0.Add(time.Hour), 0), all)
-	check("limit 3", pending(t0.Add(time.Hour), 3), all[:3])
-	check("negative limit", pending(t0.Add(time.Hour), -1), all)
-
-	// Retrying moves an action back in the queue; finishing removes it.
-	trip1 := actionOf(t, s, ids[1], ActionTrip)
-	if err := s.RetryAction(ctx, trip1.ID, t0.Add(30*time.Minute), "503"); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.FinishAction(ctx, actionOf(t, s, ids[2], "extra").ID, StateDone, "notified", ""); err != nil {
-		t.Fatal(err)
-	}
-	check("after retry and finish", pending(t0.Add(time.Hour), 0), []pa{
-		{ids[2], ActionTrip}, {ids[0], ActionTrip}, {ids[1], ActionTrip},
-		{ids[1], "extra"}, {ids[0], "extra"},
-	})
-	check("retried not yet due", pending(t0.Add(29*time.Minute), 0), []pa{
-		{ids[2], ActionTrip}, {ids[0], ActionTrip},
-		{ids[1], "extra"}, {ids[0], "extra"},
-	})
-	if n, err := s.CountPendingActions(ctx); err != nil || n != 5 {
-		t.Errorf("CountPendingActions = %d, %v; want 5", n, err)
-	}
-}
-
-func TestRetryAndFinishAction(t *testing.T) {
-	s, _ := openTest(t)
-	ctx := context.Background()
-	clock := t0.Add(time.Hour)
-	s.now = func() time.Time { return clock }
-
-	res := record(t, s, firing("tok", "r", "AC", "p", t0))
-	id := res.Incident.ID
-	trip := actionOf(t, s, id, ActionTrip)
-	notify := actionOf(t, s, id, "notify:ops")
-
-	// Retry: attempts, detail, next attempt; the incident shows the detail.
-	if err := s.RetryAction(ctx, trip.ID, t0.Add(2*time.Hour), "twilio: 503"); err != nil {
-		t.Fatal(err)
-	}
-	got := actionOf(t, s, id, ActionTrip)
-	want := trip
-	want.Attempts, want.Detail, want.NextAttemptAt, want.UpdatedAt = 1, "twilio: 503", t0.Add(2*time.Hour), clock
-	if got != want {
-		t.Errorf("after retry\n got %+v\nwant %+v", got, want)
-	}
-	inc := incident(t, s, id)
-	if inc.State != StatePending || inc.Detail != "twilio: 503" || inc.Outcome != "" || !inc.UpdatedAt.Equal(clock) {
-		t.Errorf("incident after retry: %+v", inc)
-	}
-
-	// A non-trip action leaves the incident alone.
-	clock = clock.Add(time.Minute)
-	if err := s.RetryAction(ctx, notify.ID, t0, "smtp down"); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.FinishAction(ctx, notify.ID, StateFailed, "failed", "gave up"); err != nil {
-		t.Fatal(err)
-	}
-	if got := incident(t, s, id); got != inc {
-		t.Errorf("incident changed by notify action:\n got %+v\nwant %+v", got, inc)
-	}
-	if got := actionOf(t, s, id, "notify:ops"); got.State != StateFailed || got.Attempts != 2 ||
-		got.Outcome != "failed" || got.Detail != "gave up" {
-		t.Errorf("notify action: %+v", got)
-	}
-
-	// Finish the trip: the incident follows.
-	clock = clock.Add(time.Minute)
-	if err := s.FinishAction(ctx, trip.ID, StateDone, "suspended", "ok"); err != nil {
-		t.Fatal(err)
-	}
-	want.State, want.Outcome, want.Detail, want.Attempts, want.UpdatedAt = StateDone, "suspended", "ok", 2, clock
-	if got := actionOf(t, s, id, ActionTrip); got != want {
-		t.Errorf("after finish\n got %+v\nwant %+v", got, want)
-	}
-	wantInc := inc
-	wantInc.State, wantInc.Outcome, wantInc.Detail, wantInc.UpdatedAt = StateDone, "suspended", "ok", clock
-	if got := incident(t, s, id); got != wantInc {
-		t.Errorf("incident after finish\n got %+v\nwant %+v", got, wantInc)
-	}
-
-	// Nothing more can happen to a finished action.
-	clock = clock.Add(time.Minute)
-	for name, err := range map[string]error{
-		"finish again":    s.FinishAction(ctx, trip.ID, StateFailed, "failed", "late"),
-		"retry finished":  s.RetryAction(ctx, trip.ID, t0, "late"),
-		"finish unknown":  s.FinishAction(ctx, 9999, StateDone, "", ""),
-		"retry unknown":   s.RetryAction(ctx, 9999, t0, ""),
-		"finish notified": s.FinishAction(ctx, notify.ID, StateDone, "notified", ""),
-	} {
-		if !errors.Is(err, ErrNotFound) {
-			t.Errorf("%s: %v, want ErrNotFound", name, err)
-		}
-	}
-	if got := actionOf(t, s, id, ActionTrip); got != want {
-		t.Errorf("finished action changed\n got %+v\nwant %+v", got, want)
-	}
-	if got := incident(t, s, id); got != wantInc {
-		t.Errorf("finished incident changed\n got %+v\nwant %+v", got, wantInc)
-	}
-
-	// Bad arguments are errors, not ErrNotFound.
-	res2 := record(t, s, firing("tok2", "r", "AC", "p2", t0))
-	trip2 := actionOf(t, s, res2.Incident.ID, ActionTrip)
-	for name, err := range map[string]error{
-		"state pending": s.FinishAction(ctx, trip2.ID, StatePending, "", ""),
-		"state bogus":   s.FinishAction(ctx, trip2.ID, "bogus", "", ""),
-		"zero time":     s.RetryAction(ctx, trip2.ID, time.Time{}, ""),
-	} {
-		if err == nil || errors.Is(err, ErrNotFound) {
-			t.Errorf("%s: %v, want a validation error", name, err)
-		}
-	}
-	if got := actionOf(t, s, res2.Incident.ID, ActionTrip); got != trip2 {
-		t.Errorf("action changed by invalid calls: %+v", got)
-	}
-
-	// A failed trip.
-	if err := s.FinishAction(ctx, trip2.ID, StateFailed, "failed", "account not found"); err != nil {
-		t.Fatal(err)
-	}
-	if got := incident(t, s, res2.Incident.ID); got.State != StateFailed || got.Outcome != "failed" || got.Detail != "account not found" {
-		t.Errorf("failed incident: %+v", got)
+	if n := countRows(t, s, "actions WHERE state = 'running'"); n != 0 {
+		t.Errorf("%d actions left running", n)
 	}
 }
 
@@ -663,7 +506,6 @@ func TestListIncidentsLimits(t *testing.T) {
 		}
 	}
 }
-
 func TestReopenKeepsEverything(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "ub.db")
@@ -674,12 +516,9 @@ func TestReopenKeepsEverything(t *testing.T) {
 	res := record(t, s, firing("tok1", "r", "AC", "p", t0))
 	record(t, s, firing("tok2", "r", "AC", "p", t0.Add(time.Second)))
 	trip := actionOf(t, s, res.Incident.ID, ActionTrip)
-	if err := s.RetryAction(ctx, trip.ID, t0.Add(time.Minute), "503"); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.FinishAction(ctx, actionOf(t, s, res.Incident.ID, "notify:ops").ID, StateDone, "notified", ""); err != nil {
-		t.Fatal(err)
-	}
+	complete(t, s, trip.ID, Completion{State: ActionAvailable, NextAttemptAt: t0.Add(time.Minute), Detail: "503",
+		Attempted: true, WriteSentAt: t0.Add(time.Second), HoldAccountUntil: t0.Add(2 * time.Minute)})
+	complete(t, s, actionOf(t, s, res.Incident.ID, NotifyKind("ops")).ID, Completion{State: ActionDone, Outcome: OutcomeNotified})
 	wantInc := incident(t, s, res.Incident.ID)
 	wantActs := actionsOf(t, s, res.Incident.ID)
 	if err := s.Close(); err != nil {
@@ -697,9 +536,10 @@ func TestReopenKeepsEverything(t *testing.T) {
 	if got := actionsOf(t, s, res.Incident.ID); !reflect.DeepEqual(got, wantActs) {
 		t.Errorf("actions after reopen\n got %+v\nwant %+v", got, wantActs)
 	}
-	acts, err := s.PendingActions(ctx, t0.Add(time.Hour), 0)
-	if err != nil || len(acts) != 1 || acts[0] != wantActs[0] {
-		t.Errorf("pending after reopen: %+v, %v", acts, err)
+	acts, err := s.ClaimActions(ctx, Claim{Owner: "after", LeaseUntil: t0.Add(2 * time.Hour)}, t0.Add(time.Hour), 0)
+	if err != nil || len(acts) != 1 || acts[0].ID != wantActs[0].ID || acts[0].Attempts != 1 ||
+		acts[0].WriteSentAt != t0.Add(time.Second) || acts[0].Detail != "503" {
+		t.Errorf("claimed after reopen: %+v, %v", acts, err)
 	}
 	// The token is still known.
 	if res := record(t, s, firing("tok1", "r", "AC", "p", t0)); !res.DuplicateToken {
@@ -744,7 +584,7 @@ func TestMigrations(t *testing.T) {
 	if version != len(migrations) {
 		t.Errorf("user_version %d, want %d", version, len(migrations))
 	}
-	for _, want := range []string{"table firings", "table incidents", "table actions", "index actions_pending"} {
+	for _, want := range []string{"table firings", "table incidents", "table actions", "index actions_due"} {
 		if !strings.Contains(strings.Join(objects, "\n"), want+":") {
 			t.Errorf("no %s in schema:\n%s", want, strings.Join(objects, "\n"))
 		}
@@ -951,7 +791,6 @@ func TestPragmasOnEveryConnection(t *testing.T) {
 		t.Errorf("writer pool allows %d connections", got)
 	}
 }
-
 func TestContextCancelled(t *testing.T) {
 	s, path := openTest(t)
 	cancelled, cancel := context.WithCancel(context.Background())
@@ -964,11 +803,15 @@ func TestContextCancelled(t *testing.T) {
 		t.Errorf("%d firings recorded under a cancelled context", n)
 	}
 	res := record(t, s, firing("tok", "r", "AC", "p", t0))
-	trip := actionOf(t, s, res.Incident.ID, ActionTrip)
+	trip := take(t, s, actionOf(t, s, res.Incident.ID, ActionTrip).ID, testOwner)
+	claim := Claim{Owner: "other", LeaseUntil: t0.Add(time.Hour)}
 	for name, err := range map[string]error{
-		"RetryAction":         s.RetryAction(cancelled, trip.ID, t0, ""),
-		"FinishAction":        s.FinishAction(cancelled, trip.ID, StateDone, "", ""),
-		"PendingActions":      func() error { _, err := s.PendingActions(cancelled, t0, 0); return err }(),
+		"ClaimActions":        func() error { _, err := s.ClaimActions(cancelled, claim, t0.Add(time.Hour), 0); return err }(),
+		"MarkWriteSent":       s.MarkWriteSent(cancelled, trip.ID, testOwner, t0, t0.Add(time.Hour)),
+		"CompleteAction":      func() error { _, err := s.CompleteAction(cancelled, trip.ID, testOwner, Completion{State: ActionDone}); return err }(),
+		"RescueActions":       func() error { _, err := s.RescueActions(cancelled, t0.Add(time.Hour), time.Minute, true); return err }(),
+		"ResumeAvailable":     func() error { _, err := s.ResumeAvailable(cancelled, t0); return err }(),
+		"ReleaseHeld":         func() error { _, err := s.ReleaseHeld(cancelled, t0, ""); return err }(),
 		"CountPendingActions": func() error { _, err := s.CountPendingActions(cancelled); return err }(),
 		"Incident":            func() error { _, err := s.Incident(cancelled, res.Incident.ID); return err }(),
 		"ListIncidents":       func() error { _, err := s.ListIncidents(cancelled, IncidentFilter{}); return err }(),
@@ -979,10 +822,15 @@ func TestContextCancelled(t *testing.T) {
 		}
 	}
 	if got := actionOf(t, s, res.Incident.ID, ActionTrip); got != trip {
-		t.Errorf("action changed under a cancelled context: %+v", got)
+		t.Errorf("action changed under a cancelled context:\n got %+v\nwant %+v", got, trip)
+	}
+	if got := actionOf(t, s, res.Incident.ID, NotifyKind("ops")); got.State != ActionAvailable {
+		t.Errorf("notification changed under a cancelled context: %+v", got)
 	}
 
-	// A writer queued behind a long transaction gives up when its context ends.
+	// A writer queued behind a long transaction gives up when its context
+	// ends, whether the writer goroutine had taken its op yet or not; the op
+	// did not happen.
 	hold, err := s.w.BeginTx(context.Background(), nil) // takes the one write connection
 	if err != nil {
 		t.Fatal(err)
@@ -992,14 +840,19 @@ func TestContextCancelled(t *testing.T) {
 	if _, err := s.RecordFiring(ctx, firing("tok2", "r", "AC", "p", t0)); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("queued RecordFiring: %v, want context.DeadlineExceeded", err)
 	}
+	if _, err := s.CompleteAction(ctx, trip.ID, testOwner, Completion{State: ActionDone}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("queued CompleteAction: %v, want context.DeadlineExceeded", err)
+	}
 	if err := hold.Rollback(); err != nil {
 		t.Fatal(err)
 	}
 	if res := record(t, s, firing("tok2", "r", "AC", "p", t0)); res.DuplicateToken {
 		t.Error("the timed-out firing was recorded")
 	}
+	if got := actionOf(t, s, res.Incident.ID, ActionTrip); got != trip {
+		t.Errorf("the timed-out completion happened: %+v", got)
+	}
 }
-
 func TestClosed(t *testing.T) {
 	s, _ := openTest(t)
 	ctx := context.Background()
@@ -1009,12 +862,18 @@ func TestClosed(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
+	claim := Claim{Owner: "w", LeaseUntil: t0}
 	for name, err := range map[string]error{
 		"RecordFiring":        func() error { _, err := s.RecordFiring(ctx, firing("t", "r", "AC", "p", t0)); return err }(),
-		"RetryAction":         s.RetryAction(ctx, 1, t0, ""),
-		"FinishAction":        s.FinishAction(ctx, 1, StateDone, "", ""),
-		"PendingActions":      func() error { _, err := s.PendingActions(ctx, t0, 0); return err }(),
+		"ClaimActions":        func() error { _, err := s.ClaimActions(ctx, claim, t0, 0); return err }(),
+		"MarkWriteSent":       s.MarkWriteSent(ctx, 1, "w", t0, t0),
+		"CompleteAction":      func() error { _, err := s.CompleteAction(ctx, 1, "w", Completion{State: ActionDone}); return err }(),
+		"RescueActions":       func() error { _, err := s.RescueActions(ctx, t0, time.Minute, true); return err }(),
+		"ResumeAvailable":     func() error { _, err := s.ResumeAvailable(ctx, t0); return err }(),
+		"ReleaseHeld":         func() error { _, err := s.ReleaseHeld(ctx, t0, ""); return err }(),
+		"CountHeld":           func() error { _, err := s.CountHeld(ctx); return err }(),
 		"CountPendingActions": func() error { _, err := s.CountPendingActions(ctx); return err }(),
+		"IncidentActions":     func() error { _, err := s.IncidentActions(ctx, []int64{1}); return err }(),
 		"Incident":            func() error { _, err := s.Incident(ctx, 1); return err }(),
 		"ListIncidents":       func() error { _, err := s.ListIncidents(ctx, IncidentFilter{}); return err }(),
 		"Actions":             func() error { _, err := s.Actions(ctx, 1); return err }(),
@@ -1033,8 +892,10 @@ func TestListLimit(t *testing.T) {
 	}
 }
 
-// A process killed (SIGKILL: no Close, no checkpoint) after RecordFiring and
-// RetryAction returned loses none of it; the pending actions are still pending.
+// A process killed (SIGKILL: no Close, no checkpoint) after RecordFiring,
+// ClaimActions and CompleteAction returned loses none of it: the retried
+// action is still due later, and the action it held running is still its
+// claim, which RescueActions hands back.
 func TestCrashKeepsWhatWasAcknowledged(t *testing.T) {
 	const firings = 20
 	if path := os.Getenv("STORE_TEST_CRASH_DB"); path != "" {
@@ -1071,42 +932,59 @@ func TestCrashKeepsWhatWasAcknowledged(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	ctx := context.Background()
 	if n := countRows(t, s, "incidents"); n != firings {
 		t.Errorf("%d incidents after the crash, want %d", n, firings)
 	}
-	if n, err := s.CountPendingActions(context.Background()); err != nil || n != 2*firings {
+	if n, err := s.CountPendingActions(ctx); err != nil || n != 2*firings {
 		t.Errorf("%d pending actions after the crash (%v), want %d", n, err, 2*firings)
 	}
-	acts, err := s.PendingActions(context.Background(), t0.Add(time.Hour), 0)
-	if err != nil {
-		t.Fatal(err)
+	incs, err := s.ListIncidents(ctx, IncidentFilter{})
+	if err != nil || len(incs) != firings {
+		t.Fatalf("incidents: %d, %v", len(incs), err)
 	}
-	if last := acts[len(acts)-1]; last.Attempts != 1 || last.Detail != "503" || !last.NextAttemptAt.Equal(t0.Add(time.Hour)) {
-		t.Errorf("retried action after the crash: %+v", last)
+	first, second := incs[len(incs)-1].ID, incs[len(incs)-2].ID // newest first; same CreatedAt, so by ID
+	if a := actionOf(t, s, first, ActionTrip); a.State != ActionAvailable || a.Attempts != 1 || a.Detail != "503" ||
+		!a.NextAttemptAt.Equal(t0.Add(time.Hour)) || !a.WriteSentAt.Equal(t0) {
+		t.Errorf("retried action after the crash: %+v", a)
+	}
+	running := actionOf(t, s, second, ActionTrip)
+	if running.State != ActionRunning || running.Owner != "child" || !running.LeaseUntil.Equal(t0.Add(time.Minute)) {
+		t.Errorf("claimed action after the crash: %+v", running)
+	}
+	rescued, err := s.RescueActions(ctx, t0, time.Minute, true)
+	if err != nil || len(rescued) != 1 || rescued[0] != running {
+		t.Errorf("RescueActions = %+v, %v; want the child's claim", rescued, err)
 	}
 }
 
 func crashChild(path string, firings int) {
 	ctx := context.Background()
+	fail := func(err error) {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 	s, err := Open(ctx, path)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
+		fail(err)
 	}
-	var last RecordResult
 	for i := range firings {
-		if last, err = s.RecordFiring(ctx, firing(fmt.Sprint("tok", i), "r", fmt.Sprint("AC", i), "p", t0)); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(2)
+		if _, err = s.RecordFiring(ctx, firing(fmt.Sprint("tok", i), "r", fmt.Sprint("AC", i), "p", t0)); err != nil {
+			fail(err)
 		}
 	}
-	acts, err := s.Actions(ctx, last.Incident.ID)
-	if err == nil {
-		err = s.RetryAction(ctx, acts[0].ID, t0.Add(time.Hour), "503")
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
+	claim := Claim{Owner: "child", LeaseUntil: t0.Add(time.Minute)}
+	for i := range 2 {
+		acts, err := s.ClaimActions(ctx, claim, t0, 1)
+		if err != nil || len(acts) != 1 {
+			fail(fmt.Errorf("claim: %+v, %v", acts, err))
+		}
+		if i == 0 { // the first trip is retried; the second stays claimed
+			if _, err := s.CompleteAction(ctx, acts[0].ID, "child", Completion{State: ActionAvailable,
+				NextAttemptAt: t0.Add(time.Hour), Detail: "503", Attempted: true, WriteSentAt: t0}); err != nil {
+				fail(err)
+			}
+		}
 	}
 	fmt.Println("acknowledged")
 	time.Sleep(time.Minute) // until killed

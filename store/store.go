@@ -1,33 +1,136 @@
 // Package store keeps usagebreaker's durable state: trigger firings, the
 // incidents they open, and the actions each incident must carry out.
 //
+// Actions are the jobs of the action engine (breaker/engine.go). Each has a
+// typed state:
+//
+//	available --claim--> running --complete--> done | failed
+//	    ^                  |  \
+//	    +--retry/snooze----+   +--hold--> held --release--> available
+//
+// A worker claims due actions in the statement that fetches them
+// (ClaimActions): the row records the owner and a lease. An action that locks
+// an account (AccountSID set: trip, end_calls, reactivate) is never claimed
+// while another action of that account holds a lease, so one action per
+// subaccount runs at a time, across processes. What a restart needs to know
+// lives in columns: who claimed an action and until when (Owner,
+// LeaseUntil), and when a status write was sent to Twilio (WriteSentAt).
+// RescueActions hands the claims of a stopped owner back to the queue.
+//
 // The only implementation is SQLite (sqlite.go, modernc.org/sqlite: pure Go, so
 // the binary stays static), in WAL mode with synchronous=FULL: when a write
 // method returns nil the data survives a crash of the process or the machine.
+// The writes of the callback -> suspension path are group-committed
+// (groupcommit.go): a burst shares fsyncs.
 package store
 
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 )
 
-// Incident and action states.
+// State is an incident's state: that of its trip action, folded.
+type State string
+
+// Incident states.
 const (
-	StatePending = "pending" // work remains
-	StateDone    = "done"    // finished (see Outcome)
-	StateFailed  = "failed"  // gave up (see Detail)
+	StatePending State = "pending" // the trip action has not finished
+	StateDone    State = "done"    // finished (see Outcome)
+	StateFailed  State = "failed"  // gave up (see Detail)
 )
+
+// ActionState is where an action is in its life (see the package comment).
+type ActionState string
+
+// Action states.
+const (
+	ActionAvailable ActionState = "available" // due at NextAttemptAt; any worker may claim it then
+	ActionRunning   ActionState = "running"   // claimed by Owner until LeaseUntil
+	ActionHeld      ActionState = "held"      // the guard holds it until a person releases it
+	ActionDone      ActionState = "done"      // finished with Outcome
+	ActionFailed    ActionState = "failed"    // gave up (see Detail)
+)
+
+// Finished reports whether the state is final.
+func (s ActionState) Finished() bool { return s == ActionDone || s == ActionFailed }
+
+// Source is where a firing came from.
+type Source string
 
 // Incident sources.
 const (
-	SourceCallback = "callback"
-	SourcePoll     = "poll"
+	SourceCallback Source = "callback"
+	SourcePoll     Source = "poll"
 )
 
-// ActionTrip is the kind of an incident's primary action: suspend, notify or
-// dry-run, as the rule says. Its state and outcome are mirrored on the incident.
-const ActionTrip = "trip"
+// ActionKind is what an action does; one worker serves each kind.
+type ActionKind string
+
+// Action kinds. notify:{name} and guard:{name} carry a notifier's name.
+const (
+	// ActionTrip is an incident's primary action: suspend, notify or dry-run,
+	// as the rule says. Its state and outcome are mirrored on the incident.
+	ActionTrip ActionKind = "trip"
+	// ActionEndCalls ends the subaccount's in-progress calls after the trip
+	// action suspended it.
+	ActionEndCalls ActionKind = "end_calls"
+	// ActionReactivate is a scheduled reactivation (a rule's reactivate
+	// policy); its NextAttemptAt is when it is due.
+	ActionReactivate ActionKind = "reactivate"
+
+	// KindNotifyPrefix + notifier name: tell that notifier about the incident,
+	// once, after the trip action finished.
+	KindNotifyPrefix = "notify:"
+	// KindGuardPrefix + notifier name: the one page a notifier gets when the
+	// guard starts holding suspensions (attached to the first held incident).
+	KindGuardPrefix = "guard:"
+)
+
+// NotifyKind is the kind of the action that tells notifier name about an incident.
+func NotifyKind(name string) ActionKind { return ActionKind(KindNotifyPrefix + name) }
+
+// GuardPageKind is the kind of the guard's page to notifier name.
+func GuardPageKind(name string) ActionKind { return ActionKind(KindGuardPrefix + name) }
+
+// Notifier returns the notifier's name of a notify:{name} or guard:{name} kind.
+func (k ActionKind) Notifier() (name string, ok bool) {
+	s := string(k)
+	if n, ok := strings.CutPrefix(s, KindNotifyPrefix); ok {
+		return n, true
+	}
+	return strings.CutPrefix(s, KindGuardPrefix)
+}
+
+// LocksAccount reports whether actions of this kind act on the account at
+// Twilio, so that no two of them run at once for one account.
+func (k ActionKind) LocksAccount() bool {
+	return k == ActionTrip || k == ActionEndCalls || k == ActionReactivate
+}
+
+// WaitsForTrip reports whether actions of this kind wait until the
+// incident's trip has finished (they report or follow its outcome).
+func (k ActionKind) WaitsForTrip() bool {
+	return k == ActionEndCalls || strings.HasPrefix(string(k), KindNotifyPrefix)
+}
+
+// Outcome is how an action (and, for the trip, its incident) ended.
+type Outcome string
+
+// Outcomes. The first four are also the outcome label of
+// usagebreaker_suspensions_total.
+const (
+	OutcomeSuspended        Outcome = "suspended"
+	OutcomeAlreadySuspended Outcome = "already_suspended"
+	OutcomeDryRun           Outcome = "dry_run"
+	OutcomeFailed           Outcome = "failed"
+	OutcomeNotified         Outcome = "notified"
+	OutcomeSkipped          Outcome = "skipped"
+	OutcomeSent             Outcome = "sent"        // a notification
+	OutcomeEnded            Outcome = "ended"       // end_calls
+	OutcomeReactivated      Outcome = "reactivated" // a scheduled reactivation
+)
 
 // ErrNotFound is returned when a requested row does not exist.
 var ErrNotFound = errors.New("not found")
@@ -35,7 +138,7 @@ var ErrNotFound = errors.New("not found")
 // Firing is one detection of a crossed threshold: a verified callback, or a
 // poll that found usage at or over the threshold.
 type Firing struct {
-	Source string // SourceCallback | SourcePoll
+	Source Source
 	// IdempotencyToken identifies the firing. For callbacks it is Twilio's
 	// token; for polls the poller makes one up from rule, account and period.
 	IdempotencyToken string
@@ -57,20 +160,18 @@ type Firing struct {
 	ReceivedAt      time.Time
 	// Actions are the kinds of action rows to create with a new incident; the
 	// first is normally ActionTrip. Ignored when the incident already exists.
-	Actions []string
-	// Claim, when set, says the recording process runs the new incident's
-	// ActionTrip itself, straight after the commit: the action is created
-	// with Claim's NextAttemptAt and Detail instead of due at ReceivedAt with
-	// no detail, so no executor pass picks it up while the claimant works,
-	// and a process that restarts finds the claimant's mark. Ignored when no
-	// incident is created.
-	Claim *Claim
+	Actions []ActionKind
+	// ClaimBy, when set, creates a new incident's trip action already claimed
+	// by this owner (running, leased until LeaseUntil), unless another action
+	// of the account holds a lease: the recording process then runs it at
+	// once, with no claim of its own (RecordResult.Trip).
+	ClaimBy *Claim
 }
 
-// Claim is how a claimed trip action is created (Firing.Claim).
+// Claim is who claims actions, and until when.
 type Claim struct {
-	NextAttemptAt time.Time
-	Detail        string
+	Owner      string
+	LeaseUntil time.Time
 }
 
 // RecordResult says what RecordFiring did.
@@ -82,15 +183,16 @@ type RecordResult struct {
 	// duplicate or another firing already opened the (rule, account, period) incident.
 	NewIncident bool
 	// Trip is the ActionTrip action created with a new incident, as stored
-	// (with the firing's Claim applied); zero ID when none was created.
+	// (running if the firing's ClaimBy took it); zero ID when none was created.
 	Trip Action
 	// Reopened: this firing (a new token) attached to an existing incident
 	// whose trip action had ended, either done with outcome "skipped" or
 	// failed, and put it back to work in the same transaction:
-	//   - the trip action is pending again with no Outcome, due at the
-	//     firing's ReceivedAt, its Attempts kept and its Hold cleared;
+	//   - the trip action is available again with no Outcome, due at the
+	//     firing's ReceivedAt, its Attempts and WriteSentAt kept and its
+	//     release cleared;
 	//   - an end_calls action that ended "skipped" (the account was not
-	//     suspended) is pending again; notify:* and other actions are left
+	//     suspended) is available again; notify:* and other actions are left
 	//     as they are, so notifications that already ran are not repeated;
 	//   - the incident takes this firing's AccountName, UsageTriggerSID,
 	//     UsageCategory, TriggerBy, Recurring, TriggerValue, CurrentValue,
@@ -98,12 +200,9 @@ type RecordResult struct {
 	//     Detail says it was reopened and how the trip had ended; UpdatedAt
 	//     moves forward to ReceivedAt (never back); Source, IdempotencyToken
 	//     and CreatedAt stay the first firing's.
-	// Incident is the incident after that. The caller treats it as work to
-	// do, like a new incident (wake the executor), though no action was
-	// created. Never true together with NewIncident or DuplicateToken. A new
-	// token for an incident whose trip is pending, or ended otherwise
-	// (suspended, already_suspended, dry_run, notified), changes only
-	// Firings and UpdatedAt, as before.
+	// Never true together with NewIncident or DuplicateToken. A new token for
+	// an incident whose trip is unfinished, or ended otherwise, changes only
+	// Firings and UpdatedAt.
 	Reopened bool
 }
 
@@ -117,7 +216,7 @@ type Incident struct {
 	AccountSID       string
 	AccountName      string
 	Period           string
-	Source           string // of the first firing
+	Source           Source // of the first firing
 	IdempotencyToken string // of the first firing
 	UsageTriggerSID  string
 	UsageCategory    string
@@ -128,28 +227,76 @@ type Incident struct {
 	DateFired        string
 	Action           string
 	DryRun           bool
-	State            string // pending | done | failed (of the ActionTrip action)
-	Outcome          string // suspended | already_suspended | dry_run | notified | skipped | failed | ""
-	Detail           string // why: the error, or why it was skipped
-	Firings          int    // firings recorded for this incident (1 + repeats with other tokens)
+	State            State   // of the ActionTrip action
+	Outcome          Outcome // "" while pending
+	Detail           string  // why: the error, or why it was skipped
+	Firings          int     // firings recorded for this incident (1 + repeats with other tokens)
 	CreatedAt        time.Time
 	UpdatedAt        time.Time
 }
 
 // Action is one unit of work an incident must carry out, retried until done or failed.
 type Action struct {
-	ID            int64
-	IncidentID    int64
-	Kind          string // ActionTrip, later "notify:{name}", "end_calls", ...
-	State         string
+	ID         int64
+	IncidentID int64
+	Kind       ActionKind
+	// AccountSID is the account the action locks ("" for kinds that lock
+	// none, see ActionKind.LocksAccount).
+	AccountSID    string
+	State         ActionState
 	Attempts      int
-	NextAttemptAt time.Time
-	Outcome       string
+	NextAttemptAt time.Time // when an available action is due
+	// Owner and LeaseUntil: who claimed the action and until when. While
+	// LeaseUntil is after now no other action of AccountSID is claimed; a
+	// retry whose status write may still land keeps the lease (with no
+	// owner) until it no longer can.
+	Owner      string
+	LeaseUntil time.Time
+	// WriteSentAt is when an attempt last sent a status write to Twilio
+	// (zero: none was sent). A later attempt that finds the account
+	// suspended knows the suspension may be its own.
+	WriteSentAt time.Time
+	Released    bool // a person released it from the guard: it runs past the guard
+	Outcome     Outcome
+	Detail      string
+	Progress    string // what a multi-part action already did (a notification's recipients)
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+}
+
+// Completion is how a worker's attempt at a running action ends
+// (CompleteAction).
+type Completion struct {
+	// State is ActionDone or ActionFailed (finished), ActionAvailable (try
+	// again at NextAttemptAt) or ActionHeld (the guard holds it).
+	State         ActionState
+	Outcome       Outcome
 	Detail        string
-	CreatedAt     time.Time
-	UpdatedAt     time.Time
-	Hold          int    // HoldNone | HoldHeld | HoldReleased (the guard; see operator.go)
-	Progress      string // what a multi-part action already did (see SetActionProgress)
+	NextAttemptAt time.Time // with ActionAvailable
+	// Attempted counts the attempt (Attempts+1); a snooze does not.
+	Attempted bool
+	// HoldAccountUntil, with ActionAvailable, keeps the action's lease on its
+	// account until then: a status write it sent may still land.
+	HoldAccountUntil time.Time
+	// WriteSentAt, when set, records that this attempt sent a status write.
+	WriteSentAt time.Time
+	Progress    string
+	// Then, with ActionDone, creates these actions for the same incident.
+	Then []Scheduled
+	// Pages, with ActionHeld, creates these actions for the same incident if
+	// no other action was held (the guard's pages).
+	Pages []ActionKind
+}
+
+// Completed says what CompleteAction did.
+type Completed struct {
+	Paged bool // a hold created Completion.Pages
+}
+
+// Scheduled is an action to create with a completion, due at At.
+type Scheduled struct {
+	Kind ActionKind
+	At   time.Time
 }
 
 // IncidentFilter narrows ListIncidents; zero fields match everything.
@@ -163,15 +310,19 @@ type IncidentFilter struct {
 //
 // Concurrency contract: every method is safe to call from many goroutines at
 // once. Each write method is one transaction: it either happened completely and
-// durably when it returns nil, or not at all. RecordFiring serialises with
-// itself, so two concurrent firings with the same token or the same (rule,
-// account, period) produce exactly one incident.
+// durably when it returns nil, or not at all. RecordFiring, ClaimActions,
+// MarkWriteSent and CompleteAction are serialised with each other (one writer,
+// group-committed), so two concurrent firings with the same token or the same
+// (rule, account, period) produce exactly one incident, and an action is
+// claimed by one owner at a time.
 type Store interface {
-	// OperatorStore: re-arms, reactivations, the guard (operator.go).
+	// ActionStore: the action engine's queue.
+	ActionStore
+	// OperatorStore: re-arms, reactivations, the guard's counts (rearms.go).
 	OperatorStore
 
 	// RecordFiring records a firing and, if its (Rule, AccountSID, Period) has no
-	// incident yet, opens one with a pending action of each kind in f.Actions.
+	// incident yet, opens one with an action of each kind in f.Actions.
 	// A new token for an incident whose trip ended skipped or failed reopens
 	// it (RecordResult.Reopened). A token recorded before changes nothing.
 	RecordFiring(ctx context.Context, f Firing) (RecordResult, error)
@@ -181,31 +332,55 @@ type Store interface {
 	// ListIncidents returns incidents, newest first.
 	ListIncidents(ctx context.Context, f IncidentFilter) ([]Incident, error)
 
-	// PendingActions returns every pending action whose NextAttemptAt is at or
-	// before now, at most limit (0: no limit): trip actions first, then the
-	// others, each group oldest NextAttemptAt first (ties: lowest ID), so the
-	// executor hands out due suspensions before notifications. Notify and end_calls
-	// actions are left out while their incident's trip action is pending:
-	// they report or follow its outcome.
-	PendingActions(ctx context.Context, now time.Time, limit int) ([]Action, error)
-	// CountPendingActions counts pending actions regardless of NextAttemptAt,
-	// except suspensions the guard holds and scheduled reactivations, which
-	// wait for a person or a time rather than for work.
-	CountPendingActions(ctx context.Context) (int, error)
-	// RetryAction records a failed attempt: attempts+1, the error as Detail, and
-	// when to try next. The action stays pending.
-	RetryAction(ctx context.Context, id int64, nextAttemptAt time.Time, detail string) error
-	// NoteAction records the progress of an attempt under way, before a step
-	// whose outcome a crash could hide: the detail, and when to look at the
-	// action again should the attempt never finish. Attempts is unchanged;
-	// the action stays pending. For an ActionTrip action the incident's
-	// Detail follows. A missing or no longer pending action: ErrNotFound.
-	NoteAction(ctx context.Context, id int64, nextAttemptAt time.Time, detail string) error
-	// FinishAction ends an action as done or failed with its outcome and detail.
-	// For an ActionTrip action the incident's State, Outcome and Detail follow.
-	// Finishing an action that is no longer pending returns ErrNotFound and changes nothing.
-	FinishAction(ctx context.Context, id int64, state, outcome, detail string) error
-
 	// Close releases the database.
 	Close() error
+}
+
+// ActionStore is the queue of the action engine.
+type ActionStore interface {
+	// ClaimActions claims up to limit available actions due at now for owner
+	// (running, leased until c.LeaseUntil) and returns them: trip actions
+	// first, then the others, each oldest NextAttemptAt first. It never
+	// claims an action that waits for its incident's trip, nor two actions
+	// of one account, nor one whose account another action holds a lease on.
+	ClaimActions(ctx context.Context, c Claim, now time.Time, limit int) ([]Action, error)
+	// MarkWriteSent records that owner's running action id sent a status
+	// write at, and extends its lease to leaseUntil. ErrNotFound if owner no
+	// longer holds it.
+	MarkWriteSent(ctx context.Context, id int64, owner string, at, leaseUntil time.Time) error
+	// CompleteAction ends owner's attempt at running action id. For a trip
+	// action the incident follows (its state, outcome and detail). ErrNotFound
+	// if owner no longer holds it: nothing changes.
+	CompleteAction(ctx context.Context, id int64, owner string, c Completion) (Completed, error)
+	// RescueActions hands back running actions whose owner stopped: those
+	// whose lease has passed at now, or, with all, every running action (a
+	// process that alone owns the state calls it at start, before it claims
+	// anything). Each is available again, due at now, except that an action
+	// that locks its account keeps the account (and waits) until
+	// now+writeLease: its owner may have sent a status write just before it
+	// stopped. It returns the actions as they were before.
+	RescueActions(ctx context.Context, now time.Time, writeLease time.Duration, all bool) ([]Action, error)
+	// ResumeAvailable makes every available action due at now, whatever its
+	// backoff said (a restart may be the fix it waited for), except
+	// scheduled reactivations and actions that hold their account's lease.
+	// It returns how many it moved.
+	ResumeAvailable(ctx context.Context, now time.Time) (int, error)
+
+	// IncidentActions returns the actions of each incident, in creation order.
+	IncidentActions(ctx context.Context, incidentIDs []int64) (map[int64][]Action, error)
+	// CountPendingActions counts available and running actions, except
+	// scheduled reactivations, which wait for a time rather than for work.
+	// Held actions are counted by CountHeld.
+	CountPendingActions(ctx context.Context) (int, error)
+	// ReleaseHeld makes every held action available now, marked Released,
+	// and returns how many there were.
+	ReleaseHeld(ctx context.Context, now time.Time, detail string) (int, error)
+	// CountHeld counts the actions the guard holds.
+	CountHeld(ctx context.Context) (int, error)
+	// CountSuspensions counts trip actions that finished with outcome
+	// "suspended" at or after since.
+	CountSuspensions(ctx context.Context, since time.Time) (int, error)
+	// SuspendedSince reports whether a trip action of another incident than
+	// exceptIncident of the account finished "suspended" at or after since.
+	SuspendedSince(ctx context.Context, accountSID string, exceptIncident int64, since time.Time) (bool, error)
 }

@@ -191,7 +191,7 @@ func printIncidents(w io.Writer, incs []daemon.IncidentJSON) {
 		}
 		sent, total := 0, 0
 		for _, a := range i.Actions {
-			if strings.HasPrefix(a.Kind, "notify:") {
+			if strings.HasPrefix(string(a.Kind), "notify:") {
 				total++
 				if a.Outcome == "sent" {
 					sent++
@@ -207,7 +207,7 @@ func printIncidents(w io.Writer, incs []daemon.IncidentJSON) {
 			react = fmt.Sprintf("%s %s", r.At.UTC().Format("2006-01-02 15:04"), r.Via)
 		} else {
 			for _, a := range i.Actions {
-				if a.Kind == "reactivate" && a.State == "pending" {
+				if a.Kind == "reactivate" && a.State == "available" {
 					react = "due " + a.NextAttemptAt.UTC().Format("2006-01-02 15:04")
 				}
 			}

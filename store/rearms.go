@@ -12,30 +12,6 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 )
 
-// Action kinds besides ActionTrip. Each is one row per incident
-// (UNIQUE(incident_id, kind)), run by the breaker's executor.
-const (
-	// KindNotifyPrefix + notifier name: tell that notifier about the incident,
-	// once, after the trip action finished.
-	KindNotifyPrefix = "notify:"
-	// KindGuardPrefix + notifier name: the one page a notifier gets when the
-	// guard starts holding suspensions (attached to the first held incident).
-	KindGuardPrefix = "guard:"
-	// ActionEndCalls ends the subaccount's in-progress calls after the trip
-	// action suspended it.
-	ActionEndCalls = "end_calls"
-	// ActionReactivate is a scheduled reactivation (a rule's reactivate
-	// policy); its NextAttemptAt is when it is due.
-	ActionReactivate = "reactivate"
-)
-
-// Action.Hold values.
-const (
-	HoldNone     = 0
-	HoldHeld     = 1 // the guard holds this trip: it is not run until released
-	HoldReleased = 2 // released by a person: it runs past the guard
-)
-
 // Reactivation.Via values.
 const (
 	ViaManual    = "manual"
@@ -44,12 +20,6 @@ const (
 
 // ErrExists is returned when a row that may exist only once already does.
 var ErrExists = errors.New("already exists")
-
-// Scheduled is an action to create with FinishActionThen, due at At.
-type Scheduled struct {
-	Kind string
-	At   time.Time
-}
 
 // Rearm is a re-arm exception: on reactivation, the trigger of Rule on
 // AccountSID that had fired in Period was replaced by one allowing Allowance
@@ -87,32 +57,8 @@ type Reactivation struct {
 }
 
 // OperatorStore is the state of the people-in-the-loop features: re-arm
-// exceptions, the reactivation audit, the guard's holds and multi-part
-// progress. Same concurrency contract as Store.
+// exceptions and the reactivation audit. Same concurrency contract as Store.
 type OperatorStore interface {
-	// FinishActionThen is FinishAction that also creates the given actions for
-	// the same incident in the same transaction (kinds already present are
-	// left as they are).
-	FinishActionThen(ctx context.Context, id int64, state, outcome, detail string, then []Scheduled) error
-	// SetActionProgress records what a pending multi-part action already did.
-	SetActionProgress(ctx context.Context, id int64, progress string) error
-	// IncidentActions returns the actions of each incident, in creation order.
-	IncidentActions(ctx context.Context, incidentIDs []int64) (map[int64][]Action, error)
-
-	// HoldAction parks a pending trip action for the guard (Hold=HoldHeld; it
-	// is not returned by PendingActions until released) and puts detail on
-	// its incident. If no other action was held, it also creates a pending
-	// action of each kind in pages for the same incident and reports paged.
-	HoldAction(ctx context.Context, id int64, detail string, pages []string) (paged bool, err error)
-	// ReleaseHeld makes every held action due now, marked HoldReleased, and
-	// returns how many there were.
-	ReleaseHeld(ctx context.Context, now time.Time, detail string) (int, error)
-	// CountHeld counts the actions the guard holds.
-	CountHeld(ctx context.Context) (int, error)
-	// CountSuspensions counts trip actions that finished with outcome
-	// "suspended" at or after since.
-	CountSuspensions(ctx context.Context, since time.Time) (int, error)
-
 	// BeginRearm starts a re-arm of (account, rule, period): it creates the
 	// exception with generation 2, or moves an existing one to the next
 	// generation, with no trigger yet. It returns the exception.
@@ -169,50 +115,6 @@ func (s *SQLite) write(ctx context.Context, op string, fn func(tx *sql.Tx) error
 	return s.commit(tx)
 }
 
-func insertScheduled(ctx context.Context, tx *sql.Tx, incidentID int64, then []Scheduled, now int64) error {
-	for _, sc := range then {
-		if sc.Kind == "" {
-			return errors.New("scheduled action with an empty kind")
-		}
-		at, err := unixNano(sc.At)
-		if err != nil {
-			return fmt.Errorf("scheduled %s: %w", sc.Kind, err)
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO actions (incident_id, kind, state, attempts,
-				next_attempt_at, created_at, updated_at)
-			VALUES (?, ?, 'pending', 0, ?, ?, ?)
-			ON CONFLICT (incident_id, kind) DO NOTHING`, incidentID, sc.Kind, at, now, now); err != nil {
-			return fmt.Errorf("insert action %q: %w", sc.Kind, err)
-		}
-	}
-	return nil
-}
-
-// FinishActionThen implements OperatorStore.
-func (s *SQLite) FinishActionThen(ctx context.Context, id int64, state, outcome, detail string, then []Scheduled) error {
-	if err := s.check("finish action"); err != nil {
-		return err
-	}
-	if err := s.finishAction(ctx, id, state, outcome, detail, then); err != nil {
-		return fmt.Errorf("store: finish action %d: %w", id, err)
-	}
-	return nil
-}
-
-// SetActionProgress implements OperatorStore (ErrNotFound unless pending).
-func (s *SQLite) SetActionProgress(ctx context.Context, id int64, progress string) error {
-	return s.write(ctx, fmt.Sprintf("set progress of action %d", id), func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE actions SET progress = ? WHERE id = ? AND state = 'pending'`, progress, id)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return ErrNotFound
-		}
-		return nil
-	})
-}
-
 // inList is "(?, ?, ...)" for n values.
 func inList(n int) string {
 	return "(" + strings.TrimSuffix(strings.Repeat("?, ", n), ", ") + ")"
@@ -224,128 +126,6 @@ func int64Args(ids []int64) []any {
 		out[i] = id
 	}
 	return out
-}
-
-// IncidentActions implements OperatorStore.
-func (s *SQLite) IncidentActions(ctx context.Context, incidentIDs []int64) (map[int64][]Action, error) {
-	if err := s.check("incident actions"); err != nil {
-		return nil, err
-	}
-	out := map[int64][]Action{}
-	for len(incidentIDs) > 0 {
-		chunk := incidentIDs[:min(len(incidentIDs), 500)]
-		incidentIDs = incidentIDs[len(chunk):]
-		rows, err := s.r.QueryContext(ctx, `SELECT `+actionCols+` FROM actions WHERE incident_id IN `+
-			inList(len(chunk))+` ORDER BY id`, int64Args(chunk)...)
-		if err != nil {
-			return nil, fmt.Errorf("store: incident actions: %w", err)
-		}
-		acts, err := scanActions(rows)
-		if err != nil {
-			return nil, fmt.Errorf("store: incident actions: %w", err)
-		}
-		for _, a := range acts {
-			out[a.IncidentID] = append(out[a.IncidentID], a)
-		}
-	}
-	return out, nil
-}
-
-func scanActions(rows *sql.Rows) ([]Action, error) {
-	defer rows.Close()
-	var out []Action
-	for rows.Next() {
-		var (
-			a                      Action
-			next, created, updated int64
-		)
-		if err := rows.Scan(&a.ID, &a.IncidentID, &a.Kind, &a.State, &a.Attempts, &next,
-			&a.Outcome, &a.Detail, &created, &updated, &a.Hold, &a.Progress); err != nil {
-			return nil, err
-		}
-		a.NextAttemptAt, a.CreatedAt, a.UpdatedAt = fromUnixNano(next), fromUnixNano(created), fromUnixNano(updated)
-		out = append(out, a)
-	}
-	return out, rows.Err()
-}
-
-// HoldAction implements OperatorStore. Only a pending trip action that is
-// not held or released can be held (else ErrNotFound).
-func (s *SQLite) HoldAction(ctx context.Context, id int64, detail string, pages []string) (paged bool, err error) {
-	err = s.write(ctx, fmt.Sprintf("hold action %d", id), func(tx *sql.Tx) error {
-		now, err := unixNano(s.now())
-		if err != nil {
-			return err
-		}
-		var others int
-		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM actions WHERE hold = 1 AND id <> ?`, id).Scan(&others); err != nil {
-			return err
-		}
-		var incidentID int64
-		err = tx.QueryRowContext(ctx, `UPDATE actions
-			SET hold = 1, next_attempt_at = ?, detail = ?, updated_at = ?
-			WHERE id = ? AND state = 'pending' AND kind = 'trip' AND hold = 0
-			RETURNING incident_id`, int64(1<<63-1), detail, now, id).Scan(&incidentID)
-		if errors.Is(err, sql.ErrNoRows) {
-			return ErrNotFound
-		}
-		if err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE incidents SET detail = ?, updated_at = ? WHERE id = ?`, detail, now, incidentID); err != nil {
-			return err
-		}
-		if others == 0 && len(pages) > 0 {
-			sc := make([]Scheduled, len(pages))
-			for i, k := range pages {
-				sc[i] = Scheduled{Kind: k, At: fromUnixNano(now)}
-			}
-			if err := insertScheduled(ctx, tx, incidentID, sc, now); err != nil {
-				return err
-			}
-			paged = true
-		}
-		return nil
-	})
-	return paged, err
-}
-
-// ReleaseHeld implements OperatorStore; detail goes on each released incident.
-func (s *SQLite) ReleaseHeld(ctx context.Context, now time.Time, detail string) (n int, err error) {
-	err = s.write(ctx, "release held actions", func(tx *sql.Tx) error {
-		at, err := unixNano(now)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE incidents SET detail = ?, updated_at = ?
-			WHERE id IN (SELECT incident_id FROM actions WHERE hold = 1 AND state = 'pending')`, detail, at); err != nil {
-			return err
-		}
-		res, err := tx.ExecContext(ctx, `UPDATE actions SET hold = 2, next_attempt_at = ?, detail = ?, updated_at = ?
-			WHERE hold = 1 AND state = 'pending'`, at, detail, at)
-		if err != nil {
-			return err
-		}
-		m, err := res.RowsAffected()
-		n = int(m)
-		return err
-	})
-	return n, err
-}
-
-// CountHeld implements OperatorStore.
-func (s *SQLite) CountHeld(ctx context.Context) (int, error) {
-	return s.count(ctx, "count held actions", `SELECT count(*) FROM actions WHERE hold = 1 AND state = 'pending'`)
-}
-
-// CountSuspensions implements OperatorStore.
-func (s *SQLite) CountSuspensions(ctx context.Context, since time.Time) (int, error) {
-	at, err := unixNano(since)
-	if err != nil {
-		return 0, fmt.Errorf("store: count suspensions: %w", err)
-	}
-	return s.count(ctx, "count suspensions", `SELECT count(*) FROM actions
-		WHERE kind = 'trip' AND outcome = 'suspended' AND updated_at >= ?`, at)
 }
 
 func (s *SQLite) count(ctx context.Context, op, q string, args ...any) (int, error) {

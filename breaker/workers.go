@@ -1,0 +1,64 @@
+package breaker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/usagebreaker/usagebreaker/store"
+)
+
+// The workers of the action engine, one per kind:
+//
+//	trip                 suspend / notify / dry-run (trip.go)
+//	end_calls            after the trip: end the subaccount's in-progress calls (endcalls.go)
+//	notify:{notifier}    after the trip: tell one notifier what happened (notifications.go)
+//	guard:{notifier}     the one page per notifier when the guard starts holding (guard.go)
+//	reactivate           the rule's reactivate policy, due at its time (reactivate.go)
+//
+// end_calls and notify:* wait until the trip action is finished (the queue
+// does not hand them out before), so a notification reports the outcome.
+
+// worker returns the worker of an action kind (nil: none).
+func (b *Breaker) worker(kind store.ActionKind) Worker {
+	switch {
+	case kind == store.ActionTrip:
+		return WorkerFunc(b.workTrip)
+	case kind == store.ActionEndCalls:
+		return WorkerFunc(b.workEndCalls)
+	case kind == store.ActionReactivate:
+		return WorkerFunc(b.workReactivate)
+	case strings.HasPrefix(string(kind), store.KindNotifyPrefix):
+		return WorkerFunc(func(ctx context.Context, a store.Action) Result { return b.workNotify(ctx, a, notifyIncident) })
+	case strings.HasPrefix(string(kind), store.KindGuardPrefix):
+		return WorkerFunc(func(ctx context.Context, a store.Action) Result { return b.workNotify(ctx, a, notifyGuard) })
+	}
+	return nil
+}
+
+// actionFinished updates the gauges after an action's result was recorded.
+func (b *Breaker) actionFinished(a store.Action, r Result) {
+	if r.Finished() && a.Kind != store.ActionReactivate { // scheduled reactivations are not counted as pending work
+		b.m.ActionsPending.Dec()
+	}
+}
+
+// IncidentPeriod is the incident period of a firing of rule on account in
+// base (its plain period key): base, or "base#N" while a re-arm exception of
+// generation N exists for it. The poller must use it too, so that its
+// firings land on the same incidents as the callbacks.
+func (b *Breaker) IncidentPeriod(ctx context.Context, rule, accountSID, base string) (string, error) {
+	return b.incidentPeriod(ctx, rule, accountSID, base)
+}
+
+func (b *Breaker) incidentPeriod(ctx context.Context, rule, accountSID, base string) (string, error) {
+	ex, err := b.store.RearmFor(ctx, accountSID, rule, base)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return base, nil
+	case err != nil:
+		return "", fmt.Errorf("read re-arm: %w", err)
+	}
+	return fmt.Sprintf("%s#%d", base, ex.Generation), nil
+}
