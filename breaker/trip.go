@@ -158,7 +158,8 @@ func (b *Breaker) workTrip(ctx context.Context, a store.Action) Result {
 	r := b.Rule(inc.Rule)
 	log := b.log.With("incident", inc.ID, "rule", inc.Rule, "account", inc.AccountSID, "account_name", inc.AccountName, "source", inc.Source)
 	suspend := r != nil && r.Action == rules.ActionSuspend && !r.DryRun
-	res, err := b.trip(ctx, a, inc, r)
+	var tt tripTimes
+	res, err := b.trip(ctx, a, inc, r, &tt)
 	var sk skip
 	switch {
 	case errors.As(err, &sk):
@@ -181,7 +182,11 @@ func (b *Breaker) workTrip(ctx context.Context, a store.Action) Result {
 	if r.Action == rules.ActionSuspend {
 		b.m.Suspensions.WithLabelValues(inc.Rule, string(res.Outcome())).Inc()
 	}
-	log.Info("incident handled", "outcome", res.Outcome(), "detail", res.Detail(), "current_value", inc.CurrentValue, "threshold", r.Threshold.String())
+	attrs := []any{"outcome", res.Outcome(), "detail", res.Detail(), "current_value", inc.CurrentValue, "threshold", r.Threshold.String()}
+	if tt.receiptToWrite > 0 {
+		attrs = append(attrs, "receipt_to_write", tt.receiptToWrite, "twilio_wait", tt.read)
+	}
+	log.Info("incident handled", attrs...)
 	if res.Outcome() == OutcomeSuspended && r.Reactivate != nil {
 		due := r.Reactivate.Due(r.Recurring, b.now())
 		res = res.Then(store.Scheduled{Kind: store.ActionReactivate, At: due}).OnRecorded(func(ok, _ bool) {
@@ -193,9 +198,15 @@ func (b *Breaker) workTrip(ctx context.Context, a store.Action) Result {
 	return res
 }
 
+// tripTimes are the times of a trip's first attempt, for its log line.
+type tripTimes struct {
+	read           time.Duration // the read before the write: Twilio's share
+	receiptToWrite time.Duration // from the callback's receipt to the suspend request written
+}
+
 // trip verifies incident inc against rule r and the account, then acts.
 // A skip is returned as a skip error; other errors are retried or fail.
-func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, r *rules.Rule) (Result, error) {
+func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, r *rules.Rule, tt *tripTimes) (Result, error) {
 	// Verify.
 	if r == nil {
 		return Result{}, skip{fmt.Sprintf("rule %q no longer exists", inc.Rule)}
@@ -210,7 +221,9 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 	} else {
 		// A suspension is decided on a fresh read (read before write: after a
 		// crash or a lost answer the account may already be suspended).
+		start := time.Now()
 		acct, err = b.readAccount(ctx, inc.AccountSID)
+		tt.read = time.Since(start)
 	}
 	if errors.Is(err, ErrNotSubaccount) {
 		return Result{}, skip{"the account is not a subaccount of the parent any more"}
@@ -247,6 +260,9 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 		} else if ours {
 			return Done(OutcomeSuspended, fmt.Sprintf("value %s >= threshold %s (suspended by an earlier attempt whose answer was lost)", cur, r.Threshold)), nil
 		}
+		if a.Rescued && a.WriteSentAt.IsZero() {
+			return Done(OutcomeAlreadySuspended, "the account was already suspended"+detailClaimLost), nil
+		}
 		return Done(OutcomeAlreadySuspended, "the account was already suspended"), nil
 	case twilioapi.StatusClosed:
 		return Done(OutcomeAlreadySuspended, "the account is closed"), nil
@@ -263,7 +279,7 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 		slot.free()
 		return Result{}, err // stopping: the write is not sent
 	}
-	res, err := b.writeSuspended(ctx, a, inc)
+	res, err := b.writeSuspended(ctx, a, inc, tt)
 	if err != nil {
 		slot.free()
 		return res, err
@@ -274,6 +290,13 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 	}
 	return slot.recordWith(res), nil
 }
+
+// detailClaimLost ends the detail of an incident whose trip was claimed by a
+// process that stopped before it recorded whether it sent its write, and
+// whose account was then found suspended: the suspension may be that
+// process's, but it is not counted as ours (a breaker must never reactivate
+// a suspension somebody else made).
+const detailClaimLost = " (a process that claimed this trip stopped before recording whether it sent its suspend write; had it, this suspension would be its own, but it is not counted as such)"
 
 // ownSuspension reports whether the suspension found on inc's account is
 // the work of an earlier attempt of a: it sent a status write whose answer
@@ -297,7 +320,7 @@ func (b *Breaker) ownSuspension(ctx context.Context, a store.Action, inc store.I
 // until then the claim holds the account. A write whose outcome is unknown
 // is not repeated before it can no longer land: the retry waits a write
 // lease and keeps the account that long.
-func (b *Breaker) writeSuspended(ctx context.Context, a store.Action, inc store.Incident) (Result, error) {
+func (b *Breaker) writeSuspended(ctx context.Context, a store.Action, inc store.Incident, tt *tripTimes) (Result, error) {
 	var (
 		mu   sync.Mutex
 		sent time.Time
@@ -310,7 +333,9 @@ func (b *Breaker) writeSuspended(ctx context.Context, a store.Action, inc store.
 		sent = now
 		mu.Unlock()
 		if isFirst && first {
-			b.m.SuspendWriteLatency.Observe(max(now.Sub(inc.UpdatedAt), time.Microsecond).Seconds())
+			d := max(now.Sub(inc.UpdatedAt), time.Microsecond)
+			tt.receiptToWrite = d
+			b.m.SuspendWriteLatency.Observe(d.Seconds())
 		}
 		go func() {
 			if err := b.store.MarkWriteSent(context.WithoutCancel(ctx), a.ID, a.Owner, now, now.Add(b.writeLease)); err != nil && !errors.Is(err, store.ErrNotFound) {

@@ -595,7 +595,7 @@ func TestEndToEnd(t *testing.T) {
 			"usagebreaker_config_last_reload_successful 1", "usagebreaker_config_last_reload_success_timestamp_seconds",
 			"usagebreaker_build_info{", `usagebreaker_incidents_total{rule="spend-daily",source="callback"} 1`,
 			"usagebreaker_actions_pending 0",
-			// The one suspension, timed from its callback's receipt to its write (fast path).
+			// The one suspension, timed from its callback's receipt to its write.
 			"usagebreaker_callback_to_suspend_write_seconds_count 1",
 		} {
 			if !strings.Contains(m, name) {

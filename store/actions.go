@@ -281,7 +281,7 @@ func (s *SQLite) RescueActions(ctx context.Context, now time.Time, writeLease ti
 				detail += "; the account is held until a status write it may have sent can no longer land"
 			}
 			if _, err := tx.ExecContext(ctx, `UPDATE actions SET state = 'available', owner = '', next_attempt_at = ?,
-					lease_until = ?, detail = ?, updated_at = ?
+					lease_until = ?, rescued = 1, detail = ?, updated_at = ?
 				WHERE id = ? AND state = 'running' AND owner = ?`, next, lease, detail, at, a.ID, a.Owner); err != nil {
 				return nil, fmt.Errorf("hand back action %d: %w", a.ID, err)
 			}
@@ -415,15 +415,15 @@ func scanActions(rows *sql.Rows) ([]Action, error) {
 		var (
 			a                 Action
 			next, lease, sent int64
-			released          int64
+			released, rescued int64
 			created, updated  int64
 		)
 		if err := rows.Scan(&a.ID, &a.IncidentID, &a.Kind, &a.AccountSID, &a.State, &a.Attempts, &next,
-			&a.Owner, &lease, &sent, &released, &a.Outcome, &a.Detail, &a.Progress, &created, &updated); err != nil {
+			&a.Owner, &lease, &sent, &released, &rescued, &a.Outcome, &a.Detail, &a.Progress, &created, &updated); err != nil {
 			return nil, err
 		}
 		a.NextAttemptAt, a.CreatedAt, a.UpdatedAt = fromUnixNano(next), fromUnixNano(created), fromUnixNano(updated)
-		a.LeaseUntil, a.WriteSentAt, a.Released = fromTimeCol(lease), fromTimeCol(sent), released != 0
+		a.LeaseUntil, a.WriteSentAt, a.Released, a.Rescued = fromTimeCol(lease), fromTimeCol(sent), released != 0, rescued != 0
 		out = append(out, a)
 	}
 	return out, rows.Err()

@@ -172,6 +172,7 @@ var migrations = []migration{
 				lease_until     INTEGER NOT NULL DEFAULT 0,
 				write_sent_at   INTEGER NOT NULL DEFAULT 0,
 				released        INTEGER NOT NULL DEFAULT 0 CHECK (released IN (0, 1)),
+				rescued         INTEGER NOT NULL DEFAULT 0 CHECK (rescued IN (0, 1)),
 				outcome         TEXT    NOT NULL DEFAULT '',
 				detail          TEXT    NOT NULL DEFAULT '',
 				progress        TEXT    NOT NULL DEFAULT '',

@@ -257,11 +257,15 @@ type Action struct {
 	// suspended knows the suspension may be its own.
 	WriteSentAt time.Time
 	Released    bool // a person released it from the guard: it runs past the guard
-	Outcome     Outcome
-	Detail      string
-	Progress    string // what a multi-part action already did (a notification's recipients)
-	CreatedAt   time.Time
-	UpdatedAt   time.Time
+	// Rescued: a process claimed it and stopped before recording a result
+	// (RescueActions). Without WriteSentAt nobody knows whether that process
+	// sent a status write.
+	Rescued   bool
+	Outcome   Outcome
+	Detail    string
+	Progress  string // what a multi-part action already did (a notification's recipients)
+	CreatedAt time.Time
+	UpdatedAt time.Time
 }
 
 // Completion is how a worker's attempt at a running action ends

@@ -479,10 +479,10 @@ func TestCrashStorm(t *testing.T) {
 		t.Errorf("%d actions pending", pending)
 	}
 	claims := map[string]int{}
-	claimsLost := map[string]int{} // fast-path claims cut off before their outcome (breaker/fast.go)
+	claimsLost := map[string]int{} // claims cut off before their write was marked (breaker/trip.go, detailClaimLost)
 	resumedWrites := 0
 	for _, i := range incidents {
-		if strings.Contains(i.detail, "stopped before recording the outcome") {
+		if strings.Contains(i.detail, "stopped before recording whether it sent its suspend write") {
 			claimsLost[i.account]++
 		}
 		if strings.Contains(i.detail, "earlier attempt") {
@@ -505,8 +505,8 @@ func TestCrashStorm(t *testing.T) {
 	}
 	for sid, n := range writes {
 		// Each write is claimed by exactly one incident, except one whose
-		// fast path was cut off between its claim and its outcome: that
-		// incident says so and does not claim it (never two claims).
+		// claim was cut off between the write and its mark: that incident
+		// says so and does not claim it (never two claims).
 		if claims[sid] != n && !(claims[sid] == 0 && claimsLost[sid] > 0) {
 			t.Errorf("%s: %d suspend writes, %d incidents say they suspended it (%d cut-off claims)", e.names[sid], n, claims[sid], claimsLost[sid])
 		}
@@ -542,9 +542,9 @@ func TestCrashStorm(t *testing.T) {
 	}
 	e.stop()
 
-	held := map[string]bool{} // incidents whose write a kill cut off, held at a restart
+	held := map[string]bool{} // incidents whose claimed trip a kill cut off, rescued (account held) at a restart
 	logs, _ := filepath.Glob(filepath.Join(e.dir, "daemon-*.log"))
-	heldRe := regexp.MustCompile(`"msg":"a suspend write sent before the restart may still land[^"]*","incident":(\d+)`)
+	heldRe := regexp.MustCompile(`"msg":"resuming an action a stopped process had claimed","action":\d+,"kind":"trip","incident":(\d+)`)
 	for _, l := range logs {
 		b, _ := os.ReadFile(l)
 		for _, m := range heldRe.FindAllSubmatch(b, -1) {
@@ -560,8 +560,8 @@ func TestCrashStorm(t *testing.T) {
 		"firings": firingCount, "callback_attempts": deliveries, "attempts_not_answered_200": failedDeliveries,
 		"firings_answered_200": len(ok200), "suspend_firings_answered_200": suspendOK, "incidents": len(incidents),
 		"suspended_by_callbacks": suspendedBeforePoll, "suspended_by_the_final_poll": int(fromPoll),
-		"writes_cut_by_a_kill_and_held_at_restart": len(held), "suspensions_found_landed_after_a_kill": resumedWrites,
-		"fast_path_claims_cut_by_a_kill_on_a_suspended_account": len(claimsLost),
+		"trip_claims_cut_by_a_kill_and_rescued_at_restart": len(held), "suspensions_found_landed_after_a_kill": resumedWrites,
+		"claims_cut_by_a_kill_on_a_suspended_account": len(claimsLost),
 		"build": built.Round(time.Millisecond).String(), "storm_and_recovery": stormTook.Round(time.Millisecond).String(),
 		"total": time.Since(began).Round(time.Millisecond).String(),
 	}
