@@ -61,11 +61,12 @@ func (s *slowAPI) SetAccountStatus(ctx context.Context, sid, status string) (twi
 		return s.fakeAPI.SetAccountStatus(ctx, sid, status)
 	}
 	if apply {
-		s.fakeAPI.SetAccountStatus(ctx, sid, status)
+		s.fakeAPI.SetAccountStatus(ctx, sid, status) // written, and applied
 	} else {
 		s.fakeAPI.mu.Lock()
 		s.fakeAPI.calls["accounts.update"]++
 		s.fakeAPI.mu.Unlock()
+		wroteRequest(ctx, nil) // written, not applied (yet)
 	}
 	return twilioapi.Account{}, &twilioapi.Error{Operation: "accounts.update", Status: 0, Message: "context deadline exceeded"}
 }
@@ -104,7 +105,7 @@ func TestTwoIncidentsOfOneAccountWriteOnce(t *testing.T) {
 	if got := f.api.count("accounts.update"); got != 3 {
 		t.Fatalf("suspend writes = %d, want 3 (one per account)", got)
 	}
-	outcomes := map[string]int{}
+	outcomes := map[store.Outcome]int{}
 	for _, id := range ids {
 		outcomes[f.incident(t, id).Outcome]++
 	}
@@ -117,36 +118,39 @@ func TestCrashDuringTheWrite(t *testing.T) {
 	for _, landed := range []bool{true, false} {
 		name := map[bool]string{true: "the write landed", false: "the write was lost"}[landed]
 		t.Run(name, func(t *testing.T) {
-			f, _ := newSlowFixture(t, twoSuspendRules)
+			f, s := newSlowFixture(t, twoSuspendRules)
 			a := f.api.addAccount("tenant-a", "active")
 			f.reconcile(t)
 			spend := f.accept(t, "spend-daily", a, callbackFor(a, "t1", "totalprice", "price", "60"))
 			sms := f.accept(t, "sms-daily", a, callbackFor(a, "t2", "sms", "count", "150"))
 			// The state a process leaves when it dies between sending the
-			// write of spend-daily's action and recording its answer.
-			act := f.actions(t, spend.Incident.ID)[0]
-			lease := f.clock.Now().Add(30 * time.Second)
-			if err := f.st.NoteAction(context.Background(), act.ID, lease, detailWriteSent); err != nil {
-				t.Fatal(err)
+			// write of spend-daily's action and recording its answer: the
+			// trip claimed (one action per account: sms-daily's waits) and
+			// the write marked sent.
+			claimed := f.claimAs(t, deadOwner)
+			if len(claimed) != 1 || claimed[0].IncidentID != spend.Incident.ID {
+				t.Fatalf("claimed %+v, want spend-daily's trip alone", claimed)
 			}
+			f.markSent(t, claimed[0].ID, deadOwner)
 			if landed {
 				f.api.SetAccountStatus(context.Background(), a.SID, "suspended")
 			}
 			writes := f.api.count("accounts.update")
 
-			// The next process: no write to the account until the lease passed,
-			// not even for the other incident.
-			b2 := New(Options{API: f.api, Store: f.st, Metrics: f.m, Now: f.clock.Now, WriteLease: 30 * time.Second, Settings: f.b.Settings()})
-			b2.loadLeases(context.Background())
+			// The next process: no write to the account until the write
+			// lease passed, not even for the other incident.
+			b2 := f.restart(t, s)
 			b2.RunDueOnce(context.Background())
 			if f.api.count("accounts.update") != writes || f.api.count("accounts.fetch") != 0 {
 				t.Fatalf("touched the account during the lease: %d writes, %d reads", f.api.count("accounts.update")-writes, f.api.count("accounts.fetch"))
 			}
-			if inc := f.incident(t, sms.Incident.ID); inc.State != store.StatePending || !strings.Contains(inc.Detail, "waiting for a suspend write") {
-				t.Fatalf("other incident during the lease: %+v", inc)
+			if inc := f.incident(t, spend.Incident.ID); inc.State != store.StatePending || !strings.Contains(inc.Detail, "held until a status write") {
+				t.Fatalf("the rescued incident during the lease: %+v", inc)
+			}
+			if trip := f.trip(t, sms.Incident.ID); trip.State != store.ActionAvailable || trip.Attempts != 0 {
+				t.Fatalf("other incident's trip during the lease: %+v", trip)
 			}
 			f.clock.Advance(31 * time.Second)
-			b2.RunDueOnce(context.Background())
 			b2.RunDueOnce(context.Background())
 			if got := f.api.count("accounts.update") - writes; (landed && got != 0) || (!landed && got != 1) {
 				t.Fatalf("writes after the lease = %d", got)
@@ -156,13 +160,15 @@ func TestCrashDuringTheWrite(t *testing.T) {
 				t.Fatalf("incidents = %+v, %+v", inc, other)
 			}
 			if landed {
-				// The interrupted write is known to be ours.
+				// The interrupted write is known to be ours (sms-daily's trip,
+				// due first, found the account suspended with no write of its own).
 				if inc.Outcome != OutcomeSuspended || !strings.Contains(inc.Detail, "earlier attempt") || other.Outcome != OutcomeAlreadySuspended {
 					t.Fatalf("incidents = %+v, %+v", inc, other)
 				}
-			} else if got := []string{inc.Outcome, other.Outcome}; !(got[0] == OutcomeSuspended) != (got[1] == OutcomeSuspended) ||
-				(got[0] != OutcomeAlreadySuspended && got[1] != OutcomeAlreadySuspended) {
-				t.Fatalf("outcomes = %v, want one suspended and one already_suspended", got)
+			} else if other.Outcome != OutcomeSuspended || inc.Outcome != OutcomeAlreadySuspended {
+				// sms-daily's trip was due first and suspended the account;
+				// spend-daily's lost write is not counted again.
+				t.Fatalf("outcomes = %s, %s; want already_suspended (the lost write), suspended", inc.Outcome, other.Outcome)
 			}
 		})
 	}
@@ -179,8 +185,9 @@ func TestWriteTimeoutWaitsForTheLease(t *testing.T) {
 			res := f.accept(t, "spend-daily", a, callbackFor(a, "t1", "totalprice", "price", "60"))
 			f.b.RunDueOnce(context.Background())
 			act := f.actions(t, res.Incident.ID)[0]
-			if act.State != store.StatePending || !strings.HasPrefix(act.Detail, prefixWriteUnknown) ||
-				act.NextAttemptAt.Before(f.clock.Now().Add(30*time.Second)) {
+			if act.State != store.ActionAvailable || act.Attempts != 1 || !act.WriteSentAt.Equal(f.clock.Now()) ||
+				!act.NextAttemptAt.Equal(f.clock.Now().Add(30*time.Second)) || !act.LeaseUntil.Equal(f.clock.Now().Add(30*time.Second)) ||
+				!strings.Contains(act.Detail, "may have been applied") {
 				t.Fatalf("after the timeout: %+v", act)
 			}
 			f.clock.Advance(10 * time.Second) // the backoff, but not the lease
@@ -198,7 +205,7 @@ func TestWriteTimeoutWaitsForTheLease(t *testing.T) {
 			if got := f.api.count("accounts.update"); got != want {
 				t.Fatalf("status writes = %d, want %d", got, want)
 			}
-			if v := testutil.ToFloat64(f.m.Suspensions.WithLabelValues("spend-daily", OutcomeSuspended)); v != 1 {
+			if v := testutil.ToFloat64(f.m.Suspensions.WithLabelValues("spend-daily", string(OutcomeSuspended))); v != 1 {
 				t.Errorf("suspensions_total{suspended} = %v", v)
 			}
 		})
@@ -285,8 +292,11 @@ func TestAWriteMayHaveLandedIsRememberedAcrossOtherErrors(t *testing.T) {
 	f.api.failNext("accounts.fetch", &twilioapi.Error{Operation: "accounts.fetch", Status: 503, Message: "unavailable"})
 	f.clock.Advance(time.Minute)
 	f.b.RunDueOnce(context.Background())
-	if inc := f.incident(t, res.Incident.ID); inc.State != store.StatePending || !strings.HasPrefix(inc.Detail, prefixWriteUnknown) {
+	if inc := f.incident(t, res.Incident.ID); inc.State != store.StatePending || !strings.Contains(inc.Detail, "unavailable") {
 		t.Fatalf("after the failed read: %+v", inc)
+	}
+	if trip := f.trip(t, res.Incident.ID); trip.WriteSentAt.IsZero() || trip.Attempts != 2 {
+		t.Fatalf("the trip forgot its write after the failed read: %+v", trip)
 	}
 	f.clock.Advance(time.Minute)
 	f.b.RunDueOnce(context.Background())
@@ -307,7 +317,7 @@ func TestStartResumesEveryPendingAction(t *testing.T) {
 	res := f.accept(t, "spend-daily", a, callbackFor(a, "t1", "totalprice", "price", "60"))
 	f.b.RunDueOnce(context.Background())
 	acts := f.actions(t, res.Incident.ID)
-	if acts[0].State != store.StatePending || !acts[0].NextAttemptAt.After(f.clock.Now()) {
+	if acts[0].State != store.ActionAvailable || !acts[0].NextAttemptAt.After(f.clock.Now()) {
 		t.Fatalf("after the 401: %+v", acts[0])
 	}
 	// The operator fixes the token and restarts: the action runs at once,
@@ -333,21 +343,38 @@ func TestStartResumesEveryPendingAction(t *testing.T) {
 func TestTwoLostWritesOneClaim(t *testing.T) {
 	// Two actions of one account both sent a write whose fate a crash hid;
 	// the account is suspended. Only one incident may say it suspended it.
-	f, _ := newSlowFixture(t, twoSuspendRules)
+	f, s := newSlowFixture(t, twoSuspendRules)
+	ctx := context.Background()
 	a := f.api.addAccount("tenant-a", "active")
 	f.reconcile(t)
 	spend := f.accept(t, "spend-daily", a, callbackFor(a, "t1", "totalprice", "price", "60"))
 	sms := f.accept(t, "sms-daily", a, callbackFor(a, "t2", "sms", "count", "150"))
-	for _, id := range []int64{spend.Incident.ID, sms.Incident.ID} {
-		if err := f.st.NoteAction(context.Background(), f.actions(t, id)[0].ID, f.clock.Now(), detailWriteSent); err != nil {
-			t.Fatal(err)
-		}
+	// A first process sends spend-daily's write and records the attempt as
+	// a retry (due a moment later); a second sends sms-daily's and dies.
+	first := f.claimAs(t, "first/1")
+	if len(first) != 1 || first[0].IncidentID != spend.Incident.ID {
+		t.Fatalf("claimed %+v", first)
 	}
-	f.api.SetAccountStatus(context.Background(), a.SID, "suspended")
-	b2 := New(Options{API: f.api, Store: f.st, Metrics: f.m, Now: f.clock.Now, Workers: 4, Settings: f.b.Settings()})
-	b2.RunDueOnce(context.Background())
-	got := []string{f.incident(t, spend.Incident.ID).Outcome, f.incident(t, sms.Incident.ID).Outcome}
-	if (got[0] == OutcomeSuspended) == (got[1] == OutcomeSuspended) {
-		t.Fatalf("outcomes = %v, want exactly one suspended", got)
+	f.markSent(t, first[0].ID, "first/1")
+	if _, err := f.st.CompleteAction(ctx, first[0].ID, "first/1", store.Completion{State: store.ActionAvailable, Attempted: true,
+		NextAttemptAt: f.clock.Now().Add(time.Nanosecond), WriteSentAt: f.clock.Now(), Detail: "timeout"}); err != nil {
+		t.Fatal(err)
+	}
+	second := f.claimAs(t, "second/2")
+	if len(second) != 1 || second[0].IncidentID != sms.Incident.ID {
+		t.Fatalf("claimed %+v", second)
+	}
+	f.markSent(t, second[0].ID, "second/2")
+	f.api.SetAccountStatus(ctx, a.SID, "suspended")
+
+	b2 := f.restart(t, s)
+	f.clock.Advance(31 * time.Second)
+	b2.RunDueOnce(ctx)
+	got := []store.Outcome{f.incident(t, spend.Incident.ID).Outcome, f.incident(t, sms.Incident.ID).Outcome}
+	if got[0] != OutcomeSuspended || got[1] != OutcomeAlreadySuspended {
+		t.Fatalf("outcomes = %v, want the first to run (spend-daily) suspended and the other already_suspended", got)
+	}
+	if f.api.count("accounts.update") != 1 {
+		t.Fatalf("%d writes", f.api.count("accounts.update"))
 	}
 }

@@ -93,6 +93,7 @@ func newFixture(t *testing.T, ruleText string) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
+	st.SetClock(f.clock.Now) // as the daemon does: the guard's window and SuspendedSince follow the same clock
 	f.st = st
 	f.m = NewMetrics(f.reg)
 	f.b = New(Options{API: f.api, Store: st, Metrics: f.m, Now: f.clock.Now, RetryMin: time.Second, RetryMax: time.Minute,

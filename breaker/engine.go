@@ -30,6 +30,14 @@ import (
 //   - An attempt never outlives its claim: its context ends before the
 //     lease does.
 
+// Queue is what the engine needs of the store (store.ActionStore has it).
+type Queue interface {
+	ClaimActions(ctx context.Context, c store.Claim, now time.Time, limit int) ([]store.Action, error)
+	CompleteAction(ctx context.Context, id int64, owner string, c store.Completion) (store.Completed, error)
+	RescueActions(ctx context.Context, now time.Time, writeLease time.Duration, all bool) ([]store.Action, error)
+	ResumeAvailable(ctx context.Context, now time.Time) (int, error)
+}
+
 // Worker does the attempts at one kind of action.
 type Worker interface {
 	Work(ctx context.Context, a store.Action) Result
@@ -139,7 +147,7 @@ func (r Result) Detail() string { return r.detail }
 
 // EngineOptions configure an Engine.
 type EngineOptions struct {
-	Store  store.ActionStore
+	Store  Queue
 	Owner  string // this engine's name in claims (unique per process)
 	Logger *slog.Logger
 	Now    func() time.Time

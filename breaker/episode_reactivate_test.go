@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -137,17 +136,21 @@ func TestReactivateAnEpisodeOfTwoRules(t *testing.T) {
 	// when a poll found the usage), but its incident is of this period.
 	f.setFired(a.SID, "spend-daily", firedToday)
 
-	if _, ok := f.b.wroteBy.Load(a.SID); !ok {
-		t.Fatal("the suspension's write is not remembered")
+	// The suspension's write is remembered on its own action (and only
+	// there): a lost answer of another incident's write is never taken for it.
+	for _, act := range f.actions(t, first.ID) {
+		if act.Kind == store.ActionTrip && !act.WriteSentAt.Equal(f.clock.Now()) {
+			t.Fatalf("the suspending trip does not record its write: %+v", act)
+		}
+	}
+	for _, act := range f.actions(t, second.ID) {
+		if act.Kind == store.ActionTrip && !act.WriteSentAt.IsZero() {
+			t.Fatalf("the already_suspended trip records a write: %+v", act)
+		}
 	}
 	out, err := f.b.Reactivate(ctx, manual(a.SID))
 	if err != nil {
 		t.Fatalf("reactivate: %v", err)
-	}
-	// The next suspension is another episode's: a lost answer then is not
-	// taken for a write of this one's action.
-	if _, ok := f.b.wroteBy.Load(a.SID); ok {
-		t.Fatal("the reactivated account still remembers the episode's write")
 	}
 	if out.Incident.ID != first.ID || len(out.Episode) != 1 || out.Episode[0].ID != second.ID || len(out.Problems) != 0 {
 		t.Fatalf("reactivate = incident %d, episode %+v, problems %v", out.Incident.ID, out.Episode, out.Problems)
@@ -238,7 +241,7 @@ func TestScheduledReactivationOfAnEpisode(t *testing.T) {
 			re = act
 		}
 	}
-	if re.State != store.StateDone || re.Outcome != OutcomeReactivated || !strings.Contains(re.Detail, "re-armed sms-auto") ||
+	if re.State != store.ActionDone || re.Outcome != OutcomeReactivated || !strings.Contains(re.Detail, "re-armed sms-auto") ||
 		!strings.Contains(re.Detail, "re-armed spend-auto") {
 		t.Errorf("reactivate action = %+v", re)
 	}
@@ -277,7 +280,7 @@ func TestScheduledReactivationSkippedAfterANewerSuspension(t *testing.T) {
 			re = act
 		}
 	}
-	if re.State != store.StateDone || re.Outcome != OutcomeSkipped ||
+	if re.State != store.ActionDone || re.Outcome != OutcomeSkipped ||
 		!strings.Contains(re.Detail, "a newer incident (2, rule sms-auto, outcome suspended) exists") {
 		t.Errorf("reactivate action = %+v", re)
 	}
@@ -365,15 +368,14 @@ func TestRestartDoesNotRunAScheduledReactivationEarly(t *testing.T) {
 	f.b.RunDueOnce(ctx)
 	f.clock.Advance(10 * time.Minute)
 
-	// What RunExecutor does first at start.
-	var wg sync.WaitGroup
-	f.b.runPending(ctx, ctx, make(chan struct{}, 4), &wg, f.clock.Now().AddDate(50, 0, 0), 0)
-	wg.Wait()
+	// A restart: the engine's start resumes the queue.
+	startEngine(t, f.b)
 	if f.status(t, a.SID) != "suspended" {
 		t.Fatal("a restart reactivated the account 50 minutes early")
 	}
 	for _, act := range f.actions(t, first.ID) {
-		if act.Kind == store.ActionReactivate && (act.State != store.StatePending || act.Attempts != 0) {
+		if act.Kind == store.ActionReactivate && (act.State != store.ActionAvailable || act.Attempts != 0 ||
+			!act.NextAttemptAt.Equal(f.clock.Now().Add(50*time.Minute))) {
 			t.Errorf("reactivate action = %+v", act)
 		}
 	}
@@ -409,7 +411,7 @@ func TestScheduledReactivationWaitsForANewerPendingIncident(t *testing.T) {
 		return store.Action{}
 	}
 	for i := 0; i < 5 && f.status(t, a.SID) != "active"; i++ {
-		if act := reactivateAction(); act.State != store.StatePending {
+		if act := reactivateAction(); act.State != store.ActionAvailable {
 			t.Fatalf("the scheduled reactivation gave up: %+v", act)
 		}
 		f.clock.Advance(2 * time.Minute)
@@ -418,7 +420,7 @@ func TestScheduledReactivationWaitsForANewerPendingIncident(t *testing.T) {
 	if f.status(t, a.SID) != "active" {
 		t.Fatalf("not reactivated: %+v; newer incident %+v", reactivateAction(), f.incident(t, second.ID))
 	}
-	if act := reactivateAction(); act.State != store.StateDone || act.Outcome != OutcomeReactivated {
+	if act := reactivateAction(); act.State != store.ActionDone || act.Outcome != OutcomeReactivated {
 		t.Errorf("reactivate action = %+v", act)
 	}
 	if inc := f.incident(t, second.ID); inc.Outcome != OutcomeAlreadySuspended {

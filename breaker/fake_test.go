@@ -2,8 +2,10 @@ package breaker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptrace"
 	"sort"
 	"strings"
 	"sync"
@@ -27,6 +29,28 @@ type fakeAPI struct {
 	fail     map[string][]error // operation -> errors returned by the next calls, in order
 
 	usage map[string]map[twilioapi.Period][]twilioapi.UsageRecord // account -> period -> records (fake_usage_test.go)
+
+	// onStatusSent, when set, runs in SetAccountStatus after the request was
+	// "written" (the caller's OnSent hook has run) and before it is applied
+	// or refused: a test blocks there to look at the state mid-write.
+	onStatusSent func(sid, status string)
+}
+
+// notSent wraps an injected error that fails a request before it was
+// written to the connection (a refused connection): the caller's OnSent
+// hook is not told it was sent. Any other injected error is an answer
+// Twilio sent back, to a request that was written.
+type notSent struct{ error }
+
+func (e notSent) Unwrap() error { return e.error }
+
+// wroteRequest does what the HTTP transport does once it has written a
+// request: it calls the WroteRequest hook of the context's client trace
+// (how twilioapi.OnSent learns that a status write was sent).
+func wroteRequest(ctx context.Context, err error) {
+	if tr := httptrace.ContextClientTrace(ctx); tr != nil && tr.WroteRequest != nil {
+		tr.WroteRequest(httptrace.WroteRequestInfo{Err: err})
+	}
 }
 
 func newFakeAPI() *fakeAPI {
@@ -127,10 +151,23 @@ func (f *fakeAPI) FetchAccount(ctx context.Context, sid string) (twilioapi.Accou
 
 func (f *fakeAPI) SetAccountStatus(ctx context.Context, sid, status string) (twilioapi.Account, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err := f.call("accounts.update"); err != nil {
+	err := f.call("accounts.update")
+	hook := f.onStatusSent
+	f.mu.Unlock()
+	var ns notSent
+	if errors.As(err, &ns) {
+		wroteRequest(ctx, err)
+		return twilioapi.Account{}, ns.error
+	}
+	wroteRequest(ctx, nil)
+	if hook != nil {
+		hook(sid, status)
+	}
+	if err != nil {
 		return twilioapi.Account{}, err
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	a, ok := f.accounts[sid]
 	if !ok {
 		return twilioapi.Account{}, &twilioapi.Error{Operation: "accounts.update", Status: http.StatusNotFound, Code: twilioapi.CodeNotFound, Message: "not found"}

@@ -109,28 +109,21 @@ func (f *opFixture) trip(t *testing.T, rule string, a twilioapi.Account, token s
 	return f.accept(t, rule, a, callbackFor(a, token, "totalprice", "price", "50.12"))
 }
 
-// settle runs due actions until none is left due (the clock does not move).
+// settle runs due actions until none is left due (the clock does not move):
+// RunDueOnce claims again until nothing is claimable, so what a finished
+// trip made due (notifications, end_calls, pages) runs in the same call.
 func (f *opFixture) settle(t *testing.T) {
 	t.Helper()
-	for i := 0; i < 10; i++ {
-		acts, err := f.st.PendingActions(context.Background(), f.clock.Now(), 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(acts) == 0 {
-			return
-		}
-		f.b.RunDueOnce(context.Background())
-	}
+	f.b.RunDueOnce(context.Background())
 }
 
-func (f *opFixture) actions(t *testing.T, incident int64) map[string]store.Action {
+func (f *opFixture) actions(t *testing.T, incident int64) map[store.ActionKind]store.Action {
 	t.Helper()
 	acts, err := f.st.IncidentActions(context.Background(), []int64{incident})
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]store.Action{}
+	out := map[store.ActionKind]store.Action{}
 	for _, a := range acts[incident] {
 		out[a.Kind] = a
 	}
@@ -163,14 +156,14 @@ func TestNotificationsAfterTheTripOncePerNotifier(t *testing.T) {
 	}
 	ev := pager[0]
 	i := ev.Incident
-	if ev.Kind != notify.KindIncident || i.Outcome != OutcomeSuspended || i.AccountSID != a.SID || i.AccountName != "tenant-a" ||
+	if ev.Kind != notify.KindIncident || i.Outcome != string(OutcomeSuspended) || i.AccountSID != a.SID || i.AccountName != "tenant-a" ||
 		i.Value != "50.12" || i.Threshold != "50" || i.Rule != "spend-daily" || !i.EndCalls ||
 		!strings.Contains(i.Taken, "suspended the subaccount") || i.Reactivate != `usagebreaker reactivate `+a.SID+` --reason "..."` ||
 		ev.ID != fmt.Sprintf("prod-incident-%d", res.Incident.ID) || !strings.Contains(ev.Headline, "SUSPENDED tenant-a") {
 		t.Errorf("event = %+v, incident %+v", ev, i)
 	}
-	for kind, want := range map[string]string{"notify:chat": OutcomeSent, "notify:pager": OutcomeSent, "end_calls": OutcomeEnded} {
-		if got := f.actions(t, res.Incident.ID)[kind]; got.State != store.StateDone || got.Outcome != want {
+	for kind, want := range map[store.ActionKind]store.Outcome{"notify:chat": OutcomeSent, "notify:pager": OutcomeSent, "end_calls": OutcomeEnded} {
+		if got := f.actions(t, res.Incident.ID)[kind]; got.State != store.ActionDone || got.Outcome != want {
 			t.Errorf("%s = %+v", kind, got)
 		}
 	}
@@ -202,7 +195,7 @@ func TestNotifyListsAndPermanentFailures(t *testing.T) {
 	}
 	r := f.trip(t, "spend-auto", auto, "r")
 	f.settle(t)
-	if got := f.actions(t, r.Incident.ID); got["notify:chat"].ID != 0 || got["notify:pager"].State != store.StateFailed ||
+	if got := f.actions(t, r.Incident.ID); got["notify:chat"].ID != 0 || got["notify:pager"].State != store.ActionFailed ||
 		!strings.Contains(got["notify:pager"].Detail, "no_service") || got["notify:pager"].Attempts != 1 {
 		t.Errorf("actions = %+v", got)
 	}
@@ -214,7 +207,7 @@ func TestNotifyListsAndPermanentFailures(t *testing.T) {
 	s.Operator.Notifiers = s.Operator.Notifiers[:1]
 	f.b.SetSettings(s)
 	f.settle(t)
-	if got := f.actions(t, res.Incident.ID)["notify:pager"]; got.State != store.StateFailed || !strings.Contains(got.Detail, "no longer configured") {
+	if got := f.actions(t, res.Incident.ID)["notify:pager"]; got.State != store.ActionFailed || !strings.Contains(got.Detail, "no longer configured") {
 		t.Errorf("removed notifier: %+v", got)
 	}
 }
@@ -272,7 +265,7 @@ func TestEndCallsAfterSuspension(t *testing.T) {
 	f.settle(t)
 	f.clock.Advance(time.Minute) // the 503's retry
 	f.settle(t)
-	if got := f.actions(t, res.Incident.ID)["end_calls"]; got.State != store.StateDone || got.Detail != "ended 2 in-progress call(s)" || got.Attempts != 2 {
+	if got := f.actions(t, res.Incident.ID)["end_calls"]; got.State != store.ActionDone || got.Detail != "ended 2 in-progress call(s)" || got.Attempts != 2 {
 		t.Errorf("end_calls = %+v", got)
 	}
 	if got := f.actions(t, d.Incident.ID)["end_calls"]; got.Outcome != OutcomeSkipped {
@@ -308,9 +301,9 @@ func TestGuardHoldsPagesOnceAndReleases(t *testing.T) {
 	pages := 0
 	for _, id := range incs {
 		acts := f.actions(t, id)
-		if acts["trip"].Hold == store.HoldHeld {
+		if acts["trip"].State == store.ActionHeld {
 			held++
-			if acts["notify:chat"].State != store.StatePending {
+			if acts["notify:chat"].State != store.ActionAvailable {
 				t.Errorf("a held incident was notified: %+v", acts["notify:chat"])
 			}
 		}
@@ -404,7 +397,7 @@ func TestScheduledReactivation(t *testing.T) {
 	if v := testutil.ToFloat64(f.m.Reactivations.WithLabelValues("scheduled")); v != 1 {
 		t.Errorf("reactivations_total{scheduled} = %v", v)
 	}
-	if got := f.actions(t, res.Incident.ID)["reactivate"]; got.State != store.StateDone || got.Outcome != OutcomeReactivated {
+	if got := f.actions(t, res.Incident.ID)["reactivate"]; got.State != store.ActionDone || got.Outcome != OutcomeReactivated {
 		t.Errorf("reactivate action = %+v", got)
 	}
 }

@@ -72,7 +72,7 @@ func TestPollOpensIncidentsWithOneCallPerPeriodKind(t *testing.T) {
 	if len(f.incidentsOf(t, b.SID)) != 0 || len(f.incidentsOf(t, s.SID)) != 0 {
 		t.Error("an incident for an account under its threshold, or not active")
 	}
-	if v := testutil.ToFloat64(f.m.Incidents.WithLabelValues("spend-daily", store.SourcePoll)); v != 1 {
+	if v := testutil.ToFloat64(f.m.Incidents.WithLabelValues("spend-daily", string(store.SourcePoll))); v != 1 {
 		t.Errorf("incidents_total{poll} = %v", v)
 	}
 
@@ -135,7 +135,7 @@ func TestPollAndCallbackLandOnOneIncident(t *testing.T) {
 		if f.api.count("accounts.update") != 1 {
 			t.Fatalf("suspend writes = %d", f.api.count("accounts.update"))
 		}
-		if v := testutil.ToFloat64(f.m.Incidents.WithLabelValues("spend-daily", store.SourceCallback)); v != 0 {
+		if v := testutil.ToFloat64(f.m.Incidents.WithLabelValues("spend-daily", string(store.SourceCallback))); v != 0 {
 			t.Errorf("incidents_total{callback} = %v", v)
 		}
 	})

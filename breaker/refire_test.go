@@ -58,7 +58,7 @@ func (f *fixture) checkReopened(t *testing.T, id int64, cb Callback, firings int
 			trip = a
 		}
 	}
-	if trip.State != store.StatePending || trip.Outcome != "" || trip.NextAttemptAt.After(f.clock.Now()) {
+	if trip.State != store.ActionAvailable || trip.Outcome != "" || trip.NextAttemptAt.After(f.clock.Now()) {
 		t.Fatalf("trip action after the new firing = %+v", trip)
 	}
 }
@@ -209,7 +209,7 @@ func TestRefireAfterSkipEndsCalls(t *testing.T) {
     action: suspend
     end_calls: true`, 1))
 	f.settle(t)
-	if got := f.actions(t, id)[store.ActionEndCalls]; got.State != store.StateDone || got.Outcome != OutcomeSkipped {
+	if got := f.actions(t, id)[store.ActionEndCalls]; got.State != store.ActionDone || got.Outcome != OutcomeSkipped {
 		t.Fatalf("end_calls after the skipped trip = %+v", got)
 	}
 	if inc := f.incident(t, id); inc.Outcome != OutcomeSkipped {
@@ -220,12 +220,12 @@ func TestRefireAfterSkipEndsCalls(t *testing.T) {
 	cb := refire(a, "tok-100", "100.40")
 	f.accept(t, "spend-daily", a, cb)
 	f.checkReopened(t, id, cb, 2)
-	if got := f.actions(t, id)[store.ActionEndCalls]; got.State != store.StatePending {
+	if got := f.actions(t, id)[store.ActionEndCalls]; got.State != store.ActionAvailable {
 		t.Fatalf("end_calls after the new firing = %+v", got)
 	}
 	f.settle(t)
 	f.checkSuspended(t, id, a)
-	if got := f.actions(t, id)[store.ActionEndCalls]; got.State != store.StateDone || got.Outcome != OutcomeEnded {
+	if got := f.actions(t, id)[store.ActionEndCalls]; got.State != store.ActionDone || got.Outcome != OutcomeEnded {
 		t.Errorf("end_calls = %+v", got)
 	}
 	if strings.Join(api.ended, ",") != "CA1" {

@@ -76,7 +76,7 @@ func TestTripSuspendsOnce(t *testing.T) {
 	if acct, _ := f.api.FetchAccount(context.Background(), a.SID); acct.Status != "suspended" {
 		t.Fatalf("status = %s", acct.Status)
 	}
-	if v := testutil.ToFloat64(f.m.Suspensions.WithLabelValues("spend-daily", OutcomeSuspended)); v != 1 {
+	if v := testutil.ToFloat64(f.m.Suspensions.WithLabelValues("spend-daily", string(OutcomeSuspended))); v != 1 {
 		t.Errorf("suspensions_total = %v", v)
 	}
 	if v := testutil.ToFloat64(f.m.Incidents.WithLabelValues("spend-daily", "callback")); v != 1 {
@@ -119,7 +119,7 @@ func TestTripDryRunAndNotifyWriteNothing(t *testing.T) {
 	if f.api.count("accounts.update") != 0 || f.api.count("accounts.fetch") != 0 {
 		t.Errorf("Twilio calls: update %d fetch %d", f.api.count("accounts.update"), f.api.count("accounts.fetch"))
 	}
-	if v := testutil.ToFloat64(f.m.Suspensions.WithLabelValues("calls-dry", OutcomeDryRun)); v != 1 {
+	if v := testutil.ToFloat64(f.m.Suspensions.WithLabelValues("calls-dry", string(OutcomeDryRun))); v != 1 {
 		t.Errorf("suspensions_total{dry_run} = %v", v)
 	}
 }
@@ -196,7 +196,7 @@ func TestTripRetriesThenSucceeds(t *testing.T) {
 	if got := f.api.count("accounts.update"); got != 3 {
 		t.Fatalf("updates = %d, want 3 (503, 429, ok)", got)
 	}
-	if v := testutil.ToFloat64(f.m.ActionAttemptErrors.WithLabelValues(store.ActionTrip)); v != 2 {
+	if v := testutil.ToFloat64(f.m.ActionAttemptErrors.WithLabelValues(string(store.ActionTrip))); v != 2 {
 		t.Errorf("attempt errors = %v", v)
 	}
 }
@@ -212,7 +212,7 @@ func TestTripPermanentErrorFails(t *testing.T) {
 	if inc.State != store.StateFailed || inc.Outcome != OutcomeFailed || !strings.Contains(inc.Detail, "error 20008") {
 		t.Fatalf("incident = %+v", inc)
 	}
-	if v := testutil.ToFloat64(f.m.Suspensions.WithLabelValues("spend-daily", OutcomeFailed)); v != 1 {
+	if v := testutil.ToFloat64(f.m.Suspensions.WithLabelValues("spend-daily", string(OutcomeFailed))); v != 1 {
 		t.Errorf("suspensions_total{failed} = %v", v)
 	}
 }

@@ -9,94 +9,22 @@ import (
 	"time"
 )
 
-func kinds(acts []Action) []string {
-	out := []string{}
+func kinds(acts []Action) []ActionKind {
+	out := []ActionKind{}
 	for _, a := range acts {
 		out = append(out, a.Kind)
 	}
 	return out
 }
-
-// Notify and end_calls actions wait for their incident's trip action; the
-// others (trip, guard pages, reactivate) do not.
-func TestPendingActionsWaitForTheTrip(t *testing.T) {
-	s, _ := openTest(t)
-	ctx := context.Background()
-	f := firing("tok", "r", "AC1", "p", t0)
-	f.Actions = []string{ActionTrip, ActionEndCalls, "notify:ops", "notify:sms", "guard:ops"}
-	res := record(t, s, f)
-	acts, err := s.PendingActions(ctx, t0, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := kinds(acts); !reflect.DeepEqual(got, []string{ActionTrip, "guard:ops"}) {
-		t.Fatalf("while the trip is pending: %v", got)
-	}
-	if n, _ := s.CountPendingActions(ctx); n != 5 {
-		t.Errorf("CountPendingActions = %d, want 5", n)
-	}
-	trip := actionOf(t, s, res.Incident.ID, ActionTrip)
-	if err := s.FinishAction(ctx, trip.ID, StateDone, "suspended", ""); err != nil {
-		t.Fatal(err)
-	}
-	acts, _ = s.PendingActions(ctx, t0, 0)
-	if got := kinds(acts); !reflect.DeepEqual(got, []string{ActionEndCalls, "notify:ops", "notify:sms", "guard:ops"}) {
-		t.Fatalf("after the trip: %v", got)
-	}
-}
-
-func TestFinishActionThenSchedules(t *testing.T) {
-	s, _ := openTest(t)
-	ctx := context.Background()
-	res := record(t, s, firing("tok", "r", "AC1", "p", t0))
-	trip := actionOf(t, s, res.Incident.ID, ActionTrip)
-	due := t0.Add(24 * time.Hour)
-	if err := s.FinishActionThen(ctx, trip.ID, StateDone, "suspended", "value 100 >= 50",
-		[]Scheduled{{Kind: ActionReactivate, At: due}}); err != nil {
-		t.Fatal(err)
-	}
-	inc := incident(t, s, res.Incident.ID)
-	if inc.State != StateDone || inc.Outcome != "suspended" {
-		t.Fatalf("incident = %+v", inc)
-	}
-	re := actionOf(t, s, res.Incident.ID, ActionReactivate)
-	if re.State != StatePending || !re.NextAttemptAt.Equal(due) {
-		t.Fatalf("reactivate action = %+v", re)
-	}
-	// Scheduled reactivations wait for their time and are not counted as pending work.
-	if acts, _ := s.PendingActions(ctx, due.Add(-time.Second), 0); len(acts) != 1 || acts[0].Kind != "notify:ops" {
-		t.Errorf("before due: %+v", acts)
-	}
-	if acts, _ := s.PendingActions(ctx, due, 0); len(acts) != 2 {
-		t.Errorf("at due: %+v", acts)
-	}
-	if n, _ := s.CountPendingActions(ctx); n != 1 {
-		t.Errorf("CountPendingActions = %d, want 1 (the notify)", n)
-	}
-	// Finishing again is refused and schedules nothing.
-	if err := s.FinishActionThen(ctx, trip.ID, StateDone, "x", "", []Scheduled{{Kind: "other", At: due}}); !errors.Is(err, ErrNotFound) {
-		t.Errorf("second finish: %v", err)
-	}
-	if len(actionsOf(t, s, res.Incident.ID)) != 3 {
-		t.Errorf("actions: %+v", actionsOf(t, s, res.Incident.ID))
-	}
-	if err := s.FinishActionThen(ctx, re.ID, StateDone, "x", "", []Scheduled{{Kind: "", At: due}}); err == nil {
-		t.Error("an empty kind was accepted")
-	}
-	if a := actionOf(t, s, res.Incident.ID, ActionReactivate); a.State != StatePending {
-		t.Errorf("a failed FinishActionThen finished the action: %+v", a)
-	}
-}
-
 func TestProgressAndIncidentActions(t *testing.T) {
 	s, _ := openTest(t)
 	ctx := context.Background()
 	a := record(t, s, firing("a", "r", "AC1", "p", t0))
 	b := record(t, s, firing("b", "r", "AC2", "p", t0))
-	n := actionOf(t, s, a.Incident.ID, "notify:ops")
-	if err := s.SetActionProgress(ctx, n.ID, "+15550001"); err != nil {
-		t.Fatal(err)
-	}
+	n := actionOf(t, s, a.Incident.ID, NotifyKind("ops"))
+	// A notification that reached some recipients before it must try again.
+	complete(t, s, n.ID, Completion{State: ActionAvailable, NextAttemptAt: t0.Add(time.Minute), Attempted: true,
+		Detail: "sms: 1 of 2 sent", Progress: "+15550001"})
 	got, err := s.IncidentActions(ctx, []int64{a.Incident.ID, b.Incident.ID, 999})
 	if err != nil {
 		t.Fatal(err)
@@ -104,17 +32,28 @@ func TestProgressAndIncidentActions(t *testing.T) {
 	if len(got) != 2 || len(got[a.Incident.ID]) != 2 || len(got[b.Incident.ID]) != 2 {
 		t.Fatalf("IncidentActions = %+v", got)
 	}
-	if p := got[a.Incident.ID][1]; p.Kind != "notify:ops" || p.Progress != "+15550001" {
+	if p := got[a.Incident.ID][1]; p.Kind != NotifyKind("ops") || p.Progress != "+15550001" || p.Attempts != 1 {
 		t.Errorf("progress = %+v", p)
 	}
-	if err := s.FinishAction(ctx, n.ID, StateDone, "sent", ""); err != nil {
-		t.Fatal(err)
+	if !reflect.DeepEqual(got[b.Incident.ID], actionsOf(t, s, b.Incident.ID)) {
+		t.Errorf("IncidentActions differs from Actions: %+v", got[b.Incident.ID])
 	}
-	if err := s.SetActionProgress(ctx, n.ID, "x"); !errors.Is(err, ErrNotFound) {
-		t.Errorf("progress of a finished action: %v", err)
+	// The claim hands the progress back to the next attempt (once the trip is done).
+	complete(t, s, a.Trip.ID, Completion{State: ActionDone, Outcome: OutcomeSuspended})
+	acts := claim(t, s, "w", t0.Add(time.Hour), t0.Add(time.Minute), 0)
+	var again Action
+	for _, x := range acts {
+		if x.ID == n.ID {
+			again = x
+		}
+	}
+	if again.Progress != "+15550001" {
+		t.Errorf("claimed notification = %+v", again)
+	}
+	if got, err := s.IncidentActions(ctx, nil); err != nil || len(got) != 0 {
+		t.Errorf("IncidentActions(nil) = %+v, %v", got, err)
 	}
 }
-
 func TestGuardHoldAndRelease(t *testing.T) {
 	s, _ := openTest(t)
 	ctx := context.Background()
@@ -122,25 +61,22 @@ func TestGuardHoldAndRelease(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		incs = append(incs, record(t, s, firing(fmt.Sprint("t", i), "r", fmt.Sprint("AC", i), "p", t0)).Incident.ID)
 	}
-	pages := []string{"guard:ops", "guard:sms"}
-	paged, err := s.HoldAction(ctx, actionOf(t, s, incs[0], ActionTrip).ID, "held by the guard", pages)
-	if err != nil || !paged {
-		t.Fatalf("first hold: paged %v, %v", paged, err)
+	pages := []ActionKind{GuardPageKind("ops"), GuardPageKind("sms")}
+	hold := Completion{State: ActionHeld, Detail: "held by the guard", Pages: pages}
+	if done := complete(t, s, actionOf(t, s, incs[0], ActionTrip).ID, hold); !done.Paged {
+		t.Fatalf("first hold did not page")
 	}
-	paged, err = s.HoldAction(ctx, actionOf(t, s, incs[1], ActionTrip).ID, "held by the guard", pages)
-	if err != nil || paged {
-		t.Fatalf("second hold: paged %v, %v", paged, err)
+	trip1 := actionOf(t, s, incs[1], ActionTrip).ID
+	if done := complete(t, s, trip1, hold); done.Paged {
+		t.Fatalf("second hold paged")
 	}
-	if _, err := s.HoldAction(ctx, actionOf(t, s, incs[1], ActionTrip).ID, "again", pages); !errors.Is(err, ErrNotFound) {
+	if _, err := s.CompleteAction(ctx, trip1, testOwner, hold); !errors.Is(err, ErrNotFound) {
 		t.Errorf("holding a held action: %v", err)
-	}
-	if _, err := s.HoldAction(ctx, actionOf(t, s, incs[2], "notify:ops").ID, "x", pages); !errors.Is(err, ErrNotFound) {
-		t.Errorf("holding a notify action: %v", err)
 	}
 	if n, _ := s.CountHeld(ctx); n != 2 {
 		t.Errorf("CountHeld = %d", n)
 	}
-	if got := kinds(actionsOf(t, s, incs[0])); !reflect.DeepEqual(got, []string{ActionTrip, "notify:ops", "guard:ops", "guard:sms"}) {
+	if got := kinds(actionsOf(t, s, incs[0])); !reflect.DeepEqual(got, []ActionKind{ActionTrip, NotifyKind("ops"), GuardPageKind("ops"), GuardPageKind("sms")}) {
 		t.Errorf("paging incident's actions: %v", got)
 	}
 	if len(actionsOf(t, s, incs[1])) != 2 {
@@ -149,12 +85,16 @@ func TestGuardHoldAndRelease(t *testing.T) {
 	if inc := incident(t, s, incs[0]); inc.State != StatePending || inc.Detail != "held by the guard" {
 		t.Errorf("held incident = %+v", inc)
 	}
-	// Held trips are never due; the pages are.
-	acts, _ := s.PendingActions(ctx, t0.Add(1000*time.Hour), 0)
-	if got := kinds(acts); !reflect.DeepEqual(got, []string{ActionTrip, "guard:ops", "guard:sms"}) {
-		t.Errorf("due while held: %v", got)
+	held := actionOf(t, s, incs[0], ActionTrip)
+	if held.State != ActionHeld || held.Owner != "" || !held.LeaseUntil.IsZero() || held.Released {
+		t.Errorf("held action = %+v", held)
 	}
-	if n, _ := s.CountPendingActions(ctx); n != 6 { // incs[2]'s trip+notify, 2 notifies of held incidents, 2 pages
+	// Held trips are never claimed (nor the notifications waiting for them); the pages are.
+	acts := claim(t, s, "w", t0.Add(2000*time.Hour), t0.Add(1000*time.Hour), 0)
+	if got := kinds(acts); !reflect.DeepEqual(got, []ActionKind{ActionTrip, GuardPageKind("ops"), GuardPageKind("sms")}) {
+		t.Errorf("claimed while held: %v", got)
+	}
+	if n := pending(t, s); n != 6 { // incs[2]'s trip+notify, 2 notifies of held incidents, 2 pages
 		t.Errorf("CountPendingActions = %d, want 6", n)
 	}
 
@@ -166,42 +106,87 @@ func TestGuardHoldAndRelease(t *testing.T) {
 		t.Errorf("CountHeld after release = %d", n)
 	}
 	a := actionOf(t, s, incs[0], ActionTrip)
-	if a.Hold != HoldReleased || !a.NextAttemptAt.Equal(t0.Add(time.Hour)) || a.State != StatePending {
+	if !a.Released || !a.NextAttemptAt.Equal(t0.Add(time.Hour)) || a.State != ActionAvailable || a.Detail != "released" {
 		t.Errorf("released action = %+v", a)
+	}
+	if inc := incident(t, s, incs[1]); inc.Detail != "released" || inc.State != StatePending {
+		t.Errorf("released incident = %+v", inc)
 	}
 	if n, _ := s.ReleaseHeld(ctx, t0, "again"); n != 0 {
 		t.Errorf("second release = %d", n)
 	}
+	// The released trip is claimed and stays released through a retry.
+	acts = claim(t, s, "w", t0.Add(2*time.Hour), t0.Add(time.Hour), 0)
+	if got := kas(acts); !reflect.DeepEqual(got, []ka{{incs[0], ActionTrip}, {incs[1], ActionTrip}}) {
+		t.Fatalf("claimed after release: %v", got)
+	}
+	if !acts[0].Released {
+		t.Errorf("claimed released action = %+v", acts[0])
+	}
+	if _, err := s.CompleteAction(ctx, acts[0].ID, "w", Completion{State: ActionAvailable, NextAttemptAt: t0, Attempted: true}); err != nil {
+		t.Fatal(err)
+	}
+	if a := actionByID(t, s, acts[0].ID); !a.Released {
+		t.Errorf("retry lost the release: %+v", a)
+	}
 	// After a release, the next hold pages again (a new episode).
-	f := firing("t9", "r", "AC9", "p", t0)
-	inc := record(t, s, f).Incident.ID
-	if paged, _ := s.HoldAction(ctx, actionOf(t, s, inc, ActionTrip).ID, "held", pages); !paged {
+	inc := record(t, s, firing("t9", "r", "AC9", "p", t0)).Incident.ID
+	if done := complete(t, s, actionOf(t, s, inc, ActionTrip).ID, hold); !done.Paged {
 		t.Error("a hold after a release did not page")
 	}
+	// A hold without pages pages nobody.
+	inc = record(t, s, firing("t10", "r", "AC10", "p", t0)).Incident.ID
+	if n, _ := s.ReleaseHeld(ctx, t0, "r"); n != 1 {
+		t.Fatalf("release = %d", n)
+	}
+	if done := complete(t, s, actionOf(t, s, inc, ActionTrip).ID, Completion{State: ActionHeld}); done.Paged {
+		t.Error("a hold without pages paged")
+	}
 }
-
 func TestCountSuspensions(t *testing.T) {
 	s, _ := openTest(t)
 	ctx := context.Background()
 	clock := t0
 	s.SetClock(func() time.Time { return clock })
+	var incs []int64
 	for i := 0; i < 4; i++ {
-		inc := record(t, s, firing(fmt.Sprint("t", i), "r", fmt.Sprint("AC", i), "p", t0)).Incident.ID
-		outcome := "suspended"
+		inc := record(t, s, firing(fmt.Sprint("t", i), "r", fmt.Sprint("AC", i%3), fmt.Sprint("p", i), t0)).Incident.ID
+		incs = append(incs, inc)
+		outcome := OutcomeSuspended
 		if i == 3 {
-			outcome = "already_suspended"
+			outcome = OutcomeAlreadySuspended
 		}
 		clock = t0.Add(time.Duration(i) * 20 * time.Minute)
-		if err := s.FinishAction(ctx, actionOf(t, s, inc, ActionTrip).ID, StateDone, outcome, ""); err != nil {
-			t.Fatal(err)
-		}
+		complete(t, s, actionOf(t, s, inc, ActionTrip).ID, Completion{State: ActionDone, Outcome: outcome})
 	}
+	// A notification's outcome is not a suspension.
+	complete(t, s, actionOf(t, s, incs[0], NotifyKind("ops")).ID, Completion{State: ActionDone, Outcome: OutcomeSuspended})
 	for _, c := range []struct {
 		since time.Time
 		want  int
 	}{{t0, 3}, {t0.Add(time.Minute), 2}, {t0.Add(40 * time.Minute), 1}, {t0.Add(41 * time.Minute), 0}} {
 		if n, err := s.CountSuspensions(ctx, c.since); err != nil || n != c.want {
 			t.Errorf("since %s: %d, %v; want %d", c.since, n, err, c.want)
+		}
+	}
+	// Incidents 0 (AC0, t0) and 3 (AC0, already suspended), 1 (AC1, t0+20m), 2 (AC2, t0+40m).
+	for _, c := range []struct {
+		account string
+		except  int64
+		since   time.Time
+		want    bool
+	}{
+		{"AC0", 0, t0, true},
+		{"AC0", incs[0], t0, false}, // its own suspension does not count; the other one was "already"
+		{"AC0", incs[3], t0, true},
+		{"AC0", 0, t0.Add(time.Nanosecond), false},
+		{"AC1", incs[0], t0.Add(20 * time.Minute), true},
+		{"AC1", incs[1], t0, false},
+		{"AC2", 0, t0.Add(41 * time.Minute), false},
+		{"AC9", 0, t0, false},
+	} {
+		if got, err := s.SuspendedSince(ctx, c.account, c.except, c.since); err != nil || got != c.want {
+			t.Errorf("SuspendedSince(%s, except %d, %s) = %v, %v; want %v", c.account, c.except, c.since, got, err, c.want)
 		}
 	}
 }

@@ -37,22 +37,15 @@ func snap(t *testing.T, s *SQLite, id int64) snapshot {
 // suspended), the notification sent.
 func skippedIncident(t *testing.T, s *SQLite) RecordResult {
 	t.Helper()
-	ctx := context.Background()
 	f := firing("tok-50", "r", "AC1", "daily:2026-11-24", t0)
 	f.TriggerValue, f.CurrentValue = "50", "50.12"
-	f.Actions = []string{ActionTrip, ActionEndCalls, "notify:ops"}
+	f.Actions = []ActionKind{ActionTrip, ActionEndCalls, NotifyKind("ops")}
 	res := record(t, s, f)
 	id := res.Incident.ID
 	why := "current value 50.12 is below the rule's threshold 100"
-	if err := s.FinishAction(ctx, actionOf(t, s, id, ActionTrip).ID, StateDone, "skipped", why); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.FinishAction(ctx, actionOf(t, s, id, ActionEndCalls).ID, StateDone, "skipped", "not suspended"); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.FinishAction(ctx, actionOf(t, s, id, "notify:ops").ID, StateDone, "sent", ""); err != nil {
-		t.Fatal(err)
-	}
+	complete(t, s, actionOf(t, s, id, ActionTrip).ID, Completion{State: ActionDone, Outcome: OutcomeSkipped, Detail: why, Attempted: true})
+	complete(t, s, actionOf(t, s, id, ActionEndCalls).ID, Completion{State: ActionDone, Outcome: OutcomeSkipped, Detail: "not suspended", Attempted: true})
+	complete(t, s, actionOf(t, s, id, NotifyKind("ops")).ID, Completion{State: ActionDone, Outcome: OutcomeSent, Attempted: true})
 	if inc := incident(t, s, id); inc.State != StateDone || inc.Outcome != "skipped" || inc.Detail != why {
 		t.Fatalf("set-up: incident = %+v", inc)
 	}
@@ -75,7 +68,7 @@ func TestRecordFiringReopensSkippedTrip(t *testing.T) {
 	f.UsageTriggerSID = "UTnew"
 	f.TriggerValue, f.CurrentValue = "100", "100.40"
 	f.DateFired = "Tue, 24 Nov 2026 15:00:00 +0000"
-	f.Actions = []string{ActionTrip, "notify:other"} // ignored: the incident exists
+	f.Actions = []ActionKind{ActionTrip, NotifyKind("other")} // ignored: the incident exists
 	res := record(t, s, f)
 	if !res.Reopened || res.NewIncident || res.DuplicateToken {
 		t.Fatalf("result = %+v, want Reopened only", res)
@@ -93,35 +86,31 @@ func TestRecordFiringReopensSkippedTrip(t *testing.T) {
 	if got := incident(t, s, id); got != want {
 		t.Errorf("stored incident\n got %+v\nwant %+v", got, want)
 	}
-	if got, w := want.Source+"/"+want.IdempotencyToken, SourceCallback+"/tok-50"; got != w {
+	if got, w := string(want.Source)+"/"+want.IdempotencyToken, string(SourceCallback)+"/tok-50"; got != w {
 		t.Errorf("source/token = %s, want the first firing's %s", got, w)
 	}
 
 	trip := actionOf(t, s, id, ActionTrip)
-	if trip.State != StatePending || trip.Outcome != "" || !trip.NextAttemptAt.Equal(at) ||
-		trip.Attempts != tripBefore.Attempts || trip.Detail != want.Detail || trip.Hold != HoldNone {
+	if trip.State != ActionAvailable || trip.Outcome != "" || !trip.NextAttemptAt.Equal(at) || tripBefore.Attempts != 1 ||
+		trip.Attempts != tripBefore.Attempts || trip.Detail != want.Detail || trip.Released || trip.Owner != "" || !trip.LeaseUntil.IsZero() {
 		t.Errorf("trip action = %+v", trip)
 	}
-	if ec := actionOf(t, s, id, ActionEndCalls); ec.State != StatePending || ec.Outcome != "" || ec.Detail != "" || !ec.NextAttemptAt.Equal(at) {
+	if ec := actionOf(t, s, id, ActionEndCalls); ec.State != ActionAvailable || ec.Outcome != "" || ec.Detail != "" || !ec.NextAttemptAt.Equal(at) {
 		t.Errorf("end_calls action = %+v", ec)
 	}
-	if n := actionOf(t, s, id, "notify:ops"); n.State != StateDone || n.Outcome != "sent" {
+	if n := actionOf(t, s, id, NotifyKind("ops")); n.State != ActionDone || n.Outcome != OutcomeSent {
 		t.Errorf("notify action = %+v, want it left as sent", n)
 	}
-	if got := kinds(actionsOf(t, s, id)); !reflect.DeepEqual(got, []string{ActionTrip, ActionEndCalls, "notify:ops"}) {
+	if got := kinds(actionsOf(t, s, id)); !reflect.DeepEqual(got, []ActionKind{ActionTrip, ActionEndCalls, NotifyKind("ops")}) {
 		t.Errorf("actions %v: none created", got)
 	}
 
 	// The trip is due at once and first; end_calls waits for it again.
-	acts, err := s.PendingActions(ctx, at, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(acts) != 1 || acts[0].ID != trip.ID {
-		t.Errorf("pending = %+v, want the trip only", acts)
-	}
-	if n, _ := s.CountPendingActions(ctx); n != 2 {
+	if n := pending(t, s); n != 2 {
 		t.Errorf("CountPendingActions = %d, want 2", n)
+	}
+	if acts := claim(t, s, "w", at.Add(time.Hour), at, 0); len(acts) != 1 || acts[0].ID != trip.ID {
+		t.Errorf("claimed = %+v, want the trip only", acts)
 	}
 
 	// Repeats of either token change nothing, now or later.
@@ -137,7 +126,7 @@ func TestRecordFiringReopensSkippedTrip(t *testing.T) {
 			t.Errorf("repeat of %s changed\n %+v\nto %+v", tok, after, got)
 		}
 	}
-	// A third token while the trip is pending again just attaches.
+	// A third token while the trip runs again just attaches.
 	g := f
 	g.IdempotencyToken, g.CurrentValue, g.ReceivedAt = "tok-3", "130", at.Add(time.Minute)
 	if r := record(t, s, g); r.Reopened || r.NewIncident || r.DuplicateToken || r.Incident.Firings != 3 || r.Incident.CurrentValue != "100.40" {
@@ -145,81 +134,88 @@ func TestRecordFiringReopensSkippedTrip(t *testing.T) {
 	}
 
 	// Ended skipped again, the next new token reopens it again, attempts still counted.
-	if err := s.FinishAction(ctx, trip.ID, StateDone, "skipped", "again"); err != nil {
+	if _, err := s.CompleteAction(ctx, trip.ID, "w", Completion{State: ActionDone, Outcome: OutcomeSkipped, Detail: "again", Attempted: true}); err != nil {
 		t.Fatal(err)
 	}
 	g.IdempotencyToken, g.ReceivedAt = "tok-4", at.Add(2*time.Minute)
 	if r := record(t, s, g); !r.Reopened || r.Incident.CurrentValue != "130" {
 		t.Errorf("second reopen = %+v", r)
 	}
-	if trip := actionOf(t, s, id, ActionTrip); trip.State != StatePending || trip.Attempts != tripBefore.Attempts+1 {
+	if trip := actionOf(t, s, id, ActionTrip); trip.State != ActionAvailable || trip.Attempts != tripBefore.Attempts+1 {
 		t.Errorf("trip after the second reopen = %+v", trip)
 	}
 }
 
-// A suspension that failed for good is tried again by a later firing; a hold
-// released by a person does not carry over to it.
+// A suspension that failed for good is tried again by a later firing; a
+// release by a person does not carry over to it; its attempts and the time
+// of its last write are kept.
 func TestRecordFiringReopensFailedTrip(t *testing.T) {
 	s := openFixed(t)
 	ctx := context.Background()
 	res := record(t, s, firing("tok1", "r", "AC1", "p", t0))
 	trip := actionOf(t, s, res.Incident.ID, ActionTrip)
-	if _, err := s.HoldAction(ctx, trip.ID, "held", nil); err != nil {
-		t.Fatal(err)
-	}
+	complete(t, s, trip.ID, Completion{State: ActionHeld, Detail: "held"})
 	if _, err := s.ReleaseHeld(ctx, t0, "released"); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.RetryAction(ctx, trip.ID, t0, "503"); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.FinishAction(ctx, trip.ID, StateFailed, "failed", "error 20008: cannot suspend"); err != nil {
-		t.Fatal(err)
+	complete(t, s, trip.ID, Completion{State: ActionAvailable, NextAttemptAt: t0, Detail: "503", Attempted: true, WriteSentAt: t0})
+	complete(t, s, trip.ID, Completion{State: ActionFailed, Outcome: OutcomeFailed, Detail: "error 20008: cannot suspend", Attempted: true})
+	if a := actionOf(t, s, res.Incident.ID, ActionTrip); !a.Released {
+		t.Fatalf("set-up: %+v", a)
 	}
 	at := t0.Add(time.Hour)
 	r := record(t, s, firing("tok2", "r", "AC1", "p", at))
 	if !r.Reopened || r.Incident.State != StatePending || r.Incident.Outcome != "" ||
-		!strings.Contains(r.Incident.Detail, "the trip had ended failed: error 20008") {
+		!strings.Contains(r.Incident.Detail, "the trip had ended failed: error 20008") || r.Trip.ID != 0 {
 		t.Fatalf("result = %+v", r)
 	}
 	got := actionOf(t, s, res.Incident.ID, ActionTrip)
-	if got.State != StatePending || got.Attempts != 2 || got.Hold != HoldNone || !got.NextAttemptAt.Equal(at) {
+	if got.State != ActionAvailable || got.Attempts != 2 || got.Released || !got.NextAttemptAt.Equal(at) || !got.WriteSentAt.Equal(t0) {
 		t.Errorf("trip action = %+v", got)
 	}
-	if acts, _ := s.PendingActions(ctx, at, 0); len(acts) != 1 || acts[0].ID != trip.ID {
-		t.Errorf("pending = %+v", acts)
+	if acts := claim(t, s, "w", at.Add(time.Hour), at, 0); len(acts) != 1 || acts[0].ID != trip.ID {
+		t.Errorf("claimed = %+v", acts)
 	}
 	// A notification not sent yet waits for the new outcome.
-	if n := actionOf(t, s, res.Incident.ID, "notify:ops"); n.State != StatePending {
+	if n := actionOf(t, s, res.Incident.ID, NotifyKind("ops")); n.State != ActionAvailable {
 		t.Errorf("notify = %+v", n)
 	}
 }
 
-// Any other end of the trip, or a trip still pending, keeps the old
-// behaviour: a new token attaches and changes only Firings and UpdatedAt.
+// Any other end of the trip, or a trip still to finish (available, running
+// or held), keeps the old behaviour: a new token attaches and changes only
+// Firings and UpdatedAt.
 func TestRecordFiringDoesNotReopen(t *testing.T) {
-	for _, end := range []struct{ state, outcome string }{
-		{StatePending, ""},
-		{StateDone, "suspended"},
-		{StateDone, "already_suspended"},
-		{StateDone, "dry_run"},
-		{StateDone, "notified"},
+	for _, end := range []struct {
+		state   ActionState
+		outcome Outcome
+	}{
+		{ActionAvailable, ""},
+		{ActionRunning, ""},
+		{ActionHeld, ""},
+		{ActionDone, OutcomeSuspended},
+		{ActionDone, OutcomeAlreadySuspended},
+		{ActionDone, OutcomeDryRun},
+		{ActionDone, OutcomeNotified},
 	} {
-		t.Run(end.state+"/"+end.outcome, func(t *testing.T) {
+		t.Run(string(end.state)+"/"+string(end.outcome), func(t *testing.T) {
 			s := openFixed(t)
 			f := firing("tok1", "r", "AC1", "p", t0)
-			f.Actions = []string{ActionTrip, ActionEndCalls}
+			f.Actions = []ActionKind{ActionTrip, ActionEndCalls}
 			res := record(t, s, f)
 			id := res.Incident.ID
-			if end.state != StatePending {
-				for _, k := range []string{ActionTrip, ActionEndCalls} {
+			switch end.state {
+			case ActionRunning:
+				take(t, s, res.Trip.ID, testOwner)
+			case ActionHeld:
+				complete(t, s, res.Trip.ID, Completion{State: ActionHeld, Detail: "held"})
+			case ActionDone:
+				for _, k := range []ActionKind{ActionTrip, ActionEndCalls} {
 					outcome := end.outcome
 					if k == ActionEndCalls {
-						outcome = "skipped"
+						outcome = OutcomeSkipped
 					}
-					if err := s.FinishAction(context.Background(), actionOf(t, s, id, k).ID, end.state, outcome, "x"); err != nil {
-						t.Fatal(err)
-					}
+					complete(t, s, actionOf(t, s, id, k).ID, Completion{State: end.state, Outcome: outcome, Detail: "x"})
 				}
 			}
 			before := snap(t, s, id)
@@ -275,7 +271,7 @@ func TestRecordFiringReopenConcurrent(t *testing.T) {
 	if inc := incident(t, s, id); inc.State != StatePending || inc.Firings != 1+n/2 {
 		t.Errorf("incident = %+v", inc)
 	}
-	if trip := actionOf(t, s, id, ActionTrip); trip.State != StatePending {
+	if trip := actionOf(t, s, id, ActionTrip); trip.State != ActionAvailable {
 		t.Errorf("trip = %+v", trip)
 	}
 }
@@ -286,28 +282,28 @@ func TestBatchReopen(t *testing.T) {
 	s := openFixed(t)
 	id := skippedIncident(t, s).Incident.ID
 	bad := firing("tok-bad", "r", "AC-bad", "p", t0)
-	bad.Actions = []string{ActionTrip, ""}
+	bad.Actions = []ActionKind{ActionTrip, ""}
 	at := t0.Add(time.Hour)
-	batch := []*recordReq{
-		newReq(t, firing("tok-x", "r", "AC1", "daily:2026-11-24", at)),
-		newReq(t, bad),
-		newReq(t, firing("tok-y", "r", "AC1", "daily:2026-11-24", at)),
-		newReq(t, firing("tok-x", "r", "AC1", "daily:2026-11-24", at)),
+	batch := []*writeOp{
+		recordOp(t, s, firing("tok-x", "r", "AC1", "daily:2026-11-24", at)),
+		recordOp(t, s, bad),
+		recordOp(t, s, firing("tok-y", "r", "AC1", "daily:2026-11-24", at)),
+		recordOp(t, s, firing("tok-x", "r", "AC1", "daily:2026-11-24", at)),
 	}
 	s.runBatch(batch)
-	if r := batch[0]; r.err != nil || !r.res.Reopened {
-		t.Errorf("first: %+v, %v", r.res, r.err)
+	if r := recorded(batch[0]); batch[0].err != nil || !r.Reopened {
+		t.Errorf("first: %+v, %v", r, batch[0].err)
 	}
 	if batch[1].err == nil {
 		t.Error("bad firing: no error")
 	}
-	if r := batch[2]; r.err != nil || r.res.Reopened || r.res.Incident.Firings != 3 || r.res.Incident.State != StatePending {
-		t.Errorf("second new token: %+v, %v", r.res, r.err)
+	if r := recorded(batch[2]); batch[2].err != nil || r.Reopened || r.Incident.Firings != 3 || r.Incident.State != StatePending {
+		t.Errorf("second new token: %+v, %v", r, batch[2].err)
 	}
-	if r := batch[3]; r.err != nil || !r.res.DuplicateToken || r.res.Reopened {
-		t.Errorf("repeat: %+v, %v", r.res, r.err)
+	if r := recorded(batch[3]); batch[3].err != nil || !r.DuplicateToken || r.Reopened {
+		t.Errorf("repeat: %+v, %v", r, batch[3].err)
 	}
-	if trip := actionOf(t, s, id, ActionTrip); trip.State != StatePending || !trip.NextAttemptAt.Equal(at) {
+	if trip := actionOf(t, s, id, ActionTrip); trip.State != ActionAvailable || !trip.NextAttemptAt.Equal(at) {
 		t.Errorf("trip = %+v", trip)
 	}
 }
@@ -315,109 +311,55 @@ func TestBatchReopen(t *testing.T) {
 // In a mass event the notifications of the incidents opened so far are due
 // before a newer incident's trip; the trip must still come first, so the
 // workers start the suspension before they start on notifications.
-func TestPendingActionsTripsBeforeNotifications(t *testing.T) {
+func TestClaimActionsTripsBeforeNotifications(t *testing.T) {
 	s := openFixed(t)
 	ctx := context.Background()
 	var olds []int64
 	for i := 0; i < 30; i++ {
 		f := firing(fmt.Sprint("old-", i), "r", fmt.Sprint("AC-old-", i), "p", t0.Add(time.Duration(i)*time.Second))
-		f.Actions = []string{ActionTrip, ActionEndCalls, "notify:ops", "notify:sms"}
+		f.Actions = []ActionKind{ActionTrip, ActionEndCalls, NotifyKind("ops"), NotifyKind("sms")}
 		id := record(t, s, f).Incident.ID
 		olds = append(olds, id)
-		if err := s.FinishAction(ctx, actionOf(t, s, id, ActionTrip).ID, StateDone, "suspended", ""); err != nil {
-			t.Fatal(err)
-		}
+		complete(t, s, actionOf(t, s, id, ActionTrip).ID, Completion{State: ActionDone, Outcome: OutcomeSuspended})
 	}
 	// A trip that failed an attempt and is due again later than the
-	// notifications, a held trip and a released one.
+	// notifications, a held trip (with the guard's page) and a newer trip.
 	retried := record(t, s, firing("retried", "r", "AC-retried", "p", t0.Add(time.Minute))).Incident.ID
-	if err := s.RetryAction(ctx, actionOf(t, s, retried, ActionTrip).ID, t0.Add(9*time.Minute), "503"); err != nil {
-		t.Fatal(err)
-	}
+	complete(t, s, actionOf(t, s, retried, ActionTrip).ID, Completion{State: ActionAvailable, NextAttemptAt: t0.Add(9 * time.Minute), Detail: "503", Attempted: true})
 	held := record(t, s, firing("held", "r", "AC-held", "p", t0.Add(2*time.Minute))).Incident.ID
-	if _, err := s.HoldAction(ctx, actionOf(t, s, held, ActionTrip).ID, "held", []string{"guard:ops"}); err != nil {
-		t.Fatal(err)
+	if done := complete(t, s, actionOf(t, s, held, ActionTrip).ID, Completion{State: ActionHeld, Detail: "held",
+		Pages: []ActionKind{GuardPageKind("ops")}}); !done.Paged {
+		t.Fatal("set-up: no page")
 	}
 	newer := record(t, s, firing("new", "r", "AC-new", "p", t0.Add(10*time.Minute))).Incident.ID
 	now := t0.Add(10 * time.Minute)
 
-	acts, err := s.PendingActions(ctx, now, 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	type ka struct {
-		incident int64
-		kind     string
-	}
-	var got []ka
-	for _, a := range acts {
-		got = append(got, ka{a.IncidentID, a.Kind})
-	}
+	got := kas(claim(t, s, "w", now.Add(time.Hour), now, 4))
 	// Before: the first old incident's end_calls and notifications (t0),
 	// every follow-up and the guard's page, then the trips (t0+9m, t0+10m).
-	want := []ka{{retried, ActionTrip}, {newer, ActionTrip}, {olds[0], ActionEndCalls}, {olds[0], "notify:ops"}}
+	want := []ka{{retried, ActionTrip}, {newer, ActionTrip}, {olds[0], ActionEndCalls}, {olds[0], NotifyKind("ops")}}
 	if !reflect.DeepEqual(got, want) {
-		t.Errorf("PendingActions(limit 4)\n got %v\nwant %v", got, want)
+		t.Errorf("ClaimActions(limit 4)\n got %v\nwant %v", got, want)
 	}
 
-	// All of them: the two trips, then the rest oldest first; the held
-	// trip is not there until released, and then it is first among equals.
+	// All the others: the held trip is not there until released, and then
+	// it is first; then the rest oldest first.
 	if _, err := s.ReleaseHeld(ctx, now, "released"); err != nil {
 		t.Fatal(err)
 	}
-	all, err := s.PendingActions(ctx, now, 0)
-	if err != nil {
-		t.Fatal(err)
+	all := claim(t, s, "w", now.Add(time.Hour), now, 0)
+	if len(all) != 1+1+30*3-2 {
+		t.Fatalf("%d claimed, want %d", len(all), 1+1+30*3-2)
 	}
-	if len(all) != 3+1+30*3 {
-		t.Fatalf("%d pending actions, want %d", len(all), 3+1+30*3)
+	if all[0].IncidentID != held || all[0].Kind != ActionTrip {
+		t.Errorf("first claimed %+v, want the released trip", all[0])
 	}
-	trips := 0
-	for i, a := range all {
+	for i, a := range all[1:] {
 		if a.Kind == ActionTrip {
-			if i != trips {
-				t.Fatalf("trip action at %d after other kinds: %v", i, kinds(all))
-			}
-			trips++
+			t.Fatalf("trip action after other kinds: %v", kinds(all))
 		}
-		if i > 0 && (a.Kind == ActionTrip) == (all[i-1].Kind == ActionTrip) {
-			p := all[i-1]
-			if a.NextAttemptAt.Before(p.NextAttemptAt) || (a.NextAttemptAt.Equal(p.NextAttemptAt) && a.ID < p.ID) {
-				t.Errorf("out of order at %d: %+v after %+v", i, a, p)
-			}
+		if p := all[i]; i > 0 && (a.NextAttemptAt.Before(p.NextAttemptAt) || (a.NextAttemptAt.Equal(p.NextAttemptAt) && a.ID < p.ID)) {
+			t.Errorf("out of order at %d: %+v after %+v", i+1, a, p)
 		}
 	}
-	if trips != 3 {
-		t.Errorf("%d trips, want 3", trips)
-	}
-}
-
-// The partial index actions_pending still serves PendingActions: a range
-// search on next_attempt_at, not a scan of every action ever run.
-func TestPendingQueryPlan(t *testing.T) {
-	s, _ := openTest(t)
-	rows, err := s.r.Query("EXPLAIN QUERY PLAN "+pendingQuery, int64(0), 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var plan []string
-	for rows.Next() {
-		var (
-			id, parent, notused int
-			detail              string
-		)
-		if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
-			t.Fatal(err)
-		}
-		plan = append(plan, detail)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	text := strings.Join(plan, "\n")
-	if !strings.Contains(text, "SEARCH actions USING INDEX actions_pending (next_attempt_at<?)") || strings.Contains(text, "SCAN actions") {
-		t.Errorf("query plan:\n%s", text)
-	}
-	t.Logf("query plan:\n%s", text)
 }

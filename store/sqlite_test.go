@@ -232,16 +232,16 @@ func TestRecordFiringActionsPerKind(t *testing.T) {
 func TestRecordFiringInvalid(t *testing.T) {
 	s, _ := openTest(t)
 	for name, mod := range map[string]func(*Firing){
-		"no token":      func(f *Firing) { f.IdempotencyToken = "" },
-		"no rule":       func(f *Firing) { f.Rule = "" },
-		"no account":    func(f *Firing) { f.AccountSID = "" },
-		"no period":     func(f *Firing) { f.Period = "" },
-		"bad source":    func(f *Firing) { f.Source = "carrier pigeon" },
-		"empty kind":    func(f *Firing) { f.Actions = []ActionKind{ActionTrip, ""} },
+		"no token":       func(f *Firing) { f.IdempotencyToken = "" },
+		"no rule":        func(f *Firing) { f.Rule = "" },
+		"no account":     func(f *Firing) { f.AccountSID = "" },
+		"no period":      func(f *Firing) { f.Period = "" },
+		"bad source":     func(f *Firing) { f.Source = "carrier pigeon" },
+		"empty kind":     func(f *Firing) { f.Actions = []ActionKind{ActionTrip, ""} },
 		"claim no owner": func(f *Firing) { f.ClaimBy = &Claim{LeaseUntil: t0.Add(time.Minute)} },
 		"claim no lease": func(f *Firing) { f.ClaimBy = &Claim{Owner: "w"} },
-		"time in 2300":  func(f *Firing) { f.ReceivedAt = time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC) },
-		"time pre-1678": func(f *Firing) { f.ReceivedAt = time.Date(1600, 1, 1, 0, 0, 0, 0, time.UTC) },
+		"time in 2300":   func(f *Firing) { f.ReceivedAt = time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC) },
+		"time pre-1678":  func(f *Firing) { f.ReceivedAt = time.Date(1600, 1, 1, 0, 0, 0, 0, time.UTC) },
 	} {
 		f := firing("tok", "r", "AC", "p", t0)
 		mod(&f)
@@ -806,9 +806,12 @@ func TestContextCancelled(t *testing.T) {
 	trip := take(t, s, actionOf(t, s, res.Incident.ID, ActionTrip).ID, testOwner)
 	claim := Claim{Owner: "other", LeaseUntil: t0.Add(time.Hour)}
 	for name, err := range map[string]error{
-		"ClaimActions":        func() error { _, err := s.ClaimActions(cancelled, claim, t0.Add(time.Hour), 0); return err }(),
-		"MarkWriteSent":       s.MarkWriteSent(cancelled, trip.ID, testOwner, t0, t0.Add(time.Hour)),
-		"CompleteAction":      func() error { _, err := s.CompleteAction(cancelled, trip.ID, testOwner, Completion{State: ActionDone}); return err }(),
+		"ClaimActions":  func() error { _, err := s.ClaimActions(cancelled, claim, t0.Add(time.Hour), 0); return err }(),
+		"MarkWriteSent": s.MarkWriteSent(cancelled, trip.ID, testOwner, t0, t0.Add(time.Hour)),
+		"CompleteAction": func() error {
+			_, err := s.CompleteAction(cancelled, trip.ID, testOwner, Completion{State: ActionDone})
+			return err
+		}(),
 		"RescueActions":       func() error { _, err := s.RescueActions(cancelled, t0.Add(time.Hour), time.Minute, true); return err }(),
 		"ResumeAvailable":     func() error { _, err := s.ResumeAvailable(cancelled, t0); return err }(),
 		"ReleaseHeld":         func() error { _, err := s.ReleaseHeld(cancelled, t0, ""); return err }(),
