@@ -215,14 +215,23 @@ func (s *SQLite) completeTx(ctx context.Context, tx *sql.Tx, id int64, owner str
 	if c.State != ActionDone {
 		then = nil
 	}
-	if c.State == ActionHeld && others == 0 && len(c.Pages) > 0 {
-		for _, k := range c.Pages {
-			then = append(then, Scheduled{Kind: k, At: fromUnixNano(now)})
-		}
-		out.Paged = true
-	}
 	if err := insertScheduled(ctx, tx, incidentID, then, now); err != nil {
 		return out, err
+	}
+	if c.State == ActionHeld && others == 0 && len(c.Pages) > 0 {
+		// A new episode pages again, also on an incident paged in an
+		// earlier one (a reopened trip): its page is sent anew.
+		for _, k := range c.Pages {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO actions (incident_id, kind, account_sid, state, attempts,
+					next_attempt_at, created_at, updated_at)
+				VALUES (?1, ?2, '', 'available', 0, ?3, ?3, ?3)
+				ON CONFLICT (incident_id, kind) DO UPDATE SET state = 'available', attempts = 0, next_attempt_at = ?3,
+					outcome = '', detail = '', progress = '', updated_at = ?3
+				WHERE actions.state IN ('done', 'failed')`, incidentID, k, now); err != nil {
+				return out, fmt.Errorf("insert page %q: %w", k, err)
+			}
+		}
+		out.Paged = true
 	}
 	return out, nil
 }

@@ -284,11 +284,13 @@ type Completion struct {
 	HoldAccountUntil time.Time
 	// WriteSentAt, when set, records that this attempt sent a status write.
 	WriteSentAt time.Time
-	Progress    string
+	// Progress replaces the action's progress (pass the action's own to keep it).
+	Progress string
 	// Then, with ActionDone, creates these actions for the same incident.
 	Then []Scheduled
 	// Pages, with ActionHeld, creates these actions for the same incident if
-	// no other action was held (the guard's pages).
+	// no other action was held (the guard's pages); a page this incident
+	// already sent in an earlier episode is made available again.
 	Pages []ActionKind
 }
 
