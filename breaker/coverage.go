@@ -1,6 +1,7 @@
 package breaker
 
 import (
+	"fmt"
 	"sort"
 	"strings"
 	"time"
@@ -82,8 +83,8 @@ func (b *coverageBuilder) add(sid string, ar accountResult, err error) {
 		return
 	}
 	ac := &b.c.Accounts[i]
-	if err != nil {
-		ac.Error = err.Error()
+	if err != nil { // without the "account SID (name): " the row already says
+		ac.Error = strings.TrimPrefix(err.Error(), fmt.Sprintf("account %s (%q): ", ac.SID, ac.FriendlyName))
 	}
 	for j, name := range b.c.Rules {
 		if st, ok := ar.cover[b.prefix+name]; ok && ac.States[j] == CoverMissing {

@@ -196,7 +196,7 @@ type Action struct {
 	State         string
 	Outcome       string
 	Detail        string // the last attempt's error, or what it did
-	Attempts      int    // failed attempts so far
+	Attempts      int    // attempts so far: each failed one, and the one that finished it
 	Held          bool
 	Released      bool
 	NextAttemptAt time.Time // zero unless pending

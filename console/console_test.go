@@ -42,7 +42,7 @@ func (f *fakeBackend) Overview(context.Context) (Overview, error) {
 		Replicas:       []Replica{{Name: "host-1", Role: "this process"}},
 		LastReconcile:  &Run{Summary: "50 subaccounts, 46 active: 3 created"},
 		PendingActions: 7, Twilio: TwilioCalls{Attempts: 100, Failed: 2, ByCode: []CodeCount{{"429", 2}}},
-		Guard:          GuardSummary{On: true, MaxSuspensions: 20, Window: time.Hour, HeldSuspensions: 1}}, nil
+		Guard: GuardSummary{On: true, MaxSuspensions: 20, Window: time.Hour, HeldSuspensions: 1}}, nil
 }
 
 func (f *fakeBackend) Coverage(context.Context) (CoverageView, error) { return f.coverage, nil }
@@ -104,7 +104,7 @@ func newFake() *fakeBackend {
 			Period: "daily:2026-11-24", Source: "callback", Category: "totalprice", TriggerValue: "50", CurrentValue: "61.5",
 			Action: "suspend", State: "done", Outcome: OutcomeSuspended, Firings: 1, CreatedAt: t0, UpdatedAt: t0},
 			Actions: []Action{{Kind: "trip", State: "done", Outcome: "suspended", CreatedAt: t0, UpdatedAt: t0.Add(time.Second)},
-				{Kind: "notify:ops-slack", State: "done", Outcome: "notified", Attempts: 1, Detail: "slack: 503",
+				{Kind: "notify:ops-slack", State: "done", Outcome: "notified", Attempts: 2, Detail: "sent to ops-slack",
 					CreatedAt: t0, UpdatedAt: t0.Add(3 * time.Second)}}},
 	}
 }
@@ -430,7 +430,7 @@ func TestIncidentTimeline(t *testing.T) {
 		t.Fatalf("%d", resp.StatusCode)
 	}
 	order := []string{"Firing: totalprice at 61.5", "Action trip done: suspended", "Action notify:ops-slack done: notified",
-		"1 failed attempt(s); last: slack: 503", "Reactivated (manual)", "by console from 127.0.0.1:5555", "reason: customer paid"}
+		"sent to ops-slack (after 2 attempts)", "Reactivated (manual)", "by console from 127.0.0.1:5555", "reason: customer paid"}
 	last := -1
 	for _, s := range order {
 		i := strings.Index(page, s)

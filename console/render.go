@@ -28,10 +28,10 @@ func (h *Handler) parse() error {
 			return "s-" + strings.ReplaceAll(s, " ", "-")
 		},
 		"short": func(s string, n int) string {
-			if len(s) <= n {
-				return s
+			if r := []rune(s); len(r) > n {
+				return string(r[:n]) + "…"
 			}
-			return s[:n] + "…"
+			return s
 		},
 	}
 	for _, name := range pageNames {
@@ -145,8 +145,11 @@ func timeline(inc IncidentDetail) []Event {
 			status += " (released from the guard)"
 		}
 		d := a.Detail
-		if a.Attempts > 0 {
-			d = strings.TrimSpace(fmt.Sprintf("%d failed attempt(s); last: %s", a.Attempts, d))
+		switch {
+		case a.State == "pending" && a.Attempts > 0:
+			d = fmt.Sprintf("%d failed attempt(s) so far; last: %s", a.Attempts, d)
+		case a.Attempts > 1:
+			d += fmt.Sprintf(" (after %d attempts)", a.Attempts)
 		}
 		if !a.NextAttemptAt.IsZero() {
 			d += "; next attempt " + a.NextAttemptAt.UTC().Format("2006-01-02 15:04:05 UTC")
