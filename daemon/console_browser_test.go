@@ -243,7 +243,10 @@ func TestConsoleInBrowser(t *testing.T) {
 
 	// tenant-01 is suspended; tenant-02 is then held by the guard (at most 1).
 	e.addUsage("tenant-01", "totalprice", "", "60")
-	e.waitFor("tenant-01 suspended", func() bool { return e.account("tenant-01").Status == "suspended" })
+	e.waitFor("tenant-01's suspension recorded", func() bool {
+		incs := e.incidents("?account=" + e.accounts["tenant-01"].SID)
+		return len(incs) == 1 && incs[0].Outcome == "suspended"
+	})
 	e.addUsage("tenant-02", "totalprice", "", "75")
 	e.waitFor("tenant-02 held", func() bool {
 		incs := e.incidents("?account=" + e.accounts["tenant-02"].SID)
