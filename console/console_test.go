@@ -520,3 +520,12 @@ func TestCoveragePagingAtScale(t *testing.T) {
 		t.Error("a page past the end should show the last page")
 	}
 }
+
+func TestSpan(t *testing.T) {
+	for d, want := range map[time.Duration]string{time.Hour: "1h", 90 * time.Minute: "1h30m", 5 * time.Minute: "5m",
+		30 * time.Second: "30s", 744 * time.Hour: "744h", time.Hour + 30*time.Second: "1h0m30s"} {
+		if got := span(d); got != want {
+			t.Errorf("span(%v) = %q, want %q", d, got, want)
+		}
+	}
+}

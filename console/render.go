@@ -24,6 +24,7 @@ func (h *Handler) parse() error {
 			}
 			return n
 		},
+		"span": span,
 		"stateClass": func(s string) string {
 			return "s-" + strings.ReplaceAll(s, " ", "-")
 		},
@@ -42,6 +43,18 @@ func (h *Handler) parse() error {
 		h.pages[name] = t
 	}
 	return nil
+}
+
+// span formats a duration for people: 1h, not 1h0m0s.
+func span(d time.Duration) string {
+	s, cut := strings.CutSuffix(d.String(), "m0s")
+	switch {
+	case !cut:
+		return s
+	case strings.HasSuffix(s, "h0"):
+		return strings.TrimSuffix(s, "0")
+	}
+	return s + "m"
 }
 
 // when formats a time for people: UTC, to the second.
