@@ -529,3 +529,35 @@ func TestSpan(t *testing.T) {
 		}
 	}
 }
+
+func TestCookiesAreSecureOverTLS(t *testing.T) {
+	h, err := New(Options{Backend: newFake(), Token: func() string { return testToken }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewTLSServer(h)
+	defer srv.Close()
+	c := srv.Client()
+	c.Jar, _ = cookiejar.New(nil)
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	cl := &client{t: t, srv: srv, c: c}
+	resp, page := cl.do("GET", "/ui/signin", nil)
+	for _, ck := range resp.Cookies() {
+		if !ck.Secure || !ck.HttpOnly || ck.SameSite != http.SameSiteStrictMode {
+			t.Errorf("sign-in cookie over TLS: %+v", ck)
+		}
+	}
+	resp, _ = cl.do("POST", "/ui/signin", url.Values{"csrf": {csrfOf(t, page)}, "token": {testToken}})
+	found := false
+	for _, ck := range resp.Cookies() {
+		if ck.Name == sessionCookie {
+			found = true
+			if !ck.Secure || !ck.HttpOnly || ck.SameSite != http.SameSiteStrictMode {
+				t.Errorf("session cookie over TLS: %+v", ck)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("no session cookie: %d", resp.StatusCode)
+	}
+}
