@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,8 +79,17 @@ func browser(t *testing.T) context.Context {
 	}
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	t.Cleanup(cancelAlloc)
-	ctx, cancelCtx := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
+	// The browser's log goes to the test's, but not once the test ends
+	// (registered last, this cleanup runs first).
+	var ended atomic.Bool
+	logf := func(format string, args ...any) {
+		if !ended.Load() {
+			t.Logf(format, args...)
+		}
+	}
+	ctx, cancelCtx := chromedp.NewContext(actx, chromedp.WithLogf(logf), chromedp.WithErrorf(logf))
 	t.Cleanup(cancelCtx)
+	t.Cleanup(func() { ended.Store(true) })
 	// The first run starts the browser, which lives as long as ctx: no
 	// timeout on it (each step gets its own, in do).
 	if err := chromedp.Do(ctx); err != nil {
