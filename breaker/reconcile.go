@@ -29,6 +29,7 @@ type ReconcileResult struct {
 	Unchanged   int
 	Managed     map[string]int // rule -> triggers present after the reconcile
 	Errors      []error        // per-account problems; the rest went on
+	Coverage    *Coverage      // what it left on each subaccount, per rule (coverage.go)
 }
 
 // Err joins the per-account errors, or nil.
@@ -74,6 +75,7 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	b.markRearmsRestored(ctx) // re-arms of ended periods: this reconcile restores the rule's threshold
 	b.accounts.Replace(subs)
 	res.Subaccounts = len(subs)
+	cov := newCoverage(res.Started, s.Rules, subs, rules.OwnedPrefix(s.Instance))
 
 	type job struct {
 		acct    twilioapi.Account
@@ -117,6 +119,7 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 				if err != nil {
 					res.Errors = append(res.Errors, err)
 				}
+				cov.add(j.acct.SID, ar, err)
 				mu.Unlock()
 			}
 		}()
@@ -145,13 +148,15 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	} else {
 		b.m.ReconcileErrors.Inc()
 	}
+	res.Coverage = cov.done()
 	b.lastRecon.Store(&res)
 	return res, res.Err()
 }
 
 type accountResult struct {
 	created, updated, deleted, unchanged int
-	managed                              map[string]int // FriendlyName -> count present afterwards
+	managed                              map[string]int    // FriendlyName -> count present afterwards
+	cover                                map[string]string // FriendlyName -> Cover* state afterwards (coverage.go)
 }
 
 // plan is what one account needs.
@@ -258,15 +263,18 @@ func (b *Breaker) reconcileAccount(ctx context.Context, acct twilioapi.Account, 
 	for _, t := range p.keep {
 		res.managed[t.FriendlyName]++
 		res.unchanged++
+		res.covered(t.FriendlyName, CoverGuarded)
 	}
 	for _, u := range p.updates {
 		if _, err := b.api.UpdateTrigger(ctx, acct.SID, u.old.SID, u.upd); err != nil {
 			errs = append(errs, fmt.Errorf("update trigger %s (%s): %w", u.old.SID, u.old.FriendlyName, err))
 			res.managed[u.old.FriendlyName]++ // the old one still guards the account
+			res.covered(u.old.FriendlyName, CoverDrifted)
 			continue
 		}
 		res.updated++
 		res.managed[u.old.FriendlyName]++
+		res.covered(u.old.FriendlyName, CoverGuarded)
 		log.Info("trigger updated", "trigger", u.old.SID, "name", u.old.FriendlyName, "callback_url", redactURL(u.upd.CallbackURL))
 	}
 	for _, spec := range p.creates {
@@ -275,17 +283,20 @@ func (b *Breaker) reconcileAccount(ctx context.Context, acct twilioapi.Account, 
 			errs = append(errs, fmt.Errorf("cannot create trigger %s: the account already has %d usage triggers, Twilio's limit is %d per account; delete some of the account's other triggers",
 				spec.FriendlyName, count, MaxTriggersPerAccount))
 			res.managed[spec.FriendlyName] += len(olds)
+			res.coveredAfterFailedCreate(spec.FriendlyName, len(olds))
 			continue
 		}
 		t, err := b.api.CreateTrigger(ctx, acct.SID, spec)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("create trigger %s: %w", spec.FriendlyName, err))
 			res.managed[spec.FriendlyName] += len(olds) // the old ones, if any, stay until a create succeeds
+			res.coveredAfterFailedCreate(spec.FriendlyName, len(olds))
 			continue
 		}
 		count++
 		res.created++
 		res.managed[spec.FriendlyName]++
+		res.covered(spec.FriendlyName, CoverGuarded)
 		log.Info("trigger created", "trigger", t.SID, "name", spec.FriendlyName, "category", spec.UsageCategory,
 			"trigger_by", spec.TriggerBy, "recurring", spec.Recurring, "value", spec.TriggerValue, "replaces", len(olds))
 		for _, old := range olds {

@@ -51,6 +51,7 @@ func (d *Daemon) adminMux() http.Handler {
 	}))
 	mux.Handle("GET /api/v1/incidents", d.authed(d.listIncidents))
 	d.operatorRoutes(mux) // reactivate, guard release (operator.go)
+	d.consoleRoutes(mux)  // the operator console at /ui/ (console.go)
 	mux.Handle("POST /api/v1/poll", d.authed(func(w http.ResponseWriter, r *http.Request) {
 		d.RequestPoll()
 		writeJSON(w, http.StatusAccepted, map[string]string{"status": "poll requested"})

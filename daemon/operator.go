@@ -134,11 +134,6 @@ func actor(r *http.Request) string {
 }
 
 func (d *Daemon) reactivate(w http.ResponseWriter, r *http.Request) {
-	sid := r.PathValue("sid")
-	if !breaker.ValidAccountSID(sid) {
-		writeJSON(w, http.StatusBadRequest, ErrorJSON{fmt.Sprintf("%q is not an account SID (AC followed by 32 hex digits)", sid)})
-		return
-	}
 	var body struct {
 		Reason string `json:"reason"`
 	}
@@ -148,25 +143,36 @@ func (d *Daemon) reactivate(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, ErrorJSON{`the body must be JSON {"reason": "..."}: ` + err.Error()})
 		return
 	}
-	body.Reason = strings.TrimSpace(body.Reason)
-	switch {
-	case body.Reason == "":
-		writeJSON(w, http.StatusBadRequest, ErrorJSON{"a reason is required: why is it safe to reactivate this account?"})
-		return
-	case len(body.Reason) > MaxReasonLength:
-		writeJSON(w, http.StatusBadRequest, ErrorJSON{fmt.Sprintf("the reason is longer than %d bytes", MaxReasonLength)})
+	out, status, err := d.reactivateAccount(r.Context(), r.PathValue("sid"), body.Reason, actor(r))
+	if err != nil {
+		writeJSON(w, status, ErrorJSON{err.Error()})
 		return
 	}
-	who := actor(r)
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), ReactivateTimeout)
+	writeJSON(w, http.StatusOK, out)
+}
+
+// reactivateAccount is a reactivation asked by a person: through the admin
+// API or the console, the same checks, audit and logs. A refusal or failure
+// comes with the HTTP status the admin API answers it with.
+func (d *Daemon) reactivateAccount(ctx context.Context, sid, reason, who string) (ReactivateJSON, int, error) {
+	if !breaker.ValidAccountSID(sid) {
+		return ReactivateJSON{}, http.StatusBadRequest, fmt.Errorf("%q is not an account SID (AC followed by 32 hex digits)", sid)
+	}
+	reason = strings.TrimSpace(reason)
+	switch {
+	case reason == "":
+		return ReactivateJSON{}, http.StatusBadRequest, errors.New("a reason is required: why is it safe to reactivate this account?")
+	case len(reason) > MaxReasonLength:
+		return ReactivateJSON{}, http.StatusBadRequest, fmt.Errorf("the reason is longer than %d bytes", MaxReasonLength)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ReactivateTimeout)
 	defer cancel()
-	res, err := d.br.Reactivate(ctx, breaker.ReactivateRequest{AccountSID: sid, Reason: body.Reason, Actor: who, Via: store.ViaManual})
+	res, err := d.br.Reactivate(ctx, breaker.ReactivateRequest{AccountSID: sid, Reason: reason, Actor: who, Via: store.ViaManual})
 	var refused *breaker.RefusedError
 	switch {
 	case errors.As(err, &refused):
 		d.log.Warn("admin API: reactivation refused", "account", sid, "by", who, "why", refused.Reason)
-		writeJSON(w, http.StatusConflict, ErrorJSON{refused.Reason})
-		return
+		return ReactivateJSON{}, http.StatusConflict, refused
 	case err != nil:
 		status := http.StatusInternalServerError
 		var te *twilioapi.Error
@@ -174,16 +180,15 @@ func (d *Daemon) reactivate(w http.ResponseWriter, r *http.Request) {
 			status = http.StatusBadGateway
 		}
 		d.log.Error("admin API: reactivation failed", "account", sid, "by", who, "err", err)
-		writeJSON(w, status, ErrorJSON{err.Error()})
-		return
+		return ReactivateJSON{}, status, err
 	}
 	out := ReactivateJSON{AccountSID: res.Account.SID, AccountName: res.Account.FriendlyName, Status: res.Account.Status,
 		IncidentID: res.Incident.ID, EpisodeIncidents: episodeIDs(res.Episode), WasActive: res.WasActive, Rearmed: res.Rearmed, Problems: res.Problems,
-		Reason: body.Reason, Actor: who, ReactivatedAt: res.Reactivation.CreatedAt}
+		Reason: reason, Actor: who, ReactivatedAt: res.Reactivation.CreatedAt}
 	if out.Rearmed == nil {
 		out.Rearmed = []breaker.RearmedTrigger{}
 	}
-	writeJSON(w, http.StatusOK, out)
+	return out, http.StatusOK, nil
 }
 
 func episodeIDs(incs []store.Incident) []int64 {

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/robfig/cron/v3"
 
+	"github.com/usagebreaker/usagebreaker/breaker"
 	"github.com/usagebreaker/usagebreaker/config"
 )
 
@@ -24,6 +26,8 @@ type poller struct {
 	runs     *prometheus.CounterVec
 	duration prometheus.Histogram
 	lastOK   prometheus.Gauge
+
+	last atomic.Pointer[breaker.PollResult] // the last finished poll (the console shows it)
 }
 
 func newPoller(reg prometheus.Registerer) *poller {
@@ -99,6 +103,7 @@ func (d *Daemon) pollLoop(ctx context.Context) {
 func (d *Daemon) pollOnce(ctx context.Context) {
 	p := d.rel.poll
 	res, err := d.br.Poll(ctx)
+	p.last.Store(&res)
 	p.duration.Observe(res.Duration.Seconds())
 	attrs := []any{"subaccounts", res.Subaccounts, "polled", res.Polled, "reads", res.Reads, "over_threshold", res.Over,
 		"opened", res.Opened, "already_open", res.Known, "new_accounts", res.NewAccounts, "duration", res.Duration}
