@@ -68,6 +68,7 @@ type Result struct {
 	// holdAccount, on a retry or snooze, keeps the account until then.
 	holdAccount time.Time
 	writeSent   time.Time // the attempt sent a status write at this time
+	forgetWrite bool      // an earlier attempt's status write can no longer land
 	then        []store.Scheduled
 	pages       []store.ActionKind
 	progress    *string
@@ -115,6 +116,11 @@ func (r Result) HoldingAccount(t time.Time) Result { r.holdAccount = t; return r
 
 // WithWriteSent records that the attempt sent a status write at t.
 func (r Result) WithWriteSent(t time.Time) Result { r.writeSent = t; return r }
+
+// ForgettingWriteSent forgets an earlier attempt's status write: this
+// attempt read the account unchanged after it could have landed, and sent
+// nothing that may still land.
+func (r Result) ForgettingWriteSent() Result { r.forgetWrite = true; return r }
 
 // WithProgress records what a multi-part action has done so far.
 func (r Result) WithProgress(p string) Result { r.progress = &p; return r }
@@ -372,7 +378,8 @@ func (e *Engine) run(ctx context.Context, a store.Action) {
 
 // record writes an attempt's result, ending the claim.
 func (e *Engine) record(ctx context.Context, a store.Action, res Result) {
-	c := store.Completion{Outcome: res.outcome, Detail: res.detail, Progress: a.Progress, WriteSentAt: res.writeSent}
+	c := store.Completion{Outcome: res.outcome, Detail: res.detail, Progress: a.Progress, WriteSentAt: res.writeSent,
+		ClearWriteSent: res.forgetWrite}
 	if res.progress != nil {
 		c.Progress = *res.progress
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"sort"
@@ -157,7 +158,7 @@ func (f *fakeAPI) SetAccountStatus(ctx context.Context, sid, status string) (twi
 	var ns notSent
 	if errors.As(err, &ns) {
 		wroteRequest(ctx, err)
-		return twilioapi.Account{}, ns.error
+		return twilioapi.Account{}, errors.Join(&net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}, ns.error)
 	}
 	wroteRequest(ctx, nil)
 	if hook != nil {

@@ -139,12 +139,20 @@ func TestNotificationsAfterTheTripOncePerNotifier(t *testing.T) {
 	if got := f.actions(t, res.Incident.ID); len(got) != 4 || got["end_calls"].ID == 0 || got["notify:chat"].ID == 0 || got["notify:pager"].ID == 0 {
 		t.Fatalf("actions = %+v", got)
 	}
-	// The first pass runs only the trip: notifications wait for its outcome.
-	f.b.RunDueOnce(context.Background())
-	if len(f.chat.events())+len(f.pager.events())+f.chat.errs != 0 {
-		t.Fatal("a notification ran before the trip finished")
+	// Notifications (and end_calls) wait for the trip's outcome: while the
+	// trip is unfinished the queue hands out the trip alone.
+	claimed := f.claimAs(t, "probe-host/9")
+	if len(claimed) != 1 || claimed[0].Kind != store.ActionTrip {
+		t.Fatalf("claimed %+v, want the trip alone", claimed)
+	}
+	if _, err := f.st.CompleteAction(context.Background(), claimed[0].ID, "probe-host/9",
+		store.Completion{State: store.ActionAvailable, NextAttemptAt: f.clock.Now()}); err != nil { // handed back, no attempt counted
+		t.Fatal(err)
 	}
 	f.settle(t)
+	if len(f.pager.events()) != 1 || f.pager.events()[0].Incident.Outcome != string(OutcomeSuspended) {
+		t.Fatalf("pager got %+v: not the trip's outcome", f.pager.events())
+	}
 	// chat failed once; its retry is due after the backoff.
 	for i := 0; i < 5 && len(f.chat.events()) == 0; i++ {
 		f.clock.Advance(2 * time.Minute)

@@ -140,6 +140,16 @@ func (b *Breaker) record(ctx context.Context, f store.Firing) (AcceptResult, err
 	return AcceptResult{Incident: res.Incident, Duplicate: !res.NewIncident && !res.Reopened}, nil
 }
 
+// forgetIfNotLanded makes res forget an earlier attempt's write when err
+// says this attempt's write did not land on an account read active.
+func forgetIfNotLanded(res Result, err error) Result {
+	var nl writeDidNotLand
+	if errors.As(err, &nl) {
+		return res.ForgettingWriteSent()
+	}
+	return res
+}
+
 // skip is a trip that is not acted on, and why.
 type skip struct{ why string }
 
@@ -171,11 +181,11 @@ func (b *Breaker) workTrip(ctx context.Context, a store.Action) Result {
 			b.m.Suspensions.WithLabelValues(inc.Rule, string(OutcomeFailed)).Inc()
 		}
 		log.Error("action failed for good", "err", err)
-		return Fail(err)
+		return forgetIfNotLanded(Fail(err), err)
 	case err != nil:
 		log.Warn("action failed, will retry", "attempt", a.Attempts+1, "err", err)
 		b.m.ActionAttemptErrors.WithLabelValues(string(a.Kind)).Inc()
-		return Retry(err)
+		return forgetIfNotLanded(Retry(err), err)
 	case !res.Finished():
 		return res // held, or waiting for a write that may still land
 	}
@@ -273,7 +283,9 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 		return Result{}, err
 	}
 	if held != nil {
-		return b.hold(inc, *held), nil
+		// The account was read active: an earlier attempt's write (after
+		// its lease) did not land.
+		return b.hold(inc, *held).ForgettingWriteSent(), nil
 	}
 	if err := ctx.Err(); err != nil {
 		slot.free()
@@ -338,7 +350,7 @@ func (b *Breaker) writeSuspended(ctx context.Context, a store.Action, inc store.
 			b.m.SuspendWriteLatency.Observe(d.Seconds())
 		}
 		go func() {
-			if err := b.store.MarkWriteSent(context.WithoutCancel(ctx), a.ID, a.Owner, now, now.Add(b.writeLease)); err != nil && !errors.Is(err, store.ErrNotFound) {
+			if err := b.store.MarkWriteSent(context.WithoutCancel(ctx), a.ID, a.Owner, a.Attempts, now, now.Add(b.writeLease)); err != nil && !errors.Is(err, store.ErrNotFound) {
 				b.log.Warn("cannot record that the suspend write was sent; until its outcome is recorded a restart would not count it as ours",
 					"action", a.ID, "err", err)
 			}
@@ -349,11 +361,15 @@ func (b *Breaker) writeSuspended(ctx context.Context, a store.Action, inc store.
 	sentAt := sent
 	mu.Unlock()
 	if err != nil {
-		if s := statusOf(err); !sentAt.IsZero() && !(s >= 400 && s < 500) {
-			// Sent, with no answer that says it was refused (a 5xx, a
+		if s := statusOf(err); !(s >= 400 && s < 500) && (!sentAt.IsZero() || !twilioapi.NotSent(err)) {
+			// Sent (or not known to be unsent: HTTP/2 may report the send
+			// late), with no answer that says it was refused (a 5xx, a
 			// timeout, a broken connection, a shutdown): the write may
 			// still land. No attempt before it can have, and no other
 			// action of the account meanwhile.
+			if sentAt.IsZero() {
+				sentAt = b.now()
+			}
 			until := b.now().Add(b.writeLease)
 			b.log.Warn("the suspend write's outcome is unknown; the account is held until it can no longer land",
 				"incident", inc.ID, "account", inc.AccountSID, "until", until, "err", err)
@@ -361,10 +377,18 @@ func (b *Breaker) writeSuspended(ctx context.Context, a store.Action, inc store.
 			return RetryAt(until, fmt.Errorf("the suspend write failed and may have been applied: %w", err)).
 				HoldingAccount(until).WithWriteSent(sentAt), nil
 		}
-		return Result{}, err
+		// Refused, or never sent: nothing of this attempt can land, and the
+		// account was just read active, so no earlier write will either.
+		return Result{}, writeDidNotLand{err}
+	}
+	if sentAt.IsZero() {
+		sentAt = b.now() // HTTP/2 may report the send after the answer
 	}
 	b.accounts.Put(upd)
 	cur := inc.CurrentValue
+	if d, err := decimal.Parse(cur); err == nil {
+		cur = d.String() // as the other outcomes' details say it
+	}
 	r := b.Rule(inc.Rule)
 	detail := "value " + cur
 	if r != nil {
@@ -372,6 +396,14 @@ func (b *Breaker) writeSuspended(ctx context.Context, a store.Action, inc store.
 	}
 	return Done(OutcomeSuspended, detail).WithWriteSent(sentAt), nil
 }
+
+// writeDidNotLand is a status write that certainly was not applied; the
+// account was read active just before, so no earlier attempt's write will
+// land either: the action forgets it.
+type writeDidNotLand struct{ err error }
+
+func (e writeDidNotLand) Error() string { return e.err.Error() }
+func (e writeDidNotLand) Unwrap() error { return e.err }
 
 // readAccount reads a subaccount from Twilio for an action: always a fresh
 // read of its own (never a cached account nor a fetch shared with a callback's

@@ -48,7 +48,7 @@ const claimQuery = `UPDATE actions SET state = 'running', owner = ?1, lease_unti
 // completeQuery ends owner ?11's attempt at running action ?10.
 const completeQuery = `UPDATE actions SET state = ?1, outcome = ?2, detail = ?3, attempts = attempts + ?4,
 		next_attempt_at = ?5, owner = '', lease_until = ?6,
-		write_sent_at = CASE WHEN ?7 > 0 THEN ?7 ELSE write_sent_at END, progress = ?8, updated_at = ?9
+		write_sent_at = CASE WHEN ?7 > 0 THEN ?7 WHEN ?12 THEN 0 ELSE write_sent_at END, progress = ?8, updated_at = ?9
 	WHERE id = ?10 AND state = 'running' AND owner = ?11
 	RETURNING incident_id, kind`
 
@@ -120,7 +120,7 @@ func (s *SQLite) ClaimActions(ctx context.Context, c Claim, now time.Time, limit
 }
 
 // MarkWriteSent implements ActionStore.
-func (s *SQLite) MarkWriteSent(ctx context.Context, id int64, owner string, at, leaseUntil time.Time) error {
+func (s *SQLite) MarkWriteSent(ctx context.Context, id int64, owner string, attempt int, at, leaseUntil time.Time) error {
 	if err := s.check("mark write sent"); err != nil {
 		return err
 	}
@@ -133,7 +133,7 @@ func (s *SQLite) MarkWriteSent(ctx context.Context, id int64, owner string, at, 
 		return fmt.Errorf("store: mark write sent of action %d: lease: %w", id, err)
 	}
 	_, err = submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) (struct{}, error) {
-		r, err := tx.StmtContext(ctx, s.wMark).ExecContext(ctx, sent, lease, sent, id, owner)
+		r, err := tx.StmtContext(ctx, s.wMark).ExecContext(ctx, sent, lease, sent, id, owner, attempt)
 		if err != nil {
 			return struct{}{}, err
 		}
@@ -190,7 +190,7 @@ func (s *SQLite) completeTx(ctx context.Context, tx *sql.Tx, id int64, owner str
 		kind       ActionKind
 	)
 	err = tx.StmtContext(ctx, s.wComplete).QueryRowContext(ctx, c.State, c.Outcome, c.Detail, boolInt(c.Attempted),
-		next, lease, timeCol(c.WriteSentAt), c.Progress, now, id, owner).Scan(&incidentID, &kind)
+		next, lease, timeCol(c.WriteSentAt), c.Progress, now, id, owner, c.ClearWriteSent).Scan(&incidentID, &kind)
 	if errors.Is(err, sql.ErrNoRows) {
 		return out, ErrNotFound // not running, or claimed by another owner
 	}

@@ -448,7 +448,7 @@ func TestMarkWriteSent(t *testing.T) {
 	f.ClaimBy = &Claim{Owner: "recv", LeaseUntil: t0.Add(time.Minute)}
 	res := record(t, s, f)
 	id := res.Trip.ID
-	if err := s.MarkWriteSent(ctx, id, "recv", t0.Add(10*time.Second), t0.Add(5*time.Minute)); err != nil {
+	if err := s.MarkWriteSent(ctx, id, "recv", 0, t0.Add(10*time.Second), t0.Add(5*time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	want := res.Trip
@@ -457,7 +457,7 @@ func TestMarkWriteSent(t *testing.T) {
 		t.Fatalf("after the mark\n got %+v\nwant %+v", got, want)
 	}
 	// A later mark moves WriteSentAt; the lease is never shortened.
-	if err := s.MarkWriteSent(ctx, id, "recv", t0.Add(20*time.Second), t0.Add(2*time.Minute)); err != nil {
+	if err := s.MarkWriteSent(ctx, id, "recv", 0, t0.Add(20*time.Second), t0.Add(2*time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	want.WriteSentAt, want.UpdatedAt = t0.Add(20*time.Second), t0.Add(20*time.Second)
@@ -466,9 +466,10 @@ func TestMarkWriteSent(t *testing.T) {
 	}
 	notify := actionOf(t, s, res.Incident.ID, NotifyKind("ops"))
 	for name, err := range map[string]error{
-		"other owner":    s.MarkWriteSent(ctx, id, "other", t0.Add(time.Minute), t0.Add(time.Hour)),
-		"not running":    s.MarkWriteSent(ctx, notify.ID, "recv", t0.Add(time.Minute), t0.Add(time.Hour)),
-		"unknown action": s.MarkWriteSent(ctx, 9999, "recv", t0.Add(time.Minute), t0.Add(time.Hour)),
+		"other owner":    s.MarkWriteSent(ctx, id, "other", 0, t0.Add(time.Minute), t0.Add(time.Hour)),
+		"not running":    s.MarkWriteSent(ctx, notify.ID, "recv", 0, t0.Add(time.Minute), t0.Add(time.Hour)),
+		"unknown action": s.MarkWriteSent(ctx, 9999, "recv", 0, t0.Add(time.Minute), t0.Add(time.Hour)),
+		"later attempt":  s.MarkWriteSent(ctx, id, "recv", 1, t0.Add(time.Minute), t0.Add(time.Hour)),
 	} {
 		if !errors.Is(err, ErrNotFound) {
 			t.Errorf("%s: %v, want ErrNotFound", name, err)
@@ -486,7 +487,7 @@ func TestMarkWriteSent(t *testing.T) {
 	if got := actionByID(t, s, id); !got.WriteSentAt.Equal(t0.Add(20*time.Second)) || got.State != ActionDone || !got.LeaseUntil.IsZero() {
 		t.Fatalf("after the completions: %+v", got)
 	}
-	if err := s.MarkWriteSent(ctx, id, testOwner, t0.Add(time.Hour), t0.Add(2*time.Hour)); !errors.Is(err, ErrNotFound) {
+	if err := s.MarkWriteSent(ctx, id, testOwner, 0, t0.Add(time.Hour), t0.Add(2*time.Hour)); !errors.Is(err, ErrNotFound) {
 		t.Errorf("mark of a finished action: %v", err)
 	}
 }
@@ -900,5 +901,44 @@ func TestGuardPagesAgainInANewEpisode(t *testing.T) {
 	}
 	if a := actionByID(t, s, page); a.State != ActionAvailable || a.Outcome != "" || a.Attempts != 0 {
 		t.Errorf("the page of the second episode = %+v, want available again", a)
+	}
+}
+
+// A completion may forget an earlier attempt's write (the account was read
+// unchanged after it could have landed); a mark of an attempt that is over
+// never lands on the next one.
+func TestClearWriteSentAndTheAttemptFence(t *testing.T) {
+	s, _ := openTest(t)
+	ctx := context.Background()
+	f := firing("IT1", "r", "AC1", "p", t0)
+	f.ClaimBy = &Claim{Owner: "w", LeaseUntil: t0.Add(time.Minute)}
+	id := record(t, s, f).Trip.ID
+	if err := s.MarkWriteSent(ctx, id, "w", 0, t0.Add(time.Second), t0.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CompleteAction(ctx, id, "w", Completion{State: ActionAvailable, NextAttemptAt: t0, Attempted: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := actionByID(t, s, id); !got.WriteSentAt.Equal(t0.Add(time.Second)) {
+		t.Fatalf("a retry dropped the mark: %+v", got)
+	}
+	take(t, s, id, "w") // attempt 1
+	if err := s.MarkWriteSent(ctx, id, "w", 0, t0.Add(2*time.Second), t0.Add(time.Minute)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a mark of attempt 0 on attempt 1: %v", err)
+	}
+	if _, err := s.CompleteAction(ctx, id, "w", Completion{State: ActionAvailable, NextAttemptAt: t0, Attempted: true,
+		ClearWriteSent: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := actionByID(t, s, id); !got.WriteSentAt.IsZero() {
+		t.Fatalf("ClearWriteSent kept the mark: %+v", got)
+	}
+	take(t, s, id, "w") // attempt 2: a write of its own wins over clearing
+	if _, err := s.CompleteAction(ctx, id, "w", Completion{State: ActionDone, Outcome: OutcomeSuspended, Attempted: true,
+		WriteSentAt: t0.Add(3 * time.Second), ClearWriteSent: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := actionByID(t, s, id); !got.WriteSentAt.Equal(t0.Add(3 * time.Second)) {
+		t.Fatalf("the attempt's own write was not kept: %+v", got)
 	}
 }

@@ -287,7 +287,7 @@ func (s *SQLite) prepare(ctx context.Context) error {
 		{s.w, &s.wLeased, leasedQuery},
 		{s.w, &s.wClaim, claimQuery},
 		{s.w, &s.wMark, `UPDATE actions SET write_sent_at = ?, lease_until = max(lease_until, ?), updated_at = ?
-			WHERE id = ? AND state = 'running' AND owner = ?`},
+			WHERE id = ? AND state = 'running' AND owner = ? AND attempts = ?`},
 		{s.w, &s.wComplete, completeQuery},
 		{s.w, &s.wIncidentNote, `UPDATE incidents SET detail = ?, updated_at = ? WHERE id = ?`},
 		{s.w, &s.wIncidentEnd, `UPDATE incidents SET state = ?, outcome = ?, detail = ?, updated_at = ? WHERE id = ?`},

@@ -807,7 +807,7 @@ func TestContextCancelled(t *testing.T) {
 	claim := Claim{Owner: "other", LeaseUntil: t0.Add(time.Hour)}
 	for name, err := range map[string]error{
 		"ClaimActions":  func() error { _, err := s.ClaimActions(cancelled, claim, t0.Add(time.Hour), 0); return err }(),
-		"MarkWriteSent": s.MarkWriteSent(cancelled, trip.ID, testOwner, t0, t0.Add(time.Hour)),
+		"MarkWriteSent": s.MarkWriteSent(cancelled, trip.ID, testOwner, 0, t0, t0.Add(time.Hour)),
 		"CompleteAction": func() error {
 			_, err := s.CompleteAction(cancelled, trip.ID, testOwner, Completion{State: ActionDone})
 			return err
@@ -869,7 +869,7 @@ func TestClosed(t *testing.T) {
 	for name, err := range map[string]error{
 		"RecordFiring":        func() error { _, err := s.RecordFiring(ctx, firing("t", "r", "AC", "p", t0)); return err }(),
 		"ClaimActions":        func() error { _, err := s.ClaimActions(ctx, claim, t0, 0); return err }(),
-		"MarkWriteSent":       s.MarkWriteSent(ctx, 1, "w", t0, t0),
+		"MarkWriteSent":       s.MarkWriteSent(ctx, 1, "w", 0, t0, t0),
 		"CompleteAction":      func() error { _, err := s.CompleteAction(ctx, 1, "w", Completion{State: ActionDone}); return err }(),
 		"RescueActions":       func() error { _, err := s.RescueActions(ctx, t0, time.Minute, true); return err }(),
 		"ResumeAvailable":     func() error { _, err := s.ResumeAvailable(ctx, t0); return err }(),

@@ -284,6 +284,10 @@ type Completion struct {
 	HoldAccountUntil time.Time
 	// WriteSentAt, when set, records that this attempt sent a status write.
 	WriteSentAt time.Time
+	// ClearWriteSent forgets an earlier attempt's status write (this attempt
+	// read the account unchanged and nothing it sent may still land).
+	// WriteSentAt wins over it.
+	ClearWriteSent bool
 	// Progress replaces the action's progress (pass the action's own to keep it).
 	Progress string
 	// Then, with ActionDone, creates these actions for the same incident.
@@ -350,10 +354,12 @@ type ActionStore interface {
 	// claims an action that waits for its incident's trip, nor two actions
 	// of one account, nor one whose account another action holds a lease on.
 	ClaimActions(ctx context.Context, c Claim, now time.Time, limit int) ([]Action, error)
-	// MarkWriteSent records that owner's running action id sent a status
-	// write at, and extends its lease to leaseUntil. ErrNotFound if owner no
-	// longer holds it.
-	MarkWriteSent(ctx context.Context, id int64, owner string, at, leaseUntil time.Time) error
+	// MarkWriteSent records that owner's attempt number attempt (the
+	// action's Attempts when it was claimed) at running action id sent a
+	// status write at, and extends its lease to leaseUntil. ErrNotFound if
+	// that attempt is over (owner no longer holds the action, or a later
+	// attempt does).
+	MarkWriteSent(ctx context.Context, id int64, owner string, attempt int, at, leaseUntil time.Time) error
 	// CompleteAction ends owner's attempt at running action id. For a trip
 	// action the incident follows (its state, outcome and detail). ErrNotFound
 	// if owner no longer holds it: nothing changes.

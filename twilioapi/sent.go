@@ -23,3 +23,8 @@ func OnSent(ctx context.Context, f func()) context.Context {
 		},
 	})
 }
+
+// NotSent reports an error of a call that certainly never reached Twilio:
+// the connection could not be established. Any other failure of a write may
+// have been applied.
+func NotSent(err error) bool { return neverSent(err) }
