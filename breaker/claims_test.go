@@ -594,18 +594,14 @@ func TestKeyedMutexForgetsUnusedKeys(t *testing.T) {
 	})
 }
 
-// KNOWN BUG (reported, not fixed here): a trip's write mark outlives the
-// proof that its write did not land. The first write's answer is lost (a
-// 503: it may land within the write lease); after the lease the next
-// attempt reads the account active (so it did not land) and its own write
-// is refused (429: not applied). A person then suspends the account. The
-// third attempt finds it suspended and, as the action still carries
-// WriteSentAt and no other incident recorded a suspension, counts the
-// person's suspension as its own, and the rule's reactivate policy undoes
-// it an hour later. Proposed fix: an attempt that reads the account active
-// clears the action's WriteSentAt unless it then sends a write that may
-// still land (Completion needs a way to clear write_sent_at: today
-// completeQuery only ever sets it).
+// A trip's write mark does not outlive the proof that its write did not
+// land. The first write's answer is lost (a 503: it may land within the
+// write lease); after the lease the next attempt reads the account active
+// (so it did not land) and its own write is refused (429: not applied). A
+// person then suspends the account. The third attempt must find that
+// suspension somebody else's: counted as ours, the rule's reactivate policy
+// would undo it an hour later. The second attempt forgets the mark
+// (Completion.ClearWriteSent).
 func TestWriteMarkDoesNotOutliveAnActiveRead(t *testing.T) {
 	f := newFixture(t, episodeRules)
 	a := f.api.addAccount("auto-a", "active")
