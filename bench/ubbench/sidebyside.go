@@ -38,7 +38,7 @@ import (
 //     previous one was answered, plus -gap), each for a fresh subaccount; from
 //     the send to the suspend write recorded by the simulator.
 //
-// Each round starts one simulator with N + latency subaccounts; before each
+// Each round starts one simulator with warm-up + N + latency subaccounts; before each
 // contender every subaccount is set active again, and each contender starts
 // with nothing of the previous one (usagebreaker with an empty state file). The
 // order of the contenders rotates from round to round. The summary gives the
@@ -426,7 +426,7 @@ func (sb *sideBySide) run(e *env, p *contenderProc, burstOnly bool) (result, err
 	if err != nil {
 		return res, err
 	}
-	runtimeGC()
+	settle()
 
 	simPID := e.sim.Process.Pid
 	cpu0, sim0 := procCPU(p.pid), procCPU(simPID)
@@ -526,9 +526,9 @@ func (sb *sideBySide) run(e *env, p *contenderProc, burstOnly bool) (result, err
 	return res, nil
 }
 
-// runtimeGC lets the previous phase's garbage go before a measurement starts:
-// the bench's own CPU shares the cores with the contender.
-func runtimeGC() { time.Sleep(300 * time.Millisecond) }
+// settle pauses before a measurement starts, so that the previous phase's
+// work (the warm-up's last answers, /sim/state's JSON) is done on every side.
+func settle() { time.Sleep(300 * time.Millisecond) }
 
 func (sb *sideBySide) printRound(name string, r result) {
 	fsync := "-"
