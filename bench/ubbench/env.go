@@ -34,7 +34,8 @@ type env struct {
 	accounts        []account
 	daemonStartedAt time.Time
 	client          *http.Client
-	infoLogs        bool // run the daemon at --log-level info (the default) instead of warn
+	infoLogs        bool     // run the daemon at --log-level info (the default) instead of warn
+	wrap            []string // run the daemon under this command (e.g. strace ...); its pid is then wrap's child
 }
 
 type account struct {
@@ -227,13 +228,22 @@ poll:
 	cfgPath := filepath.Join(e.dir, "config.yaml")
 	os.WriteFile(cfgPath, []byte(cfg), 0o600)
 	log, _ := os.OpenFile(e.logPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	e.daemon = exec.Command(e.bin, "run", "--config", cfgPath, "--log-level", e.logLevel())
+	e.daemon = e.daemonCommand(cfgPath)
 	e.daemon.Stdout, e.daemon.Stderr = log, log
 	e.daemonStartedAt = time.Now()
 	if err := e.daemon.Start(); err != nil {
 		return err
 	}
 	return waitHTTP(e.client, e.adminURL+"/-/ready", readyLimit)
+}
+
+// daemonCommand is `usagebreaker run`, under e.wrap when it is set.
+func (e *env) daemonCommand(cfgPath string) *exec.Cmd {
+	args := []string{e.bin, "run", "--config", cfgPath, "--log-level", e.logLevel()}
+	if len(e.wrap) > 0 {
+		args = append(append([]string{}, e.wrap...), args...)
+	}
+	return exec.Command(args[0], args[1:]...)
 }
 
 // logPath is where the daemon's stdout and stderr go: in e.dir, or, with

@@ -8,6 +8,7 @@
 //	go run ./bench/ubbench -bin /tmp/usagebreaker callbacks -accounts 2000 -mode latency
 //	go run ./bench/ubbench -bin /tmp/usagebreaker callbacks -mode valid -n 20000 -concurrency 32
 //	go run ./bench/ubbench -bin /tmp/usagebreaker callbacks -mode forged -duration 10s -concurrency 64
+//	(cd bench/node && npm ci) && go run ./bench/ubbench -bin /tmp/usagebreaker sidebyside -accounts 2000 -rounds 3 -strace
 //
 // See docs/BENCHMARKS.md for the results and what bounds each number.
 package main
@@ -27,7 +28,7 @@ func main() {
 	keep := fs.Bool("keep", false, "keep the temporary directory (config, state, logs)")
 	fs.StringVar(&logDir, "log-dir", "", "write the daemon's log here instead of the temporary directory (e.g. a tmpfs: /dev/shm)")
 	fs.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: ubbench -bin PATH (reconcile|callbacks) [flags]")
+		fmt.Fprintln(os.Stderr, "usage: ubbench -bin PATH (reconcile|callbacks|sidebyside) [flags]")
 		fs.PrintDefaults()
 	}
 	fs.Parse(os.Args[1:])
@@ -41,6 +42,8 @@ func main() {
 		err = reconcileCmd(*bin, *keep, fs.Args()[1:])
 	case "callbacks":
 		err = callbacksCmd(*bin, *keep, fs.Args()[1:])
+	case "sidebyside":
+		err = sidebysideCmd(*bin, *keep, fs.Args()[1:])
 	default:
 		fs.Usage()
 		os.Exit(2)
