@@ -14,7 +14,8 @@ import (
 // reads run on their own.
 
 // leasedQuery: does another action hold a lease on the account at now?
-const leasedQuery = `SELECT EXISTS (SELECT 1 FROM actions WHERE account_sid = ?1 AND lease_until > ?2)`
+// (lease_until > 0 lets the planner use the partial index actions_leased.)
+const leasedQuery = `SELECT EXISTS (SELECT 1 FROM actions WHERE account_sid = ?1 AND lease_until > 0 AND lease_until > ?2)`
 
 // claimQuery claims, for owner ?1 until ?2, up to ?4 available actions due at
 // ?3: at most one per account (the first by the order below), none of an
@@ -39,7 +40,8 @@ const claimQuery = `UPDATE actions SET state = 'running', owner = ?1, lease_unti
 					SELECT 1 FROM actions t WHERE t.incident_id = a.incident_id AND t.kind = 'trip'
 						AND t.state NOT IN ('done', 'failed')))
 				AND (a.account_sid = '' OR NOT EXISTS (
-					SELECT 1 FROM actions o WHERE o.account_sid = a.account_sid AND o.lease_until > ?3 AND o.id <> a.id)))
+					SELECT 1 FROM actions o WHERE o.account_sid = a.account_sid AND o.lease_until > 0 AND o.lease_until > ?3
+						AND o.id <> a.id)))
 		WHERE nth = 1
 		ORDER BY kind <> 'trip', next_attempt_at, id
 		LIMIT ?4)

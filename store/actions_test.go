@@ -942,3 +942,29 @@ func TestClearWriteSentAndTheAttemptFence(t *testing.T) {
 		t.Fatalf("the attempt's own write was not kept: %+v", got)
 	}
 }
+
+// The lease check of every firing's claim reads the partial index of leased
+// actions, not the table (it once scanned every action per firing).
+func TestLeasedQueryPlan(t *testing.T) {
+	s, _ := openTest(t)
+	rows, err := s.w.Query("EXPLAIN QUERY PLAN "+leasedQuery, "AC1", int64(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var (
+			id, parent, notused int
+			detail              string
+		)
+		if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, detail)
+	}
+	text := strings.Join(plan, "\n")
+	if !strings.Contains(text, "actions_leased") || strings.Contains(text, "SCAN actions") {
+		t.Errorf("query plan:\n%s", text)
+	}
+}
