@@ -81,6 +81,11 @@ type Breaker struct {
 	engine   *Engine
 	guard    *guard
 	locks    keyedMutex // one per subaccount: reconciler, reactivation and the actions that touch it
+	handoffs sync.Map   // trip action ID -> *handoff: what Accept hands to the trip's worker
+	tokens   tokenSet   // callback tokens recorded: a replay starts no read
+	// lastWrite: account SID -> when this process last sent it a status
+	// write (time.Now, monotonic); a read that started before is stale.
+	lastWrite sync.Map
 
 	callbacks *callbackMemo // wraps api: which CallbackUrl this process set on each trigger
 

@@ -233,9 +233,12 @@ func TestAcceptLeavesTheTripToTheQueue(t *testing.T) {
 		if trip := f.trip(t, sms.Incident.ID); trip.State == store.ActionRunning {
 			t.Fatalf("claimed during the write lease: %+v", trip)
 		}
+		// The receiving process starts its read of the account while the
+		// firing is committed; unclaimed, that read is dropped unused.
+		waitUntil(t, "the receiving process's read", func() bool { return f.api.count("accounts.fetch") == 1 })
 		f.b.RunDueOnce(context.Background())
-		if f.api.count("accounts.fetch") != 0 {
-			t.Fatal("read the account during the write lease")
+		if f.api.count("accounts.fetch") != 1 {
+			t.Fatal("the engine read the account during the write lease")
 		}
 		f.clock.Advance(21 * time.Second)
 		f.b.Wake()
@@ -625,5 +628,40 @@ func TestWriteMarkDoesNotOutliveAnActiveRead(t *testing.T) {
 	f.b.RunDueOnce(context.Background())
 	if got := f.status(t, a.SID); got != twilioapi.StatusSuspended {
 		t.Fatalf("the account a person suspended is %s", got)
+	}
+}
+
+// The read the receiving process started while the firing was committed is
+// not used when a status write of this process to the account may postdate
+// it: two rules crossed by one purchase, the first trip's suspension ended
+// between the second's read and its claim. The worker reads again and does
+// not write a second time.
+func TestPreReadOlderThanOurWriteIsReadAgain(t *testing.T) {
+	f := newFixture(t, twoSuspendRules)
+	a := f.api.addAccount("tenant-a", "active")
+	f.reconcile(t)
+	ctx := context.Background()
+	// The second rule's firing, recorded claimed by this process.
+	fr := store.Firing{Source: store.SourceCallback, IdempotencyToken: "tok-2", Rule: "sms-daily", AccountSID: a.SID,
+		AccountName: a.FriendlyName, Period: "daily:2026-11-24", UsageCategory: "sms", TriggerBy: "count",
+		Recurring: "daily", TriggerValue: "100", CurrentValue: "150", Action: "suspend",
+		Actions: []store.ActionKind{store.ActionTrip}, ReceivedAt: f.clock.Now(),
+		ClaimBy: &store.Claim{Owner: f.b.Engine().Owner(), LeaseUntil: f.clock.Now().Add(time.Minute)}}
+	res, err := f.st.RecordFiring(ctx, fr)
+	if err != nil || res.Trip.State != store.ActionRunning {
+		t.Fatalf("record: %+v, %v", res.Trip, err)
+	}
+	// Its read saw the account active; then the first rule's trip wrote.
+	pre := make(chan accountRead, 1)
+	pre <- accountRead{acct: a, started: time.Now()}
+	f.b.wroteStatus(a.SID)
+	f.api.mu.Lock()
+	f.api.accounts[a.SID].Status = "suspended"
+	f.api.mu.Unlock()
+	f.b.handoffs.Store(res.Trip.ID, &handoff{inc: res.Incident, read: pre})
+
+	r := f.b.workTrip(ctx, res.Trip)
+	if r.Outcome() != OutcomeAlreadySuspended || f.api.count("accounts.update") != 0 || f.api.count("accounts.fetch") != 1 {
+		t.Fatalf("outcome %q after %d writes and %d reads", r.Outcome(), f.api.count("accounts.update"), f.api.count("accounts.fetch"))
 	}
 }

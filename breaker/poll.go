@@ -206,7 +206,7 @@ func (b *Breaker) pollPeriod(ctx context.Context, acct twilioapi.Account, p twil
 			ReceivedAt:       now,
 			Actions:          b.ActionKinds(r), // with the rule's notifications and end_calls
 		}
-		res, err := b.record(ctx, f)
+		res, err := b.record(ctx, nil, f)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("poll %s rule %s: %w", acct.SID, r.Name, err))
 			continue

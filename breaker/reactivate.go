@@ -152,6 +152,7 @@ func (b *Breaker) Reactivate(ctx context.Context, req ReactivateRequest) (Reacti
 	if acct.Status == twilioapi.StatusActive {
 		res.WasActive = true
 	} else {
+		b.wroteStatus(req.AccountSID)
 		acct, err = b.api.SetAccountStatus(ctx, req.AccountSID, twilioapi.StatusActive)
 		if err != nil {
 			if len(plans) > 0 {

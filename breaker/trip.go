@@ -92,7 +92,21 @@ func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Acco
 	if err != nil {
 		return AcceptResult{}, err
 	}
-	return b.record(ctx, store.Firing{
+	// A new suspension's read of the account starts now and runs while the
+	// firing is committed; the worker that runs the claimed trip uses it.
+	var pre chan accountRead
+	claim := b.engine.Claim()
+	if claim != nil && r.Action == rules.ActionSuspend && !r.DryRun && !b.tokens.has(cb.IdempotencyToken) {
+		if cached, ok := b.accounts.Cached(acct.SID); !ok || cached.Status == twilioapi.StatusActive {
+			pre = make(chan accountRead, 1)
+			go func() {
+				start := time.Now()
+				a, err := b.readAccount(context.WithoutCancel(ctx), acct.SID)
+				pre <- accountRead{acct: a, err: err, started: start, took: time.Since(start)}
+			}()
+		}
+	}
+	res, err := b.record(ctx, pre, store.Firing{
 		Source:           store.SourceCallback,
 		IdempotencyToken: cb.IdempotencyToken,
 		Rule:             r.Name,
@@ -110,12 +124,33 @@ func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Acco
 		DryRun:           r.DryRun,
 		ReceivedAt:       received,
 		Actions:          b.ActionKinds(r),
-		ClaimBy:          b.engine.Claim(),
+		ClaimBy:          claim,
 	})
+	if err == nil {
+		b.tokens.add(cb.IdempotencyToken)
+	}
+	return res, err
 }
 
-// record records a firing (a callback's or a poll's) and starts its work.
-func (b *Breaker) record(ctx context.Context, f store.Firing) (AcceptResult, error) {
+// accountRead is a read of an account started before its trip was claimed.
+type accountRead struct {
+	acct    twilioapi.Account
+	err     error
+	started time.Time
+	took    time.Duration
+}
+
+// handoff is what the process that recorded a firing hands to the worker of
+// the trip it claimed: the incident as recorded, and the read of the
+// account it started while the firing was committed (nil: none).
+type handoff struct {
+	inc  store.Incident
+	read chan accountRead
+}
+
+// record records a firing (a callback's or a poll's) and starts its work;
+// pre, when set, is the read of the account already under way.
+func (b *Breaker) record(ctx context.Context, pre chan accountRead, f store.Firing) (AcceptResult, error) {
 	res, err := b.store.RecordFiring(ctx, f)
 	if err != nil {
 		return AcceptResult{}, fmt.Errorf("record firing: %w", err)
@@ -125,6 +160,7 @@ func (b *Breaker) record(ctx context.Context, f store.Firing) (AcceptResult, err
 		b.m.Incidents.WithLabelValues(f.Rule, string(f.Source)).Inc()
 		b.m.ActionsPending.Add(float64(len(f.Actions)))
 		if res.Trip.State == store.ActionRunning && f.ClaimBy != nil && res.Trip.Owner == f.ClaimBy.Owner {
+			b.handoffs.Store(res.Trip.ID, &handoff{inc: res.Incident, read: pre})
 			b.engine.Submit(res.Trip)
 		} else {
 			b.engine.Wake()
@@ -158,8 +194,14 @@ func (e skip) Error() string { return e.why }
 // workTrip is the trip worker: verify the incident against the rule and the
 // account, then act (suspend, or only notify, or dry-run) once.
 func (b *Breaker) workTrip(ctx context.Context, a store.Action) Result {
-	inc, err := b.store.Incident(ctx, a.IncidentID)
-	if err != nil {
+	var (
+		inc store.Incident
+		pre chan accountRead
+		err error
+	)
+	if h, ok := b.handoffs.LoadAndDelete(a.ID); ok && a.Attempts == 0 {
+		inc, pre = h.(*handoff).inc, h.(*handoff).read
+	} else if inc, err = b.store.Incident(ctx, a.IncidentID); err != nil {
 		return Retry(fmt.Errorf("read incident: %w", err))
 	}
 	// The reconciler and a reactivation never work on the account meanwhile.
@@ -169,7 +211,7 @@ func (b *Breaker) workTrip(ctx context.Context, a store.Action) Result {
 	log := b.log.With("incident", inc.ID, "rule", inc.Rule, "account", inc.AccountSID, "account_name", inc.AccountName, "source", inc.Source)
 	suspend := r != nil && r.Action == rules.ActionSuspend && !r.DryRun
 	var tt tripTimes
-	res, err := b.trip(ctx, a, inc, r, &tt)
+	res, err := b.trip(ctx, a, inc, r, pre, &tt)
 	var sk skip
 	switch {
 	case errors.As(err, &sk):
@@ -216,7 +258,7 @@ type tripTimes struct {
 
 // trip verifies incident inc against rule r and the account, then acts.
 // A skip is returned as a skip error; other errors are retried or fail.
-func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, r *rules.Rule, tt *tripTimes) (Result, error) {
+func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, r *rules.Rule, pre chan accountRead, tt *tripTimes) (Result, error) {
 	// Verify.
 	if r == nil {
 		return Result{}, skip{fmt.Sprintf("rule %q no longer exists", inc.Rule)}
@@ -228,6 +270,22 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 	)
 	if cached, ok := b.accounts.Cached(inc.AccountSID); ok && !suspend {
 		acct = cached
+	} else if pre != nil {
+		// Read while the firing was committed, before anything of ours
+		// could write to the account (the trip was claimed in that commit).
+		select {
+		case ar := <-pre:
+			acct, err, tt.read = ar.acct, ar.err, ar.took
+			if !b.readAfterWrites(inc.AccountSID, ar.started) {
+				// A status write of ours (another rule's trip, which ended
+				// between this read and the claim) may postdate the read.
+				start := time.Now()
+				acct, err = b.readAccount(ctx, inc.AccountSID)
+				tt.read = time.Since(start)
+			}
+		case <-ctx.Done():
+			return Result{}, ctx.Err()
+		}
 	} else {
 		// A suspension is decided on a fresh read (read before write: after a
 		// crash or a lost answer the account may already be suspended).
@@ -339,6 +397,7 @@ func (b *Breaker) writeSuspended(ctx context.Context, a store.Action, inc store.
 	)
 	first := inc.Source == store.SourceCallback && a.Attempts == 0
 	wctx := twilioapi.OnSent(ctx, func() {
+		b.wroteStatus(inc.AccountSID)
 		now := b.now()
 		mu.Lock()
 		isFirst := sent.IsZero()
@@ -395,6 +454,17 @@ func (b *Breaker) writeSuspended(ctx context.Context, a store.Action, inc store.
 		detail = fmt.Sprintf("value %s >= threshold %s", cur, r.Threshold)
 	}
 	return Done(OutcomeSuspended, detail).WithWriteSent(sentAt), nil
+}
+
+// wroteStatus notes that this process sent a status write to the account
+// (a pre-read started before it is stale).
+func (b *Breaker) wroteStatus(sid string) { b.lastWrite.Store(sid, time.Now()) }
+
+// readAfterWrites reports whether a read of the account started at started
+// began after every status write this process sent to it.
+func (b *Breaker) readAfterWrites(sid string, started time.Time) bool {
+	t, ok := b.lastWrite.Load(sid)
+	return !ok || started.After(t.(time.Time))
 }
 
 // writeDidNotLand is a status write that certainly was not applied; the
