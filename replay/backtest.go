@@ -316,7 +316,7 @@ func decideAll(cands []candidate, subs []twilioapi.Account, o BacktestOptions) [
 			r := o.Rules.Rules[c.rule]
 			dec := decide(breaker.Trip{Rule: r, Value: c.value, DryRun: o.DryRun}, a, gl)
 			out = append(out, BacktestTrip{Rule: r.Name, AccountSID: a.SID, AccountName: a.FriendlyName,
-				Day: d.Format(time.DateOnly), Value: c.value, Threshold: r.Threshold, Outcome: dec.Outcome, Detail: dec.Detail})
+				Day: d.Format(time.DateOnly), Value: c.value, Threshold: r.Threshold, Outcome: string(dec.Outcome), Detail: dec.Detail})
 		}
 		history = append(history, dayCount{day: d, suspended: gl.suspended - before.suspended, held: gl.held - before.held})
 	}

@@ -129,7 +129,7 @@ func TestBacktest(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tr := range res.Trips {
-		if tr.Outcome != breaker.OutcomeDryRun {
+		if tr.Outcome != string(breaker.OutcomeDryRun) {
 			t.Errorf("global dry run: %+v", tr)
 		}
 	}

@@ -15,8 +15,8 @@ import (
 const OutcomeHeld = breaker.OutcomeHeld
 
 // Outcomes are the outcomes a replayed trip can have.
-var Outcomes = []string{breaker.OutcomeSuspended, breaker.OutcomeAlreadySuspended, breaker.OutcomeDryRun,
-	breaker.OutcomeNotified, OutcomeHeld}
+var Outcomes = []string{string(breaker.OutcomeSuspended), string(breaker.OutcomeAlreadySuspended),
+	string(breaker.OutcomeDryRun), string(breaker.OutcomeNotified), OutcomeHeld}
 
 // guardLedger is the guard over replayed suspensions: how many it let
 // through and held in its current window.

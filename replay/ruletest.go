@@ -516,7 +516,7 @@ func (f *TestFile) runCase(c Case) []Failure {
 			out = append(out, fail(x.Line, want, fmt.Sprintf("no trip (the rule does not match %s)", x.Account)))
 		case !t.d.Tripped():
 			out = append(out, fail(x.Line, want, "no trip ("+t.d.Detail+")"))
-		case t.d.Outcome != x.Outcome:
+		case string(t.d.Outcome) != x.Outcome:
 			out = append(out, fail(x.Line, want, fmt.Sprintf("%s (%s)", t.d.Outcome, t.d.Detail)))
 		}
 	}
