@@ -36,6 +36,8 @@ type Settings struct {
 	// (callbackauth.go); build specs with Settings.Spec.
 	CallbackAuth *CallbackAuth
 	Operator     OperatorSettings // notifiers, guard (operator.go)
+	// DryRun makes every rule a dry run (config dry_run: true, run --dry-run).
+	DryRun bool
 }
 
 // Options configure a Breaker.

@@ -64,7 +64,7 @@ func (g *guard) admit(ctx context.Context, a store.Action) (guardSlot, *held, er
 		return guardSlot{}, nil, fmt.Errorf("guard: %w", err)
 	}
 	n += len(g.slots)
-	if nHeld > 0 || n >= gs.MaxSuspensions {
+	if !gs.Admits(n, nHeld) { // decide.go
 		return guardSlot{}, &held{suspended: n, before: nHeld}, nil
 	}
 	g.slots[a.ID] = true

@@ -175,7 +175,7 @@ func (b *Breaker) pollPeriod(ctx context.Context, acct twilioapi.Account, p twil
 			errs = append(errs, err)
 			continue
 		}
-		if !ok || value.Cmp(limit) < 0 {
+		if !ok || !Decide(Trip{Rule: r, Account: acct, Value: value, Limit: limit}).Tripped() { // decide.go
 			continue
 		}
 		pp.over++
@@ -202,7 +202,7 @@ func (b *Breaker) pollPeriod(ctx context.Context, acct twilioapi.Account, p twil
 			CurrentValue:     value.String(),
 			DateFired:        now.UTC().Format(time.RFC1123Z),
 			Action:           r.Action,
-			DryRun:           r.DryRun,
+			DryRun:           b.dryRun(r),
 			ReceivedAt:       now,
 			Actions:          b.ActionKinds(r), // with the rule's notifications and end_calls
 		}

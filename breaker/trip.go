@@ -121,7 +121,7 @@ func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Acco
 		CurrentValue:     cb.CurrentValue,
 		DateFired:        cb.DateFired,
 		Action:           r.Action,
-		DryRun:           r.DryRun,
+		DryRun:           b.dryRun(r),
 		ReceivedAt:       received,
 		Actions:          b.ActionKinds(r),
 		ClaimBy:          claim,
@@ -209,7 +209,7 @@ func (b *Breaker) workTrip(ctx context.Context, a store.Action) Result {
 	defer unlock()
 	r := b.Rule(inc.Rule)
 	log := b.log.With("incident", inc.ID, "rule", inc.Rule, "account", inc.AccountSID, "account_name", inc.AccountName, "source", inc.Source)
-	suspend := r != nil && r.Action == rules.ActionSuspend && !r.DryRun
+	suspend := Suspends(r, b.settings.Load().DryRun)
 	var tt tripTimes
 	res, err := b.trip(ctx, a, inc, r, pre, &tt)
 	var sk skip
@@ -263,7 +263,8 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 	if r == nil {
 		return Result{}, skip{fmt.Sprintf("rule %q no longer exists", inc.Rule)}
 	}
-	suspend := r.Action == rules.ActionSuspend && !r.DryRun
+	dryRun := b.settings.Load().DryRun // the global dry run
+	suspend := Suspends(r, dryRun)
 	var (
 		acct twilioapi.Account
 		err  error
@@ -299,41 +300,35 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 	if err != nil {
 		return Result{}, err
 	}
-	if !r.Matches(acct.SID, acct.FriendlyName) {
-		return Result{}, skip{fmt.Sprintf("rule %q no longer matches account %q", r.Name, acct.FriendlyName)}
-	}
-	if inc.Source == store.SourceCallback && (inc.UsageCategory != r.UsageCategory || inc.TriggerBy != r.TriggerBy) {
-		return Result{}, skip{fmt.Sprintf("the trigger that fired watches %s by %s, the rule now watches %s by %s",
-			inc.UsageCategory, inc.TriggerBy, r.UsageCategory, r.TriggerBy)}
-	}
 	cur, err := decimal.Parse(inc.CurrentValue)
 	if err != nil {
 		return Result{}, skip{fmt.Sprintf("current value %q is not a number", inc.CurrentValue)}
 	}
-	if cur.Cmp(r.Threshold) < 0 {
-		return Result{}, skip{fmt.Sprintf("current value %s is below the rule's threshold %s", cur, r.Threshold)}
+	t := Trip{Rule: r, Account: acct, Value: cur, DryRun: dryRun}
+	if inc.Source == store.SourceCallback {
+		t.Category, t.TriggerBy = inc.UsageCategory, inc.TriggerBy
 	}
+	d := Decide(t) // decide.go: the same decision as the rule tests and the backtest
 
 	// Act.
-	switch {
-	case r.DryRun:
-		return Done(OutcomeDryRun, fmt.Sprintf("dry run: would %s (value %s >= threshold %s)", r.Action, cur, r.Threshold)), nil
-	case r.Action == rules.ActionNotify:
-		return Done(OutcomeNotified, fmt.Sprintf("value %s >= threshold %s; rule only notifies", cur, r.Threshold)), nil
-	}
-	switch acct.Status {
-	case twilioapi.StatusSuspended:
+	switch d.Outcome {
+	case OutcomeSkipped:
+		return Result{}, skip{d.Detail}
+	case OutcomeDryRun, OutcomeNotified:
+		return Done(d.Outcome, d.Detail), nil
+	case OutcomeAlreadySuspended:
+		if acct.Status != twilioapi.StatusSuspended {
+			return Done(d.Outcome, d.Detail), nil // closed
+		}
 		if ours, err := b.ownSuspension(ctx, a, inc); err != nil {
 			return Result{}, err
 		} else if ours {
 			return Done(OutcomeSuspended, fmt.Sprintf("value %s >= threshold %s (suspended by an earlier attempt whose answer was lost)", cur, r.Threshold)), nil
 		}
 		if a.Rescued && a.WriteSentAt.IsZero() {
-			return Done(OutcomeAlreadySuspended, "the account was already suspended"+detailClaimLost), nil
+			return Done(OutcomeAlreadySuspended, d.Detail+detailClaimLost), nil
 		}
-		return Done(OutcomeAlreadySuspended, "the account was already suspended"), nil
-	case twilioapi.StatusClosed:
-		return Done(OutcomeAlreadySuspended, "the account is closed"), nil
+		return Done(d.Outcome, d.Detail), nil
 	}
 	// The blast-radius guard: past guard.max_suspensions per window, hold.
 	slot, held, err := b.guard.admit(ctx, a)

@@ -34,6 +34,10 @@ type Config struct {
 	DefaultNotifiers []string   `yaml:"default_notifiers"` // nil when not written
 	Guard            Guard      `yaml:"guard"`
 
+	// DryRun makes every rule a dry run: incidents and notifications say
+	// what would be done, and nothing is suspended at Twilio (dryrun.go).
+	DryRun bool `yaml:"dry_run"`
+
 	Rules *rules.Set `yaml:"-"`
 	// Files lists every file the config was built from (the config file, each
 	// rule file, each *_file secret), absolute, for change detection.

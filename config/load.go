@@ -39,7 +39,7 @@ const (
 )
 
 var (
-	topKeys       = []string{"instance", "twilio", "server", "state", "reconcile", "rule_files", "poll", "admin", "guard", "notifiers", "default_notifiers"}
+	topKeys       = []string{"instance", "twilio", "server", "state", "reconcile", "rule_files", "poll", "admin", "guard", "notifiers", "default_notifiers", "dry_run"}
 	futureTopKeys []string
 	twilioKeys    = []string{"account_sid", "auth_token", "auth_token_file", "api_base_url", "max_concurrency", "timeout"}
 	serverKeys    = append([]string{"listen", "public_url", "admin_listen"}, securityServerKeys...)
@@ -97,6 +97,7 @@ func load(path string, data []byte, lookup func(string) (string, bool)) (*Config
 	l.poll(d.Map(top.Get("poll"), scheduleKeys))
 	l.admin(d.Map(top.Get("admin"), []string{"token", "token_file"}))
 	l.operator(top)
+	l.dryRun(top.Get("dry_run"))
 	ruleFiles := l.ruleFiles(top.Get("rule_files"), top.Bad())
 
 	errs := d.Errs

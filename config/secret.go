@@ -65,6 +65,7 @@ func (c *Config) Redacted() ([]byte, error) {
 	}
 	view := struct {
 		Instance  string    `yaml:"instance"`
+		DryRun    bool      `yaml:"dry_run"`
 		Twilio    twilio    `yaml:"twilio"`
 		Server    Server    `yaml:"server"`
 		State     State     `yaml:"state"`
@@ -78,6 +79,7 @@ func (c *Config) Redacted() ([]byte, error) {
 		Guard            redactedGuard      `yaml:"guard"`
 	}{
 		Instance: c.Instance,
+		DryRun:   c.DryRun,
 		Twilio: twilio{
 			AccountSID:     c.Twilio.AccountSID,
 			AuthToken:      c.Twilio.AuthToken,
@@ -96,7 +98,11 @@ func (c *Config) Redacted() ([]byte, error) {
 		DefaultNotifiers: c.DefaultNotifiers,
 		Guard:            redactedGuard{c.Guard.MaxSuspensions, durationString(c.Guard.Window)},
 	}
-	return yaml.Marshal(view)
+	out, err := yaml.Marshal(view)
+	if err != nil || !c.DryRun {
+		return out, err
+	}
+	return append([]byte(DryRunBanner+"\n"), out...), nil
 }
 
 func durationString(d time.Duration) string {

@@ -55,6 +55,9 @@ type Options struct {
 	// WatchInterval is how often the config, rule and secret files are
 	// checked for changes (by checksum) to reload them; 0 turns it off.
 	WatchInterval time.Duration
+	// DryRun makes every rule a dry run whatever the config says (run
+	// --dry-run; dryrun.go).
+	DryRun bool
 }
 
 // Daemon is a running usagebreaker.
@@ -99,13 +102,14 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	cfg, err := config.Load(o.ConfigPath)
+	d := &Daemon{opts: o, log: o.Logger, reg: prometheus.NewRegistry(), reconcileReq: make(chan struct{}, 1)}
+	cfg, err := d.loadConfig()
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{opts: o, log: o.Logger, reg: prometheus.NewRegistry(), reconcileReq: make(chan struct{}, 1)}
 	d.cfg.Store(cfg)
 	d.registerOwnMetrics()
+	d.registerDryRun()
 	if err := d.setupEdge(cfg); err != nil {
 		return nil, err
 	}
@@ -165,7 +169,8 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 }
 
 func settingsOf(cfg *config.Config) breaker.Settings {
-	return breaker.Settings{Instance: cfg.Instance, PublicURL: cfg.Server.PublicURL, Rules: cfg.Rules, CallbackAuth: callbackAuthOf(cfg)}
+	return breaker.Settings{Instance: cfg.Instance, PublicURL: cfg.Server.PublicURL, Rules: cfg.Rules, CallbackAuth: callbackAuthOf(cfg),
+		DryRun: cfg.DryRun}
 }
 
 func (d *Daemon) registerOwnMetrics() {
@@ -271,7 +276,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { errc <- serve(d.adminSrv, d.adminLn, "admin") }()
 	d.log.Info("usagebreaker started", "version", version.Version, "instance", cfg.Instance,
 		"rules", cfg.Rules.Len(), "callback_listener", d.cbLn.Addr().String(), "admin_listener", d.adminLn.Addr().String(),
-		"public_url", cfg.Server.PublicURL)
+		"public_url", cfg.Server.PublicURL, "dry_run", cfg.DryRun)
+	d.logDryRun(nil, cfg)
 
 	// The schedules exist before anything can reload (SIGHUP, the watcher);
 	// reloadMu orders this with a reload already under way.
@@ -416,7 +422,7 @@ func (d *Daemon) Reload() error {
 	defer d.reloadMu.Unlock()
 	old := d.cfg.Load()
 	tried, triedParts := d.snapshot(old) // before reading: a save after it is a change
-	cfg, err := config.Load(d.opts.ConfigPath)
+	cfg, err := d.loadConfig()
 	if err == nil {
 		err = reloadable(old, cfg)
 	}
@@ -451,7 +457,8 @@ func (d *Daemon) Reload() error {
 	primeRuleSeries(d.bm, cfg.Rules)
 	d.reloadOK.Set(1)
 	d.reloadOKTime.SetToCurrentTime()
-	d.log.Info("config reloaded", "rules", cfg.Rules.Len())
+	d.log.Info("config reloaded", "rules", cfg.Rules.Len(), "dry_run", cfg.DryRun)
+	d.logDryRun(old, cfg)
 	d.RequestReconcile()
 	return nil
 }

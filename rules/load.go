@@ -101,7 +101,8 @@ func Load(patterns []string, baseDir string) (set *Set, files []string, err erro
 
 // Glob returns the regular files pattern matches, sorted; pattern is relative
 // to baseDir unless absolute. A malformed pattern or one that matches no file
-// is an error naming the pattern.
+// is an error naming the pattern. Rule unit tests live beside the rules, so a
+// pattern with wildcards skips them (*_test.yaml, *_test.yml; see IsTestFile).
 func Glob(pattern, baseDir string) ([]string, error) {
 	if pattern == "" {
 		return nil, errors.New("empty pattern")
@@ -118,7 +119,11 @@ func Glob(pattern, baseDir string) ([]string, error) {
 		return nil, fmt.Errorf("bad pattern %q", pattern)
 	}
 	var files []string
+	wild := strings.ContainsAny(pattern, "*?[")
 	for _, m := range matches {
+		if wild && IsTestFile(m) {
+			continue
+		}
 		if fi, err := os.Stat(m); err == nil && fi.Mode().IsRegular() {
 			files = append(files, m)
 		}
@@ -127,6 +132,13 @@ func Glob(pattern, baseDir string) ([]string, error) {
 		return nil, fmt.Errorf("%q matches no files", pattern)
 	}
 	return files, nil
+}
+
+// IsTestFile reports whether the file is a rule unit test by its name
+// (ends in _test.yaml or _test.yml), which rule_files globs skip.
+func IsTestFile(name string) bool {
+	base := filepath.Base(name)
+	return strings.HasSuffix(base, "_test.yaml") || strings.HasSuffix(base, "_test.yml")
 }
 
 // LoadFiles reads and validates the rule files, in order; names must be

@@ -382,7 +382,7 @@ func TestExampleRuleFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if set.Len() != 3 {
+	if set.Len() != 4 {
 		t.Errorf("example.yaml has %d rules", set.Len())
 	}
 	r := set.Get("sms-spend-daily")

@@ -16,6 +16,9 @@ const usage = `usage: usagebreaker COMMAND [flags]
 commands:
   run --config FILE          run the daemon
   check --config FILE        validate the config and its rule files offline
+  test rules FILE...         run rule unit tests offline
+  backtest --config FILE --from DAY --to DAY [--format table|csv|json]
+                             replay Twilio's daily usage history against the rules (read-only)
   demo [--once]              the whole loop against the built-in Twilio simulator
   sim --listen ADDR          the Twilio API simulator on its own
   version                    print version, commit and Go version
@@ -43,6 +46,10 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(rest, stdout, stderr)
 	case "check":
 		return cmdCheck(rest, stdout, stderr)
+	case "test":
+		return cmdTest(rest, stdout, stderr)
+	case "backtest":
+		return cmdBacktest(rest, stdout, stderr)
 	case "demo":
 		return cmdDemo(rest, stdout, stderr)
 	case "sim":

@@ -42,12 +42,13 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	logFormat := fs.String("log-format", "json", "log format: json or text")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	shutdown := fs.Duration("shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
+	dryRun := fs.Bool("dry-run", false, "every rule is a dry run: record and report what would be done, suspend nothing (as dry_run: true in the config)")
 	watch := fs.Duration("watch-interval", 5*time.Second, "how often to check the config, rule and secret files for changes and reload them; 0 turns it off")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if *cfgPath == "" || fs.NArg() > 0 {
-		fmt.Fprintln(stderr, "usage: usagebreaker run --config FILE [--log-format json|text] [--log-level info] [--shutdown-timeout 10s] [--watch-interval 5s]")
+		fmt.Fprintln(stderr, "usage: usagebreaker run --config FILE [--log-format json|text] [--log-level info] [--shutdown-timeout 10s] [--watch-interval 5s] [--dry-run]")
 		return 2
 	}
 	if *shutdown <= 0 || *watch < 0 {
@@ -62,7 +63,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	d, err := daemon.New(ctx, daemon.Options{ConfigPath: *cfgPath, Logger: log, ShutdownTimeout: *shutdown, WatchInterval: *watch})
+	d, err := daemon.New(ctx, daemon.Options{ConfigPath: *cfgPath, Logger: log, ShutdownTimeout: *shutdown, WatchInterval: *watch, DryRun: *dryRun})
 	if err != nil {
 		printStartError(stderr, err)
 		return 1

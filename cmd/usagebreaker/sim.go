@@ -75,7 +75,7 @@ func cmdSim(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "TWILIO_ACCOUNT_SID=%s\n", parent.SID)
 	fmt.Fprintf(stdout, "TWILIO_AUTH_TOKEN=%s\n", parent.AuthToken)
 	fmt.Fprintf(stdout, "api_base_url: %s\n", base)
-	fmt.Fprintf(stdout, "control: POST %s/sim/accounts, /sim/usage, /sim/clock, /sim/faults, /sim/calls; GET %s/sim/state\n", base, base)
+	fmt.Fprintf(stdout, "control: POST %s/sim/accounts, /sim/usage, /sim/history, /sim/clock, /sim/faults, /sim/calls; GET %s/sim/state\n", base, base)
 
 	srv := &http.Server{Handler: sim, ReadHeaderTimeout: 10 * time.Second}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -23,6 +23,8 @@ func (s *Sim) serveControl(w http.ResponseWriter, r *http.Request) {
 		s.simCreateAccount(w, r)
 	case endpoint{http.MethodPost, "/sim/usage"}:
 		s.simUsage(w, r)
+	case endpoint{http.MethodPost, "/sim/history"}:
+		s.simHistory(w, r)
 	case endpoint{http.MethodPost, "/sim/clock"}:
 		s.simClock(w, r)
 	case endpoint{http.MethodGet, "/sim/clock"}:
@@ -39,7 +41,7 @@ func (s *Sim) serveControl(w http.ResponseWriter, r *http.Request) {
 	case endpoint{http.MethodGet, "/sim/state"}:
 		writeJSON(w, http.StatusOK, s.State())
 	default:
-		for _, p := range []string{"/sim/accounts", "/sim/usage", "/sim/clock", "/sim/faults", "/sim/calls", "/sim/state"} {
+		for _, p := range []string{"/sim/accounts", "/sim/usage", "/sim/history", "/sim/clock", "/sim/faults", "/sim/calls", "/sim/state"} {
 			if r.URL.Path == p {
 				writeError(w, errMethod(r.Method))
 				return

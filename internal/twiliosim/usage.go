@@ -127,25 +127,7 @@ func (s *Sim) AddUsage(in UsageInput) ([]Firing, error) {
 		return nil, &NotActiveError{SID: a.SID, Status: a.Status}
 	}
 	now := s.nowLocked()
-	cats := []string{in.Category}
-	if in.Category == CategoryTotalPrice {
-		// totalprice has no count; its usage is its price.
-		p := in.Price
-		if p.IsZero() {
-			p = in.Usage
-		}
-		u := Usage{Usage: p, Price: p}
-		a.usage.add(CategoryTotalPrice, now, u)
-		s.tree.add(CategoryTotalPrice, now, u)
-	} else {
-		u := Usage{Count: in.Count, Usage: in.Usage, Price: in.Price}
-		a.usage.add(in.Category, now, u)
-		s.tree.add(in.Category, now, u)
-		tp := Usage{Usage: in.Price, Price: in.Price}
-		a.usage.add(CategoryTotalPrice, now, tp)
-		s.tree.add(CategoryTotalPrice, now, tp)
-		cats = append(cats, CategoryTotalPrice)
-	}
+	cats := s.bookUsageLocked(a, in, now)
 	var jobs []*job
 	for _, acc := range []*account{a, s.parent} {
 		for _, c := range cats {
