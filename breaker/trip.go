@@ -96,7 +96,7 @@ func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Acco
 	// firing is committed; the worker that runs the claimed trip uses it.
 	var pre chan accountRead
 	claim := b.engine.Claim()
-	if claim != nil && r.Action == rules.ActionSuspend && !r.DryRun && !b.tokens.has(cb.IdempotencyToken) {
+	if claim != nil && Suspends(r, b.settings.Load().DryRun) && !b.tokens.has(cb.IdempotencyToken) {
 		if cached, ok := b.accounts.Cached(acct.SID); !ok || cached.Status == twilioapi.StatusActive {
 			pre = make(chan accountRead, 1)
 			go func() {
