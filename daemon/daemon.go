@@ -300,6 +300,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); d.watchLoop(runCtx, d.opts.WatchInterval) }()
 	}
+	if d.edge.certs != nil {
+		// The certificate files are checked in the background too, so a
+		// broken rotation shows in the metric and the log before a client
+		// connects (Twilio rarely does).
+		wg.Add(1)
+		go func() { defer wg.Done(); d.edge.certs.watch(runCtx) }()
+	}
 	d.cron.Start()
 
 	var runErr error

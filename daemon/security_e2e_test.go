@@ -116,6 +116,14 @@ const (
 
 func startSecureEnv(t *testing.T, names []string, ruleText string, limit webhook.RejectLimit) *secureEnv {
 	t.Helper()
+	return startSecureEnvTLS(t, names, ruleText, limit, -1)
+}
+
+// startSecureEnvTLS is startSecureEnv with the certificate files checked
+// every tlsInterval (negative: on every handshake, and every
+// DefaultTLSCheckInterval in the background).
+func startSecureEnvTLS(t *testing.T, names []string, ruleText string, limit webhook.RejectLimit, tlsInterval time.Duration) *secureEnv {
+	t.Helper()
 	se := &secureEnv{ca: newTestCA(t), simLogs: &syncBuffer{}, password: password1, secrets: map[string]string{}}
 	e := &env{t: t, dir: t.TempDir(), logs: &syncBuffer{}, accounts: map[string]twiliosim.Account{}}
 	se.env = e
@@ -194,7 +202,7 @@ admin:
 	log := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	d, err := daemon.New(context.Background(), daemon.Options{ConfigPath: e.cfgPath, Logger: log,
 		CallbackListener: cbLn, AdminListener: adminLn, ShutdownTimeout: 5 * time.Second,
-		TLSCheckInterval: -1, RejectLimit: limit, CallbackAuthGrace: -1})
+		TLSCheckInterval: tlsInterval, RejectLimit: limit, CallbackAuthGrace: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -606,4 +614,30 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// Issue 14.1: the certificate files are checked in the background, so a
+// broken rotation shows in the metric (and the log) although no client
+// connects.
+func TestTLSBrokenRotationNoticedWithoutAConnection(t *testing.T) {
+	se := startSecureEnvTLS(t, []string{"tenant-a"}, secRules, webhook.RejectLimit{}, 20*time.Millisecond)
+	_, otherKey := se.ca.leaf(t, 1002, time.Now().Add(48*time.Hour))
+	writeAtomic(t, filepath.Join(se.dir, "tls", "tls.key"), otherKey)
+	se.waitFor("the broken pair noticed with no connection", func() bool {
+		_, m := se.get("/metrics", false)
+		return strings.Contains(m, "usagebreaker_tls_certificate_last_reload_successful 0")
+	})
+	se.waitFor("the broken rotation logged", func() bool {
+		return strings.Contains(se.logs.String(), "TLS certificate files changed but cannot be used")
+	})
+	certPEM, keyPEM := se.ca.leaf(t, 1003, time.Now().Add(72*time.Hour))
+	writeAtomic(t, filepath.Join(se.dir, "tls", "tls.key"), keyPEM)
+	writeAtomic(t, filepath.Join(se.dir, "tls", "tls.crt"), certPEM)
+	se.waitFor("the good pair noticed with no connection", func() bool {
+		_, m := se.get("/metrics", false)
+		return strings.Contains(m, "usagebreaker_tls_certificate_last_reload_successful 1")
+	})
+	if s := se.servedSerial(); s != 1003 {
+		t.Fatalf("serving serial %d", s)
+	}
 }
