@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/usagebreaker/usagebreaker/daemon"
+	"github.com/usagebreaker/usagebreaker/internal/decimal"
 	"github.com/usagebreaker/usagebreaker/internal/version"
 )
 
@@ -213,7 +214,7 @@ func printIncidents(w io.Writer, incs []daemon.IncidentJSON) {
 			}
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s / %s\t%s\t%s\t%s\n", i.ID, i.CreatedAt.UTC().Format("2006-01-02 15:04:05"),
-			i.Rule, clip(i.AccountName, 32), i.AccountSID, i.CurrentValue, i.TriggerValue, outcome, notified, react)
+			i.Rule, clip(i.AccountName, 32), i.AccountSID, decimal.Tidy(i.CurrentValue), decimal.Tidy(i.TriggerValue), outcome, notified, react)
 	}
 	tw.Flush()
 }
