@@ -1,7 +1,11 @@
 package main
 
 import (
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/usagebreaker/usagebreaker/daemon"
@@ -14,5 +18,111 @@ func TestIncidentsTableShowsTheRulesThreshold(t *testing.T) {
 		TriggerValue: "5.000000", CurrentValue: "5.100000", Outcome: "notified", State: "done"}})
 	if !strings.Contains(b.String(), "5.1 / 5 ") || strings.Contains(b.String(), "5.000000") {
 		t.Errorf("table:\n%s", b.String())
+	}
+}
+
+// fakeAdmin is an admin listener on loopback that records what it was asked.
+func fakeAdmin(t *testing.T) (string, func() []string) {
+	t.Helper()
+	var (
+		mu   sync.Mutex
+		seen []string
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Method+" "+r.URL.Path+" "+r.Header.Get("Authorization"))
+		mu.Unlock()
+		switch r.URL.Path {
+		case "/-/healthy":
+			w.Write([]byte("ok"))
+		case "/api/v1/incidents":
+			w.Write([]byte("[]"))
+		case "/api/v1/guard/release":
+			w.Write([]byte(`{"released": 2}`))
+		case "/api/v1/reconcile/release":
+			w.Write([]byte(`{"released": 7}`))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), seen...)
+	}
+}
+
+// Issue 14.11: USAGEBREAKER_ADMIN_URL on every command, the release command,
+// a wrong address said plainly, and a malformed SID as bad usage.
+func TestCLIAdminURLFromTheEnvironment(t *testing.T) {
+	base, seen := fakeAdmin(t)
+	t.Setenv(adminURLEnv, base)
+	t.Setenv(tokenEnv, "tok")
+	for _, c := range []struct {
+		args []string
+		out  string
+	}{
+		{[]string{"incidents"}, "no incidents"},
+		{[]string{"release", "guard"}, "released 2 held suspension(s)"},
+		{[]string{"release", "deletes"}, "released 7 held trigger deletion(s)"},
+		{[]string{"healthcheck"}, "healthy"},
+	} {
+		var out, errb strings.Builder
+		if code := dispatch(c.args, &out, &errb); code != 0 || !strings.Contains(out.String(), c.out) {
+			t.Errorf("%v: exit %d, out %q, err %q", c.args, code, out.String(), errb.String())
+		}
+	}
+	want := []string{"GET /api/v1/incidents Bearer tok", "POST /api/v1/guard/release Bearer tok",
+		"POST /api/v1/reconcile/release Bearer tok", "GET /-/healthy "}
+	if strings.Join(seen(), "|") != strings.Join(want, "|") {
+		t.Errorf("requests %q", seen())
+	}
+	var out, errb strings.Builder
+	if code := dispatch([]string{"release", "everything"}, &out, &errb); code != 2 {
+		t.Errorf("release everything: exit %d", code)
+	}
+}
+
+func TestCLIUnreachableAdminSaysWhatItTried(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "http://" + ln.Addr().String()
+	ln.Close() // nothing listens there now
+	t.Setenv(tokenEnv, "tok")
+	for _, c := range []struct {
+		env  string
+		args []string
+		from string
+	}{
+		{dead, []string{"incidents"}, "from " + adminURLEnv},
+		{"", []string{"release", "guard", "--admin-url", dead}, "from --admin-url"},
+		{dead, []string{"healthcheck"}, "from " + adminURLEnv},
+	} {
+		t.Setenv(adminURLEnv, c.env)
+		var out, errb strings.Builder
+		code := dispatch(c.args, &out, &errb)
+		msg := errb.String()
+		if code != 1 || !strings.Contains(msg, dead) || !strings.Contains(msg, c.from) ||
+			!strings.Contains(msg, "--admin-url") || !strings.Contains(msg, adminURLEnv) {
+			t.Errorf("%v: exit %d, %q", c.args, code, msg)
+		}
+	}
+}
+
+func TestCLIReactivateMalformedSIDIsBadUsage(t *testing.T) {
+	base, seen := fakeAdmin(t)
+	t.Setenv(tokenEnv, "tok")
+	for _, sid := range []string{"AC123", "ac0123456789abcdef0123456789abcdef"} {
+		var out, errb strings.Builder
+		if code := dispatch([]string{"reactivate", sid, "--reason", "x", "--admin-url", base}, &out, &errb); code != 2 ||
+			!strings.Contains(errb.String(), "not an account SID") {
+			t.Errorf("reactivate %s: exit %d, %q", sid, code, errb.String())
+		}
+	}
+	if len(seen()) != 0 {
+		t.Errorf("requests made: %q", seen())
 	}
 }

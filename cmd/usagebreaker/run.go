@@ -109,19 +109,25 @@ func printStartError(w io.Writer, err error) {
 func cmdHealthcheck(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	base := fs.String("url", "http://127.0.0.1:9111", "the admin listener's base URL")
+	urlFlag := fs.String("url", "", "the admin listener's base URL (default $"+adminURLEnv+", else "+defaultAdminURL+")")
+	adminURL := adminURLFlag(fs) // the same, named as on the other commands
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	u := strings.TrimRight(*base, "/")
+	flagValue := *urlFlag
+	if flagValue == "" {
+		flagValue = *adminURL
+	}
+	base, from := adminTarget(flagValue)
+	u := strings.TrimRight(base, "/")
 	if !strings.HasSuffix(u, "/-/healthy") {
 		u += "/-/healthy"
 	}
 	c := &http.Client{Timeout: *timeout}
 	resp, err := c.Get(u)
 	if err != nil {
-		fmt.Fprintln(stderr, "unhealthy:", err)
+		fmt.Fprintln(stderr, "unhealthy:", unreachable(u, from, err))
 		return 1
 	}
 	defer resp.Body.Close()
