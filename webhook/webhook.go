@@ -137,7 +137,13 @@ func (h *Handler) handle(w http.ResponseWriter, r *http.Request, arrived time.Ti
 	case errors.Is(err, breaker.ErrNotSubaccount):
 		return answer{http.StatusForbidden, breaker.OutcomeUnknownAccount, "not a subaccount of this parent account", attrs}
 	case errors.Is(err, breaker.ErrLookupLimited):
-		return answer{http.StatusServiceUnavailable, breaker.OutcomeError, "unknown account; try again later", attrs}
+		// Not in the cache, and the lookup budget is spent (a flood of made-up
+		// SIDs): as unknown as one looked up. A 403, not a 503: a forgery is
+		// not a failure to record (it must not page), and it counts against
+		// the client's limit on rejected requests. A subaccount created since
+		// the last listing is found by the next poll.
+		return answer{http.StatusForbidden, breaker.OutcomeUnknownAccount, "not a known subaccount of this parent account",
+			append(attrs, "lookup", "rate-limited")}
 	case err != nil:
 		return answer{http.StatusServiceUnavailable, breaker.OutcomeError, "cannot look up the account now", append(attrs, "err", err)}
 	}

@@ -303,10 +303,19 @@ func TestCallbackCannotRecord(t *testing.T) {
 	}
 }
 
+// Issue 14.3: an unknown account whose lookup is rate-limited is 403
+// unknown_account (never error, which pages).
 func TestCallbackLookupLimited(t *testing.T) {
 	fb := newFake()
 	fb.lookupErr = breaker.ErrLookupLimited
-	if w := do(New(fb, nil, nil), signed("tokenA", path, firing(acctA))); w.Code != 503 {
+	m := breaker.NewMetrics(nil)
+	if w := do(New(fb, m, nil), signed("tokenA", path, firing(acctA))); w.Code != 403 {
 		t.Fatalf("status %d", w.Code)
+	}
+	if v := testutil.ToFloat64(m.Callbacks.WithLabelValues(breaker.OutcomeUnknownAccount)); v != 1 {
+		t.Errorf("unknown_account = %v", v)
+	}
+	if v := testutil.ToFloat64(m.Callbacks.WithLabelValues(breaker.OutcomeError)); v != 0 {
+		t.Errorf("error = %v", v)
 	}
 }
