@@ -55,6 +55,9 @@ type Options struct {
 	// WatchInterval is how often the config, rule and secret files are
 	// checked for changes (by checksum) to reload them; 0 turns it off.
 	WatchInterval time.Duration
+	// AuthProbeInterval is how often the parent credentials are tried while
+	// running (default DefaultAuthProbeInterval).
+	AuthProbeInterval time.Duration
 }
 
 // Daemon is a running usagebreaker.
@@ -163,6 +166,13 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	return d, nil
 }
 
+func (d *Daemon) authProbeInterval() time.Duration {
+	if d.opts.AuthProbeInterval > 0 {
+		return d.opts.AuthProbeInterval
+	}
+	return DefaultAuthProbeInterval
+}
+
 func settingsOf(cfg *config.Config) breaker.Settings {
 	return breaker.Settings{Instance: cfg.Instance, PublicURL: cfg.Server.PublicURL, Rules: cfg.Rules, CallbackAuth: callbackAuthOf(cfg)}
 }
@@ -239,6 +249,10 @@ func (d *Daemon) Listen() error {
 // ShutdownTimeout; unfinished actions stay pending for the next start), and
 // closes the state. It returns nil after a clean shutdown.
 func (d *Daemon) Run(ctx context.Context) error {
+	if err := d.checkTwilioAuth(ctx); err != nil {
+		d.st.Close()
+		return err
+	}
 	if err := d.Listen(); err != nil {
 		d.st.Close()
 		return err
@@ -300,6 +314,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); d.watchLoop(runCtx, d.opts.WatchInterval) }()
 	}
+	wg.Add(1)
+	go func() { defer wg.Done(); d.authProbeLoop(runCtx, d.authProbeInterval()) }()
 	if d.edge.certs != nil {
 		// The certificate files are checked in the background too, so a
 		// broken rotation shows in the metric and the log before a client

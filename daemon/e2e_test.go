@@ -64,6 +64,7 @@ type env struct {
 	runErr   chan error
 	logs     *syncBuffer
 	accounts map[string]twiliosim.Account // by friendly name
+	options  func(*daemon.Options)        // set by a setup func: more daemon options
 }
 
 type syncBuffer struct {
@@ -139,8 +140,12 @@ admin:
 	e.writeRules(ruleText)
 
 	log := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	d, err := daemon.New(context.Background(), daemon.Options{ConfigPath: e.cfgPath, Logger: log,
-		CallbackListener: cbLn, AdminListener: adminLn, ShutdownTimeout: 5 * time.Second})
+	opts := daemon.Options{ConfigPath: e.cfgPath, Logger: log,
+		CallbackListener: cbLn, AdminListener: adminLn, ShutdownTimeout: 5 * time.Second}
+	if e.options != nil {
+		e.options(&opts)
+	}
+	d, err := daemon.New(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,14 +1,18 @@
 package main
 
 import (
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/usagebreaker/usagebreaker/daemon"
+	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 )
 
 // Issue 14.13: `incidents` showed the threshold as Twilio's echo.
@@ -124,5 +128,45 @@ func TestCLIReactivateMalformedSIDIsBadUsage(t *testing.T) {
 	}
 	if len(seen()) != 0 {
 		t.Errorf("requests made: %q", seen())
+	}
+}
+
+// Issue 14.5: `run` with parent credentials Twilio refuses exits 1, naming
+// the keys to fix.
+func TestRunRefusedCredentialsExit1(t *testing.T) {
+	sim := twiliosim.New(twiliosim.Options{RetryDelay: -1})
+	srv := httptest.NewServer(sim)
+	t.Cleanup(func() { srv.Close(); sim.Close() })
+	sim.CreateSubaccount("tenant-a")
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "rules"), 0o755)
+	os.WriteFile(filepath.Join(dir, "rules", "r.yaml"), []byte(`rules:
+  - name: spend
+    accounts: {include: ["*"]}
+    usage_category: totalprice
+    trigger_by: price
+    recurring: daily
+    threshold: "50"
+    action: suspend
+`), 0o644)
+	cfg := fmt.Sprintf(`instance: t
+twilio:
+  account_sid: %s
+  auth_token: wrongToken0123456789abcdef012345
+  api_base_url: %s
+server:
+  listen: "127.0.0.1:0"
+  public_url: http://127.0.0.1:8080
+  admin_listen: "127.0.0.1:0"
+state:
+  path: state.db
+rule_files: ["rules/*.yaml"]
+`, sim.Parent().SID, srv.URL)
+	path := filepath.Join(dir, "config.yaml")
+	os.WriteFile(path, []byte(cfg), 0o600)
+	var out, errb strings.Builder
+	code := dispatch([]string{"run", "--config", path}, &out, &errb)
+	if code != 1 || !strings.Contains(errb.String(), "twilio.account_sid") || !strings.Contains(errb.String(), "twilio.auth_token") {
+		t.Fatalf("run: exit %d, stderr %q", code, errb.String())
 	}
 }
