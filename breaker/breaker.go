@@ -32,6 +32,11 @@ type Settings struct {
 	// (callbackauth.go); build specs with Settings.Spec.
 	CallbackAuth *CallbackAuth
 	Operator     OperatorSettings // notifiers, guard (operator.go)
+	// MaxDeletes: a reconcile that would delete more owned triggers than
+	// this holds them for a person (0: DefaultMaxDeletes); AllowDisarm lets
+	// it delete them all when the rules match no subaccount (deletehold.go).
+	MaxDeletes  int
+	AllowDisarm bool
 }
 
 // Options configure a Breaker.
@@ -87,6 +92,12 @@ type Breaker struct {
 	wroteBy sync.Map       // account SID -> ID of the action whose suspend write this process saw succeed
 
 	pollMu sync.Mutex // never two polls at once
+
+	holds deleteHold // trigger deletions held for a person (deletehold.go)
+	// suspended subaccount SID -> the callback URLs its owned triggers were
+	// last brought up to date with (reconcile.go): listed again only when
+	// they change (a basic_auth password, public_url) or after a restart.
+	suspendedURLs sync.Map
 
 	exec   atomic.Pointer[execState] // the running executor, for the fast path (fast.go)
 	tokens tokenSet                  // callback tokens seen: a repeat takes no fast path

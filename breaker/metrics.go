@@ -21,6 +21,7 @@ type Metrics struct {
 	SuspendWriteLatency prometheus.Histogram
 
 	*OperatorMetrics // notifications, reactivations, guard (operator.go)
+	*LoudMetrics     // rules' matches, held deletions (deletehold.go)
 }
 
 // Callback outcomes for usagebreaker_callbacks_total.
@@ -86,6 +87,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	m.OperatorMetrics = newOperatorMetrics(reg)
+	m.LoudMetrics = newLoudMetrics(reg)
 	if reg != nil {
 		reg.MustRegister(m.Callbacks, m.Suspensions, m.Incidents, m.Skipped, m.ManagedTriggers,
 			m.ReconcileDuration, m.ReconcileLastOK, m.ReconcileErrors, m.ActionsPending, m.ActionAttemptErrors,
