@@ -20,6 +20,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/usagebreaker/usagebreaker/notify"
+	"github.com/usagebreaker/usagebreaker/rules"
+	"github.com/usagebreaker/usagebreaker/twilioapi"
 )
 
 // DefaultMaxDeletes is Settings.MaxDeletes when it is not set.
@@ -160,6 +162,33 @@ func (b *Breaker) pageHold(ctx context.Context, s *Settings, held int, rules []s
 		}
 		b.holds.mu.Unlock()
 	}
+}
+
+// WouldDisarm checks a rule set before it is put in force (a reload): it
+// reports whether, among the active subaccounts of the last listing, it
+// matches none while there are some, and how many owned triggers the last
+// reconcile kept (which a reconcile would then delete).
+func (b *Breaker) WouldDisarm(set *rules.Set) (disarm bool, active, owned int) {
+	for _, a := range b.accounts.Snapshot() {
+		if a.Status != twilioapi.StatusActive {
+			continue
+		}
+		active++
+		if set == nil {
+			continue
+		}
+		for _, r := range set.Rules {
+			if r.Matches(a.SID, a.FriendlyName) {
+				return false, 0, 0
+			}
+		}
+	}
+	if last, ok := b.LastReconcile(); ok {
+		for _, n := range last.Managed {
+			owned += n
+		}
+	}
+	return active > 0, active, owned
 }
 
 // ruleNamesOf returns the sorted rule names of owned triggers' FriendlyNames.

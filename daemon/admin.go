@@ -51,6 +51,11 @@ func (d *Daemon) adminMux() http.Handler {
 		writeJSON(w, http.StatusAccepted, map[string]string{"status": "reconcile requested"})
 	}))
 	mux.Handle("GET /api/v1/incidents", d.authed(d.listIncidents))
+	mux.Handle("POST /api/v1/reconcile/release", d.authed(func(w http.ResponseWriter, r *http.Request) {
+		// The trigger deletions a reconcile held (reconcile.max_deletes,
+		// allow_disarm); the reconcile that deletes them starts now.
+		writeJSON(w, http.StatusOK, map[string]int{"released": d.br.ReleaseDeletes()})
+	}))
 	d.operatorRoutes(mux) // reactivate, guard release (operator.go)
 	mux.Handle("POST /api/v1/poll", d.authed(func(w http.ResponseWriter, r *http.Request) {
 		d.RequestPoll()

@@ -161,6 +161,7 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	})
 	d.br.SetReconcileRequester(d.RequestReconcile)
 	primeRuleSeries(d.bm, cfg.Rules)
+	d.logWarnings(cfg)
 	d.reloadOK.Set(1)
 	d.reloadOKTime.SetToCurrentTime()
 	return d, nil
@@ -174,7 +175,8 @@ func (d *Daemon) authProbeInterval() time.Duration {
 }
 
 func settingsOf(cfg *config.Config) breaker.Settings {
-	return breaker.Settings{Instance: cfg.Instance, PublicURL: cfg.Server.PublicURL, Rules: cfg.Rules, CallbackAuth: callbackAuthOf(cfg)}
+	return breaker.Settings{Instance: cfg.Instance, PublicURL: cfg.Server.PublicURL, Rules: cfg.Rules, CallbackAuth: callbackAuthOf(cfg),
+		MaxDeletes: cfg.Reconcile.MaxDeletes, AllowDisarm: cfg.AllowDisarm}
 }
 
 func (d *Daemon) registerOwnMetrics() {
@@ -442,6 +444,9 @@ func (d *Daemon) Reload() error {
 	if err == nil {
 		err = reloadable(old, cfg)
 	}
+	if err == nil {
+		err = d.disarmable(cfg)
+	}
 	var settings breaker.Settings
 	if err == nil {
 		settings, err = d.fullSettings(cfg)
@@ -473,9 +478,31 @@ func (d *Daemon) Reload() error {
 	primeRuleSeries(d.bm, cfg.Rules)
 	d.reloadOK.Set(1)
 	d.reloadOKTime.SetToCurrentTime()
+	d.logWarnings(cfg)
 	d.log.Info("config reloaded", "rules", cfg.Rules.Len())
 	d.RequestReconcile()
 	return nil
+}
+
+// disarmable rejects a reloaded rule set that matches none of the active
+// subaccounts (as of the last listing), unless allow_disarm is set: its
+// reconcile would delete every owned trigger.
+func (d *Daemon) disarmable(cfg *config.Config) error {
+	if cfg.AllowDisarm {
+		return nil
+	}
+	if disarm, active, owned := d.br.WouldDisarm(cfg.Rules); disarm {
+		return fmt.Errorf("the new rules match none of the %d active subaccounts: the reconcile would delete the %d triggers "+
+			"this instance owns (as of the last reconcile) and guard nothing; set allow_disarm: true to disarm on purpose", active, owned)
+	}
+	return nil
+}
+
+// logWarnings logs the config's warnings (rules that can match nothing).
+func (d *Daemon) logWarnings(cfg *config.Config) {
+	for _, w := range cfg.Warnings {
+		d.log.Warn(w.Msg, "file", w.File, "line", w.Line)
+	}
 }
 
 // reloadable rejects changes that a reload cannot apply safely.

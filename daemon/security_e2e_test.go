@@ -417,8 +417,11 @@ func TestSecureEndToEnd(t *testing.T) {
 		writeAtomic(t, filepath.Join(se.dir, "tls", "tls.key"), keyPEM)
 		writeAtomic(t, filepath.Join(se.dir, "tls", "tls.crt"), certPEM)
 		se.waitFor("the new certificate served", func() bool { return se.servedSerial() == 1003 })
+		se.waitFor("the metric says so", func() bool {
+			return se.metric("usagebreaker_tls_certificate_last_reload_successful") == 1
+		})
 		_, m := se.get("/metrics", false)
-		if !strings.Contains(m, "usagebreaker_tls_certificate_last_reload_successful 1") ||
+		if se.metric("usagebreaker_tls_certificate_last_reload_successful") != 1 || // the sample, not the HELP text
 			!strings.Contains(m, fmt.Sprintf("usagebreaker_tls_certificate_expiry_timestamp_seconds %g", float64(time.Date(2031, 1, 2, 3, 4, 5, 0, time.UTC).Unix()))) {
 			t.Errorf("TLS metrics:\n%s", grepLines(m, "usagebreaker_tls_"))
 		}
@@ -625,7 +628,7 @@ func TestTLSBrokenRotationNoticedWithoutAConnection(t *testing.T) {
 	writeAtomic(t, filepath.Join(se.dir, "tls", "tls.key"), otherKey)
 	se.waitFor("the broken pair noticed with no connection", func() bool {
 		_, m := se.get("/metrics", false)
-		return strings.Contains(m, "usagebreaker_tls_certificate_last_reload_successful 0")
+		return strings.Contains(m, "\nusagebreaker_tls_certificate_last_reload_successful 0\n")
 	})
 	se.waitFor("the broken rotation logged", func() bool {
 		return strings.Contains(se.logs.String(), "TLS certificate files changed but cannot be used")
@@ -633,9 +636,9 @@ func TestTLSBrokenRotationNoticedWithoutAConnection(t *testing.T) {
 	certPEM, keyPEM := se.ca.leaf(t, 1003, time.Now().Add(72*time.Hour))
 	writeAtomic(t, filepath.Join(se.dir, "tls", "tls.key"), keyPEM)
 	writeAtomic(t, filepath.Join(se.dir, "tls", "tls.crt"), certPEM)
+	// e.metric reads the sample line (the HELP text also says "..._successful 1 if").
 	se.waitFor("the good pair noticed with no connection", func() bool {
-		_, m := se.get("/metrics", false)
-		return strings.Contains(m, "usagebreaker_tls_certificate_last_reload_successful 1")
+		return se.metric("usagebreaker_tls_certificate_last_reload_successful") == 1
 	})
 	if s := se.servedSerial(); s != 1003 {
 		t.Fatalf("serving serial %d", s)
