@@ -408,7 +408,7 @@ func TestSecureEndToEnd(t *testing.T) {
 		se.waitFor("the broken pair noticed", func() bool {
 			se.servedSerial()
 			_, m := se.get("/metrics", false)
-			return strings.Contains(m, "usagebreaker_tls_certificate_last_reload_successful 0")
+			return strings.Contains(m, "\nusagebreaker_tls_certificate_last_reload_successful 0\n")
 		})
 		if s := se.servedSerial(); s != 1001 {
 			t.Fatalf("serving serial %d after a broken rotation", s)
@@ -555,11 +555,8 @@ func TestSecureEndToEnd(t *testing.T) {
 		if ds := se.wait(f); ds[len(ds)-1].Status != 200 {
 			t.Fatalf("a real callback during the flood: %+v", ds)
 		}
-		_, m := se.get("/metrics", false)
-		for _, want := range []string{`usagebreaker_callbacks_total{outcome="unauthorized"}`, `usagebreaker_callbacks_total{outcome="rate_limited"}`} {
-			if !strings.Contains(m, want) {
-				t.Errorf("/metrics lacks %s", want)
-			}
+		for _, want := range se.waitForSamples([]string{`usagebreaker_callbacks_total{outcome="unauthorized"}`, `usagebreaker_callbacks_total{outcome="rate_limited"}`}) {
+			t.Errorf("/metrics lacks %s", want)
 		}
 	})
 
