@@ -170,3 +170,38 @@ rule_files: ["rules/*.yaml"]
 		t.Fatalf("run: exit %d, stderr %q", code, errb.String())
 	}
 }
+
+// Issues 14.4 and 14.8 through `check`: no rules is refused (exit 1, saying
+// how to disarm on purpose); a rule that can match nothing is a FILE:LINE
+// warning and check still passes.
+func TestCheckDisarmAndMatchNothing(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.yaml")
+	os.WriteFile(cfg, []byte("instance: prod\ntwilio:\n  account_sid: AC0123456789abcdef0123456789abcdef\n  auth_token: abc\n"+
+		"server:\n  public_url: https://breaker.example.com\nrule_files: [\"rules.yaml\"]\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "rules.yaml"), []byte("rules: []\n"), 0o600)
+	code, out, errOut := runCheck("--config", cfg)
+	if code != 1 || !strings.Contains(errOut, "config.yaml:7: the rule files have no rules") || !strings.Contains(errOut, "allow_disarm: true") {
+		t.Errorf("rules: []: exit %d, %q %q", code, out, errOut)
+	}
+	os.WriteFile(filepath.Join(dir, "rules.yaml"), []byte(`rules:
+  - name: a
+    accounts: {include: ["*"]}
+    usage_category: sms
+    trigger_by: count
+    recurring: daily
+    threshold: 10
+    action: suspend
+  - name: b
+    accounts: {include: ["tenant-a"], exclude: ["tenant-*"]}
+    usage_category: sms
+    trigger_by: count
+    recurring: daily
+    threshold: 10
+    action: suspend
+`), 0o600)
+	code, out, errOut = runCheck("--config", cfg)
+	if code != 0 || out != "ok: 2 rules\n" || !strings.Contains(errOut, `rules.yaml:9: warning: rule "b" matches no subaccount`) {
+		t.Errorf("a rule that matches nothing: exit %d, %q %q", code, out, errOut)
+	}
+}
