@@ -459,7 +459,9 @@ func TestOpsNotifyReactivateRearm(t *testing.T) {
 	}
 	// A reconcile keeps the re-armed trigger.
 	e.api("POST", "/api/v1/reconcile", opsToken, "")
-	e.waitFor("reconcile", func() bool { return strings.Contains(e.metrics(), "\nusagebreaker_reconciles_total{result=\"ok\"} 2\n") })
+	e.waitFor("reconcile", func() bool {
+		return strings.Contains(e.metrics(), "\nusagebreaker_reconciles_total{result=\"ok\"} 2\n")
+	})
 	if v := e.triggerValue("tenant-a", "spend-daily"); v != "85" {
 		t.Fatalf("the reconciler undid the re-arm: %s", v)
 	}
