@@ -25,7 +25,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/usagebreaker/usagebreaker/internal/decimal"
 	"github.com/usagebreaker/usagebreaker/notify"
 	"github.com/usagebreaker/usagebreaker/rules"
 	"github.com/usagebreaker/usagebreaker/store"
@@ -358,7 +357,7 @@ func (b *Breaker) event(ctx context.Context, inc store.Incident, kind string) (*
 	s := b.settings.Load()
 	ni := &notify.Incident{ID: inc.ID, Rule: inc.Rule, AccountSID: inc.AccountSID, AccountName: inc.AccountName,
 		UsageCategory: inc.UsageCategory, TriggerBy: inc.TriggerBy, Recurring: inc.Recurring, Period: inc.Period,
-		Value: decimal.Tidy(inc.CurrentValue), Threshold: decimal.Tidy(inc.TriggerValue), Action: inc.Action, DryRun: inc.DryRun,
+		Value: inc.CurrentValue, Threshold: inc.TriggerValue, Action: inc.Action, DryRun: inc.DryRun,
 		Outcome: inc.Outcome, Detail: inc.Detail, CreatedAt: inc.CreatedAt}
 	r := s.Rules.Get(inc.Rule)
 	if r != nil {

@@ -172,6 +172,7 @@ type PayloadDeletes struct {
 
 // NewPayload is the webhook body for ev with its rendered text.
 func NewPayload(ev *Event, text string) Payload {
+	ev = tidy(ev)
 	p := Payload{ID: ev.ID, Type: ev.Kind, Instance: ev.Instance, Time: ev.At.UTC(), Headline: ev.Headline, Text: text}
 	if i := ev.Incident; i != nil {
 		p.Incident = &PayloadIncident{ID: i.ID, Rule: i.Rule, RuleDescription: i.RuleDescription, AccountSID: i.AccountSID,

@@ -36,3 +36,26 @@ func TestDeletesPage(t *testing.T) {
 		t.Errorf("payload %+v", p)
 	}
 }
+
+// Issue 14.13: the threshold and value as the rule writes them, not as
+// Twilio echoes them, in the text and in the webhook's JSON.
+func TestThresholdAsTheRuleWritesIt(t *testing.T) {
+	ev := SampleEvent(KindIncident)
+	ev.Incident.Threshold, ev.Incident.Value = "5.000000", "5.120000"
+	for _, typ := range Types {
+		tm, err := newTemplates(typ, "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		text, err := base{tmpl: tm}.text(ev)
+		if err != nil || strings.Contains(text, "5.000000") || !strings.Contains(text, "5.12") {
+			t.Errorf("%s: %v\n%s", typ, err, text)
+		}
+	}
+	if p := NewPayload(ev, ""); p.Incident.Threshold != "5" || p.Incident.Value != "5.12" {
+		t.Errorf("payload %+v", p.Incident)
+	}
+	if ev.Incident.Threshold != "5.000000" {
+		t.Error("the event itself was changed")
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"text/template"
 	"time"
+
+	"github.com/usagebreaker/usagebreaker/internal/decimal"
 )
 
 // The default messages. Every notifier type but twilio_sms uses the long
@@ -164,6 +166,19 @@ func Headline(ev *Event) string {
 	return fmt.Sprintf("%s: %s %s (%s), rule %s", prefix, what, inc.AccountName, inc.AccountSID, inc.Rule)
 }
 
+// tidy returns ev with the incident's value and threshold as a rule writes
+// them ("5", "50.01"), not as Twilio echoes them ("5.000000"); ev itself is
+// not changed.
+func tidy(ev *Event) *Event {
+	if ev == nil || ev.Incident == nil {
+		return ev
+	}
+	cp, inc := *ev, *ev.Incident
+	inc.Value, inc.Threshold = decimal.Tidy(inc.Value), decimal.Tidy(inc.Threshold)
+	cp.Incident = &inc
+	return &cp
+}
+
 func execute(t *template.Template, ev *Event) (string, error) {
 	var b strings.Builder
 	if err := t.Execute(&b, ev); err != nil {
@@ -174,6 +189,7 @@ func execute(t *template.Template, ev *Event) (string, error) {
 
 // text renders the event's message.
 func (b base) text(ev *Event) (string, error) {
+	ev = tidy(ev)
 	t := b.tmpl.incident
 	switch ev.Kind {
 	case KindGuard:
