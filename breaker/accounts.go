@@ -110,6 +110,17 @@ func (a *Accounts) Len() int {
 	return len(a.known)
 }
 
+// Snapshot returns the cached subaccounts, in no order.
+func (a *Accounts) Snapshot() []twilioapi.Account {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	out := make([]twilioapi.Account, 0, len(a.known))
+	for _, acct := range a.known {
+		out = append(out, acct)
+	}
+	return out
+}
+
 // Cached returns the cached account, without any API call.
 func (a *Accounts) Cached(sid string) (twilioapi.Account, bool) {
 	a.mu.RLock()

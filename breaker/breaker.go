@@ -38,6 +38,11 @@ type Settings struct {
 	Operator     OperatorSettings // notifiers, guard (operator.go)
 	// DryRun makes every rule a dry run (config dry_run: true, run --dry-run).
 	DryRun bool
+	// MaxDeletes: a reconcile that would delete more owned triggers than
+	// this holds them for a person (0: DefaultMaxDeletes); AllowDisarm lets
+	// it delete them all when the rules match no subaccount (deletehold.go).
+	MaxDeletes  int
+	AllowDisarm bool
 }
 
 // Options configure a Breaker.
@@ -97,6 +102,12 @@ type Breaker struct {
 
 	reconcileReqMu sync.Mutex
 	reconcileReq   func() // asks the daemon for a reconcile soon
+
+	holds deleteHold // trigger deletions held for a person (deletehold.go)
+	// suspended subaccount SID -> the callback URLs its owned triggers were
+	// last brought up to date with (reconcile.go): listed again only when
+	// they change (a basic_auth password, public_url) or after a restart.
+	suspendedURLs sync.Map
 }
 
 // New builds a Breaker; nothing runs until Reconcile or RunExecutor is called.

@@ -158,8 +158,15 @@ func TestReconcileCreatesExactlyTheDesiredTriggers(t *testing.T) {
 			}
 		}
 	}
-	if f.api.count("triggers.list") != 3 {
-		t.Errorf("suspended account was listed: %d lists", f.api.count("triggers.list"))
+	// A suspended subaccount's triggers are listed once after a start (to
+	// bring their callback URLs up to date, issue 14.2), then only when the
+	// URLs change.
+	if f.api.count("triggers.list") != 4 {
+		t.Errorf("%d lists, want 3 active + 1 suspended", f.api.count("triggers.list"))
+	}
+	f.reconcile(t)
+	if f.api.count("triggers.list") != 7 {
+		t.Errorf("suspended account listed again: %d lists", f.api.count("triggers.list"))
 	}
 	for rule, n := range map[string]float64{"spend-daily": 2, "sms-count": 1, "calls-dry": 2} {
 		if got := testutil.ToFloat64(f.m.ManagedTriggers.WithLabelValues(rule)); got != n {

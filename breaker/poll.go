@@ -54,13 +54,15 @@ func PollToken(rule, accountSID, period string) string {
 //
 // Polls are serialised. A failure to list the subaccounts is the error;
 // per-subaccount problems are in the result and the error.
-func (b *Breaker) Poll(ctx context.Context) (PollResult, error) {
+func (b *Breaker) Poll(ctx context.Context) (res PollResult, err error) {
 	b.pollMu.Lock()
 	defer b.pollMu.Unlock()
 
 	s := b.settings.Load()
-	res := PollResult{Started: b.now()}
+	res = PollResult{Started: b.now()}
 	start := time.Now()
+	// A named result: the deferred assignment reaches the caller (every
+	// return, the early ones too).
 	defer func() { res.Duration = time.Since(start) }()
 
 	subs, err := b.api.ListSubaccounts(ctx)

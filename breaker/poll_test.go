@@ -233,3 +233,18 @@ func TestPollIncidentIsVerifiedBeforeActing(t *testing.T) {
 		t.Fatal("suspended anyway")
 	}
 }
+
+// Issue 14.6: the duration reached neither the log nor the histogram (a
+// deferred assignment to an unnamed result).
+func TestPollReportsItsDuration(t *testing.T) {
+	f := newFixture(t, baseRules)
+	f.api.addAccount("tenant-a", "active")
+	if res := f.poll(t); res.Duration <= 0 {
+		t.Errorf("a poll's Duration = %v", res.Duration)
+	}
+	f.api.failNext("accounts.list", errors.New("boom"))
+	res, err := f.b.Poll(context.Background())
+	if err == nil || res.Duration <= 0 {
+		t.Errorf("a failed poll: err %v, Duration %v", err, res.Duration)
+	}
+}

@@ -28,8 +28,18 @@ type ReconcileResult struct {
 	Deleted     int
 	Unchanged   int
 	Managed     map[string]int // rule -> triggers present after the reconcile
-	Errors      []error        // per-account problems; the rest went on
-	Coverage    *Coverage      // what it left on each subaccount, per rule (coverage.go)
+	Matched     map[string]int // rule -> active subaccounts it matches
+	// Suspended subaccounts whose owned triggers' callback URLs were brought
+	// up to date (only that: nothing is created or deleted on them).
+	Suspended int
+	// HeldDeletes owned triggers were not deleted: too many at once
+	// (MaxDeletes), or all of them while the rules match nothing
+	// (AllowDisarm unset). HeldRules are their rules, HeldWhy says why.
+	HeldDeletes int
+	HeldRules   []string
+	HeldWhy     string
+	Errors      []error   // per-account problems; the rest went on
+	Coverage    *Coverage // what it left on each subaccount, per rule (coverage.go)
 }
 
 // Err joins the per-account errors, or nil.
@@ -49,7 +59,15 @@ func (b *Breaker) LastReconcile() (ReconcileResult, bool) {
 // so the account is never unguarded), updates callback URL or method in place
 // (keeping the trigger's firing state), deletes owned triggers no longer
 // wanted, and never touches a trigger whose FriendlyName this instance does not
-// own. Suspended and closed subaccounts are left as they are.
+// own. On suspended subaccounts it only updates owned triggers' callback URLs
+// in place (a basic_auth password change must reach them before they are
+// reactivated); closed ones are left alone.
+//
+// It works in two passes over the accounts, each holding its account's lock
+// from the first to the second: list and plan, then act. Between them it
+// counts the owned triggers the plans would delete as no longer wanted: more
+// than MaxDeletes, or any while the rules match no active subaccount (unless
+// AllowDisarm), and those deletions are held (deletehold.go), the rest done.
 //
 // Calls are serialised: a Reconcile waits for one in progress to finish. A
 // failure to list subaccounts is returned as the error; per-account problems
@@ -59,7 +77,7 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	defer b.reconcileMu.Unlock()
 
 	s := b.settings.Load()
-	res := ReconcileResult{Started: b.now(), Managed: map[string]int{}}
+	res := ReconcileResult{Started: b.now(), Managed: map[string]int{}, Matched: map[string]int{}}
 	start := time.Now()
 	done := func() {
 		res.Duration = time.Since(start)
@@ -78,48 +96,65 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	cov := newCoverage(res.Started, s.Rules, subs, rules.OwnedPrefix(s.Instance))
 
 	type job struct {
-		acct    twilioapi.Account
-		desired []twilioapi.TriggerSpec
+		acct      twilioapi.Account
+		desired   []twilioapi.TriggerSpec
+		suspended bool // only callback URLs are brought up to date
 	}
 	var jobs []job
+	anyMatch := false
 	for _, a := range subs {
-		if a.Status != twilioapi.StatusActive {
+		if a.Status != twilioapi.StatusActive && a.Status != twilioapi.StatusSuspended {
 			continue
 		}
 		var want []twilioapi.TriggerSpec
 		for _, r := range s.Rules.Rules {
 			if r.Matches(a.SID, a.FriendlyName) {
 				want = append(want, s.Spec(r))
+				if a.Status == twilioapi.StatusActive {
+					res.Matched[r.Name]++
+				}
 			}
 		}
-		jobs = append(jobs, job{a, want})
+		if a.Status == twilioapi.StatusSuspended {
+			if len(want) > 0 && a.SID != b.api.ParentSID() {
+				if fp, ok := b.suspendedURLs.Load(a.SID); !ok || fp != urlsOf(want) {
+					jobs = append(jobs, job{a, want, true})
+				}
+			} else {
+				b.suspendedURLs.Delete(a.SID)
+			}
+			continue
+		}
+		b.suspendedURLs.Delete(a.SID) // active: reconciled in full
+		anyMatch = anyMatch || len(want) > 0
+		jobs = append(jobs, job{a, want, false})
+		res.Active++
 	}
-	res.Active = len(jobs)
 
+	// The first pass: each account's lock, its triggers, its plan.
 	var (
-		mu   sync.Mutex
-		wg   sync.WaitGroup
-		next = make(chan job)
+		mu       sync.Mutex
+		wg       sync.WaitGroup
+		next     = make(chan job)
+		prepared []*preparedAccount
 	)
 	prefix := rules.OwnedPrefix(s.Instance)
-	for i := 0; i < min(b.fanout, max(len(jobs), 1)); i++ {
+	workers := min(b.fanout, max(len(jobs), 1))
+	for i := 0; i < workers; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for j := range next {
-				ar, err := b.reconcileAccount(ctx, j.acct, j.desired, prefix)
+				pa, err := b.prepareAccount(ctx, j.acct, j.desired, prefix, j.suspended)
 				mu.Lock()
-				res.Created += ar.created
-				res.Updated += ar.updated
-				res.Deleted += ar.deleted
-				res.Unchanged += ar.unchanged
-				for name, n := range ar.managed {
-					res.Managed[strings.TrimPrefix(name, prefix)] += n
-				}
 				if err != nil {
 					res.Errors = append(res.Errors, err)
+					if !j.suspended {
+						cov.add(j.acct.SID, accountResult{}, err)
+					}
+				} else if pa != nil {
+					prepared = append(prepared, pa)
 				}
-				cov.add(j.acct.SID, ar, err)
 				mu.Unlock()
 			}
 		}()
@@ -132,15 +167,84 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	}
 	close(next)
 	wg.Wait()
+
+	// Between the passes: too many deletions at once, or all of them, wait
+	// for a person.
+	disarm, disarmNames := 0, map[string]bool{}
+	for _, pa := range prepared {
+		disarm += len(pa.plan.disarm)
+		for _, t := range pa.plan.disarm {
+			disarmNames[t.FriendlyName] = true
+		}
+	}
+	hold, why := b.holdDecision(s, disarm, res.Active > 0 && !anyMatch)
+	if hold {
+		res.HeldDeletes, res.HeldRules, res.HeldWhy = disarm, ruleNamesOf(disarmNames, prefix), why
+	}
+
+	// The second pass: act, then let the account go.
+	pending := make(chan *preparedAccount)
+	for i := 0; i < min(b.fanout, max(len(prepared), 1)); i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for pa := range pending {
+				ar, err := b.executeAccount(ctx, pa, hold)
+				pa.unlock()
+				mu.Lock()
+				res.Created += ar.created
+				res.Updated += ar.updated
+				res.Deleted += ar.deleted
+				res.Unchanged += ar.unchanged
+				if pa.suspended {
+					res.Suspended++
+				} else {
+					for name, n := range ar.managed {
+						res.Managed[strings.TrimPrefix(name, prefix)] += n
+					}
+					cov.add(pa.acct.SID, ar, err)
+				}
+				if err == nil && pa.suspended {
+					b.suspendedURLs.Store(pa.acct.SID, pa.urls)
+				}
+				if err != nil {
+					if pa.suspended && refusedForSuspended(err) {
+						b.log.Warn("cannot update the callback URLs of a suspended subaccount's triggers; "+
+							"the first reconcile after it is reactivated does", "account", pa.acct.SID, "account_name", pa.acct.FriendlyName, "err", err)
+					} else {
+						res.Errors = append(res.Errors, err)
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, pa := range prepared {
+		pending <- pa // never skipped: every account's lock is let go
+	}
+	close(pending)
+	wg.Wait()
 	if ctx.Err() != nil {
 		res.Errors = append(res.Errors, fmt.Errorf("reconcile: %w", ctx.Err()))
 	}
 	sort.Slice(res.Errors, func(i, j int) bool { return res.Errors[i].Error() < res.Errors[j].Error() })
 
-	// The gauge shows every current rule, 0 where no account matches.
+	// The gauges show every current rule, 0 where no account matches.
 	b.m.ManagedTriggers.Reset()
+	b.m.RuleMatched.Reset()
 	for _, r := range s.Rules.Rules {
 		b.m.ManagedTriggers.WithLabelValues(r.Name).Set(float64(res.Managed[r.Name]))
+		b.m.RuleMatched.WithLabelValues(r.Name).Set(float64(res.Matched[r.Name]))
+		if res.Matched[r.Name] == 0 {
+			b.log.Warn("rule matches no active subaccount: it guards nothing", "rule", r.Name,
+				"include", r.Include, "exclude", r.Exclude, "active_subaccounts", res.Active)
+		}
+	}
+	b.recordHold(res.HeldDeletes, res.HeldRules)
+	if hold {
+		b.log.Error("trigger deletions HELD: a person must release them (usagebreaker release deletes) or fix the rules",
+			"held", res.HeldDeletes, "rules", res.HeldRules, "why", why, "max_deletes", s.MaxDeletes)
+		b.pageHold(ctx, s, res.HeldDeletes, res.HeldRules, why)
 	}
 	done()
 	if len(res.Errors) == 0 {
@@ -153,6 +257,24 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	return res, res.Err()
 }
 
+// urlsOf is what a suspended subaccount's owned triggers must carry: each
+// wanted trigger's callback URL and method.
+func urlsOf(specs []twilioapi.TriggerSpec) string {
+	parts := make([]string, 0, len(specs))
+	for _, sp := range specs {
+		parts = append(parts, sp.FriendlyName+" "+sp.CallbackMethod+" "+sp.CallbackURL)
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, "\n")
+}
+
+// refusedForSuspended reports an answer by which Twilio refuses to touch a
+// suspended subaccount's triggers (whether it does is not documented).
+func refusedForSuspended(err error) bool {
+	var te *twilioapi.Error
+	return errors.As(err, &te) && te.Status >= 400 && te.Status < 500 && te.Status != 429
+}
+
 type accountResult struct {
 	created, updated, deleted, unchanged int
 	managed                              map[string]int    // FriendlyName -> count present afterwards
@@ -161,7 +283,8 @@ type accountResult struct {
 
 // plan is what one account needs.
 type plan struct {
-	deleteUnwanted []twilioapi.Trigger // owned, not wanted at all: deleted first, freeing room
+	deleteUnwanted []twilioapi.Trigger // owned duplicates of kept triggers: deleted first, freeing room
+	disarm         []twilioapi.Trigger // owned, not wanted at all: deleted unless held (deletehold.go)
 	updates        []triggerUpdate
 	creates        []twilioapi.TriggerSpec
 	replaces       map[string][]twilioapi.Trigger // FriendlyName -> old triggers deleted once the new one exists
@@ -217,7 +340,7 @@ func planAccount(existing []twilioapi.Trigger, desired []twilioapi.TriggerSpec, 
 	sort.Strings(names)
 	for _, name := range names {
 		if !wanted[name] {
-			p.deleteUnwanted = append(p.deleteUnwanted, owned[name]...)
+			p.disarm = append(p.disarm, owned[name]...)
 		}
 	}
 	return p
@@ -234,24 +357,89 @@ func sameTrigger(t twilioapi.Trigger, spec twilioapi.TriggerSpec) bool {
 	return err == nil && t.TriggerValue.Equal(v)
 }
 
-func (b *Breaker) reconcileAccount(ctx context.Context, acct twilioapi.Account, desired []twilioapi.TriggerSpec, prefix string) (accountResult, error) {
-	res := accountResult{managed: map[string]int{}}
+// preparedAccount is one account between the passes: its lock is held.
+type preparedAccount struct {
+	acct      twilioapi.Account
+	urls      string // suspended: urlsOf its desired specs
+	existing  []twilioapi.Trigger
+	plan      plan
+	suspended bool
+	unlock    func()
+}
+
+// prepareAccount takes the account's lock (not while a reactivation re-arms
+// it), lists its triggers and plans. On an error the lock is let go.
+func (b *Breaker) prepareAccount(ctx context.Context, acct twilioapi.Account, desired []twilioapi.TriggerSpec, prefix string, suspended bool) (*preparedAccount, error) {
 	unlock := b.locks.lock(acct.SID) // not while a reactivation re-arms it, nor while an action acts on it
-	defer unlock()
-	desired, err := b.applyRearms(ctx, acct, desired) // a re-armed trigger stays while its period lasts
-	if err != nil {
-		return res, fmt.Errorf("account %s (%q): %w", acct.SID, acct.FriendlyName, err)
+	if !suspended {
+		var err error
+		desired, err = b.applyRearms(ctx, acct, desired) // a re-armed trigger stays while its period lasts
+		if err != nil {
+			unlock()
+			return nil, fmt.Errorf("account %s (%q): %w", acct.SID, acct.FriendlyName, err)
+		}
 	}
 	existing, err := b.api.ListTriggers(ctx, acct.SID)
 	if err != nil {
-		return res, fmt.Errorf("account %s (%q): list triggers: %w", acct.SID, acct.FriendlyName, err)
+		unlock()
+		err = fmt.Errorf("account %s (%q): list triggers: %w", acct.SID, acct.FriendlyName, err)
+		if suspended && refusedForSuspended(err) {
+			b.log.Warn("cannot read a suspended subaccount's triggers to update their callback URLs; "+
+				"the first reconcile after it is reactivated does", "account", acct.SID, "account_name", acct.FriendlyName, "err", err)
+			return nil, nil
+		}
+		return nil, err
 	}
-	p := planAccount(b.callbacks.adopt(existing, desired), desired, prefix)
+	pa := &preparedAccount{acct: acct, existing: existing, suspended: suspended, unlock: unlock}
+	if suspended {
+		pa.urls = urlsOf(desired)
+		pa.plan = planURLs(b.callbacks.adopt(existing, desired), desired, prefix)
+	} else {
+		pa.plan = planAccount(b.callbacks.adopt(existing, desired), desired, prefix)
+	}
+	return pa, nil
+}
+
+// planURLs is the plan for a suspended subaccount: only the callback URL (or
+// method) of owned triggers of rules that match it, updated in place; no
+// trigger is created, replaced or deleted.
+func planURLs(existing []twilioapi.Trigger, desired []twilioapi.TriggerSpec, prefix string) plan {
+	want := make(map[string]twilioapi.TriggerSpec, len(desired))
+	for _, d := range desired {
+		want[d.FriendlyName] = d
+	}
+	var p plan
+	for _, t := range existing {
+		spec, ok := want[t.FriendlyName]
+		if !ok || !strings.HasPrefix(t.FriendlyName, prefix) {
+			continue
+		}
+		if t.CallbackURL != spec.CallbackURL || !strings.EqualFold(t.CallbackMethod, spec.CallbackMethod) {
+			p.updates = append(p.updates, triggerUpdate{t, twilioapi.TriggerUpdate{CallbackURL: spec.CallbackURL, CallbackMethod: spec.CallbackMethod}})
+		} else {
+			p.keep = append(p.keep, t)
+		}
+	}
+	return p
+}
+
+// executeAccount carries out a prepared plan; holdDisarm keeps the owned
+// triggers no longer wanted (the deletions are held).
+func (b *Breaker) executeAccount(ctx context.Context, pa *preparedAccount, holdDisarm bool) (accountResult, error) {
+	res := accountResult{managed: map[string]int{}}
+	acct, existing, p := pa.acct, pa.existing, pa.plan
+	if holdDisarm {
+		for _, t := range p.disarm {
+			res.managed[t.FriendlyName]++ // still there, still guarding
+			res.covered(t.FriendlyName, CoverGuarded)
+		}
+		p.disarm = nil
+	}
 	var errs []error
 	log := b.log.With("account", acct.SID, "account_name", acct.FriendlyName)
 
 	count := len(existing)
-	for _, t := range p.deleteUnwanted {
+	for _, t := range append(p.deleteUnwanted, p.disarm...) {
 		if err := b.api.DeleteTrigger(ctx, acct.SID, t.SID); err != nil {
 			errs = append(errs, fmt.Errorf("delete trigger %s (%s): %w", t.SID, t.FriendlyName, err))
 			continue

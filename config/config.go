@@ -37,8 +37,13 @@ type Config struct {
 	// DryRun makes every rule a dry run: incidents and notifications say
 	// what would be done, and nothing is suspended at Twilio (dryrun.go).
 	DryRun bool `yaml:"dry_run"`
+	// AllowDisarm lets a rule set disarm every subaccount (no rules, or none
+	// that can match) and a reconcile delete every owned trigger.
+	AllowDisarm bool `yaml:"allow_disarm"`
 
 	Rules *rules.Set `yaml:"-"`
+	// Warnings are problems that do not stop the config (FILE:LINE: warning: ...).
+	Warnings Errors `yaml:"-"`
 	// Files lists every file the config was built from (the config file, each
 	// rule file, each *_file secret), absolute, for change detection.
 	Files []string `yaml:"-"`
@@ -74,6 +79,9 @@ type State struct {
 // Reconcile is when the reconciler runs besides start and reload.
 type Reconcile struct {
 	Schedule string `yaml:"schedule"` // robfig/cron spec; default "@every 10m"
+	// MaxDeletes: a reconcile that would delete more owned triggers than
+	// this holds the deletions for a person (default 50).
+	MaxDeletes int `yaml:"max_deletes"`
 }
 
 // Poll is the usage polling fallback.

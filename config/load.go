@@ -36,15 +36,19 @@ const (
 	DefaultStatePath         = "data/usagebreaker.db"
 	DefaultReconcileSchedule = "@every 10m"
 	DefaultPollSchedule      = "@every 5m"
+	// DefaultMaxDeletes is reconcile.max_deletes: beyond this many owned
+	// triggers to delete in one reconcile, the deletions are held for a person.
+	DefaultMaxDeletes = 50
 )
 
 var (
-	topKeys       = []string{"instance", "twilio", "server", "state", "reconcile", "rule_files", "poll", "admin", "guard", "notifiers", "default_notifiers", "dry_run"}
+	topKeys       = []string{"instance", "twilio", "server", "state", "reconcile", "rule_files", "poll", "admin", "guard", "notifiers", "default_notifiers", "dry_run", "allow_disarm"}
 	futureTopKeys []string
 	twilioKeys    = []string{"account_sid", "auth_token", "auth_token_file", "api_base_url", "max_concurrency", "timeout"}
 	serverKeys    = append([]string{"listen", "public_url", "admin_listen"}, securityServerKeys...)
 	futureServer  = []string(nil)
 	scheduleKeys  = []string{"schedule"}
+	reconcileKeys = []string{"schedule", "max_deletes"}
 
 	instanceRE   = regexp.MustCompile(`^[a-z0-9-]{1,16}$`)
 	accountSIDRE = regexp.MustCompile(`^AC[0-9a-fA-F]{32}$`)
@@ -93,7 +97,11 @@ func load(path string, data []byte, lookup func(string) (string, bool)) (*Config
 	l.twilio(d.Map(top.Get("twilio"), twilioKeys))
 	l.server(d.Map(top.Get("server"), serverKeys, futureServer...))
 	l.state(d.Map(top.Get("state"), []string{"path"}))
-	l.reconcile(d.Map(top.Get("reconcile"), scheduleKeys))
+	l.reconcile(d.Map(top.Get("reconcile"), reconcileKeys))
+	disarmV := top.Get("allow_disarm")
+	if b, ok := d.Bool(disarmV); ok {
+		cfg.AllowDisarm = b
+	}
 	l.poll(d.Map(top.Get("poll"), scheduleKeys))
 	l.admin(d.Map(top.Get("admin"), []string{"token", "token_file"}))
 	l.operator(top)
@@ -113,6 +121,7 @@ func load(path string, data []byte, lookup func(string) (string, bool)) (*Config
 		default:
 			cfg.Rules = set
 			errs = append(errs, l.checkRuleNotifiers(set)...)
+			errs = append(errs, checkDisarm(cfg, path, top.Get("rule_files").Line)...)
 			if instanceOK {
 				errs = append(errs, checkFriendlyNames(cfg.Instance, set)...)
 			}
@@ -128,6 +137,36 @@ func load(path string, data []byte, lookup func(string) (string, bool)) (*Config
 		return nil, errs
 	}
 	return cfg, nil
+}
+
+// checkDisarm refuses a rule set that would disarm every subaccount (no
+// rules, or only rules that can match no subaccount whatever it is called)
+// unless allow_disarm is set, and records a warning for each rule that can
+// match nothing. Rules that match none of the subaccounts there are now are
+// found by the reload and the reconcile, which know them.
+func checkDisarm(cfg *Config, path string, line int) Errors {
+	var errs Errors
+	set := cfg.Rules
+	nothing := 0
+	for _, r := range set.Rules {
+		if ok, why := r.MatchesNothing(); ok {
+			nothing++
+			cfg.Warnings = append(cfg.Warnings, Problem{File: r.File, Line: r.Line,
+				Msg: fmt.Sprintf("warning: rule %q matches no subaccount: %s", r.Name, why)})
+		}
+	}
+	if cfg.AllowDisarm {
+		return nil
+	}
+	switch {
+	case set.Len() == 0:
+		errs.Add(path, line, "the rule files have no rules: the reconcile would delete every trigger this instance owns "+
+			"and guard nothing; set allow_disarm: true to disarm on purpose")
+	case nothing == set.Len():
+		errs.Add(path, line, "no rule can match a subaccount (see the warnings): the reconcile would delete every trigger "+
+			"this instance owns; set allow_disarm: true to disarm on purpose")
+	}
+	return errs
 }
 
 // checkFriendlyNames checks that every rule's trigger FriendlyName fits
@@ -291,6 +330,16 @@ func (l *loader) state(m *strict.Map) {
 func (l *loader) reconcile(m *strict.Map) {
 	d := l.d
 	l.cfg.Reconcile.Schedule = DefaultReconcileSchedule
+	l.cfg.Reconcile.MaxDeletes = DefaultMaxDeletes
+	if v := m.Get("max_deletes"); v.Present() {
+		if n, ok := d.Int(v); ok {
+			if n < 1 {
+				d.Errorf(v, "must be at least 1")
+			} else {
+				l.cfg.Reconcile.MaxDeletes = n
+			}
+		}
+	}
 	v := m.Get("schedule")
 	if s, ok := d.String(v); ok {
 		if s == "" {

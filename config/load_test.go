@@ -87,7 +87,7 @@ rule_files: ["rules/*.yaml"]
 			AdminListen: "127.0.0.1:9111",
 		},
 		State:     State{Path: filepath.Join(dir, "data", "usagebreaker.db")},
-		Reconcile: Reconcile{Schedule: "@every 10m"},
+		Reconcile: Reconcile{Schedule: "@every 10m", MaxDeletes: DefaultMaxDeletes},
 		RuleFiles: []string{"rules/*.yaml"},
 		Poll:      Poll{Schedule: "@every 5m"},
 		Admin:     Admin{Token: ""},
@@ -163,7 +163,7 @@ admin:
 			AdminListen: "127.0.0.1:19111",
 		},
 		State:     State{Path: filepath.Join(stateDir, "ub.db")},
-		Reconcile: Reconcile{Schedule: "*/15 * * * *"},
+		Reconcile: Reconcile{Schedule: "*/15 * * * *", MaxDeletes: DefaultMaxDeletes},
 		RuleFiles: []string{"rules/a.yaml", "rules/*.yaml", "more/*.yml"},
 		Poll:      Poll{Schedule: ""}, // off
 		Admin:     Admin{Token: "pa$word$5-x"},

@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/usagebreaker/usagebreaker/internal/decimal"
 	"github.com/usagebreaker/usagebreaker/store"
 )
 
@@ -50,6 +51,11 @@ func (d *Daemon) adminMux() http.Handler {
 		writeJSON(w, http.StatusAccepted, map[string]string{"status": "reconcile requested"})
 	}))
 	mux.Handle("GET /api/v1/incidents", d.authed(d.listIncidents))
+	mux.Handle("POST /api/v1/reconcile/release", d.authed(func(w http.ResponseWriter, r *http.Request) {
+		// The trigger deletions a reconcile held (reconcile.max_deletes,
+		// allow_disarm); the reconcile that deletes them starts now.
+		writeJSON(w, http.StatusOK, map[string]int{"released": d.br.ReleaseDeletes()})
+	}))
 	d.operatorRoutes(mux) // reactivate, guard release (operator.go)
 	d.consoleRoutes(mux)  // the operator console at /ui/ (console.go)
 	mux.Handle("POST /api/v1/poll", d.authed(func(w http.ResponseWriter, r *http.Request) {
@@ -91,7 +97,8 @@ type IncidentJSON struct {
 	Source       store.Source  `json:"source"`
 	Category     string        `json:"usage_category"`
 	TriggerBy    string        `json:"trigger_by"`
-	TriggerValue string        `json:"trigger_value"`
+	TriggerValue string        `json:"trigger_value"` // as Twilio echoed it ("5.000000")
+	Threshold    string        `json:"threshold"`     // the same, as the rule writes it ("5")
 	CurrentValue string        `json:"current_value"`
 	Action       string        `json:"action"`
 	DryRun       bool          `json:"dry_run"`
@@ -129,7 +136,7 @@ func (d *Daemon) listIncidents(w http.ResponseWriter, r *http.Request) {
 		out = append(out, IncidentJSON{
 			ID: i.ID, Rule: i.Rule, AccountSID: i.AccountSID, AccountName: i.AccountName, Period: i.Period,
 			Source: i.Source, Category: i.UsageCategory, TriggerBy: i.TriggerBy, TriggerValue: i.TriggerValue,
-			CurrentValue: i.CurrentValue, Action: i.Action, DryRun: i.DryRun, State: i.State, Outcome: i.Outcome,
+			Threshold: decimal.Tidy(i.TriggerValue), CurrentValue: decimal.Tidy(i.CurrentValue), Action: i.Action, DryRun: i.DryRun, State: i.State, Outcome: i.Outcome,
 			Detail: i.Detail, Firings: i.Firings, CreatedAt: i.CreatedAt, UpdatedAt: i.UpdatedAt,
 		})
 	}

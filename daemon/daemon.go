@@ -58,6 +58,9 @@ type Options struct {
 	// DryRun makes every rule a dry run whatever the config says (run
 	// --dry-run; dryrun.go).
 	DryRun bool
+	// AuthProbeInterval is how often the parent credentials are tried while
+	// running (default DefaultAuthProbeInterval).
+	AuthProbeInterval time.Duration
 }
 
 // Daemon is a running usagebreaker.
@@ -163,14 +166,22 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	})
 	d.br.SetReconcileRequester(d.RequestReconcile)
 	primeRuleSeries(d.bm, cfg.Rules)
+	d.logWarnings(cfg)
 	d.reloadOK.Set(1)
 	d.reloadOKTime.SetToCurrentTime()
 	return d, nil
 }
 
+func (d *Daemon) authProbeInterval() time.Duration {
+	if d.opts.AuthProbeInterval > 0 {
+		return d.opts.AuthProbeInterval
+	}
+	return DefaultAuthProbeInterval
+}
+
 func settingsOf(cfg *config.Config) breaker.Settings {
 	return breaker.Settings{Instance: cfg.Instance, PublicURL: cfg.Server.PublicURL, Rules: cfg.Rules, CallbackAuth: callbackAuthOf(cfg),
-		DryRun: cfg.DryRun}
+		DryRun: cfg.DryRun, MaxDeletes: cfg.Reconcile.MaxDeletes, AllowDisarm: cfg.AllowDisarm}
 }
 
 func (d *Daemon) registerOwnMetrics() {
@@ -245,6 +256,10 @@ func (d *Daemon) Listen() error {
 // ShutdownTimeout; unfinished actions stay pending for the next start), and
 // closes the state. It returns nil after a clean shutdown.
 func (d *Daemon) Run(ctx context.Context) error {
+	if err := d.checkTwilioAuth(ctx); err != nil {
+		d.st.Close()
+		return err
+	}
 	if err := d.Listen(); err != nil {
 		d.st.Close()
 		return err
@@ -306,6 +321,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.opts.WatchInterval > 0 {
 		wg.Add(1)
 		go func() { defer wg.Done(); d.watchLoop(runCtx, d.opts.WatchInterval) }()
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); d.authProbeLoop(runCtx, d.authProbeInterval()) }()
+	if d.edge.certs != nil {
+		// The certificate files are checked in the background too, so a
+		// broken rotation shows in the metric and the log before a client
+		// connects (Twilio rarely does).
+		wg.Add(1)
+		go func() { defer wg.Done(); d.edge.certs.watch(runCtx) }()
 	}
 	d.cron.Start()
 
@@ -426,6 +450,9 @@ func (d *Daemon) Reload() error {
 	if err == nil {
 		err = reloadable(old, cfg)
 	}
+	if err == nil {
+		err = d.disarmable(cfg)
+	}
 	var settings breaker.Settings
 	if err == nil {
 		settings, err = d.fullSettings(cfg)
@@ -457,10 +484,32 @@ func (d *Daemon) Reload() error {
 	primeRuleSeries(d.bm, cfg.Rules)
 	d.reloadOK.Set(1)
 	d.reloadOKTime.SetToCurrentTime()
+	d.logWarnings(cfg)
 	d.log.Info("config reloaded", "rules", cfg.Rules.Len(), "dry_run", cfg.DryRun)
 	d.logDryRun(old, cfg)
 	d.RequestReconcile()
 	return nil
+}
+
+// disarmable rejects a reloaded rule set that matches none of the active
+// subaccounts (as of the last listing), unless allow_disarm is set: its
+// reconcile would delete every owned trigger.
+func (d *Daemon) disarmable(cfg *config.Config) error {
+	if cfg.AllowDisarm {
+		return nil
+	}
+	if disarm, active, owned := d.br.WouldDisarm(cfg.Rules); disarm {
+		return fmt.Errorf("the new rules match none of the %d active subaccounts: the reconcile would delete the %d triggers "+
+			"this instance owns (as of the last reconcile) and guard nothing; set allow_disarm: true to disarm on purpose", active, owned)
+	}
+	return nil
+}
+
+// logWarnings logs the config's warnings (rules that can match nothing).
+func (d *Daemon) logWarnings(cfg *config.Config) {
+	for _, w := range cfg.Warnings {
+		d.log.Warn(w.Msg, "file", w.File, "line", w.Line)
+	}
 }
 
 // reloadable rejects changes that a reload cannot apply safely.

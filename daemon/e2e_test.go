@@ -64,6 +64,7 @@ type env struct {
 	runErr   chan error
 	logs     *syncBuffer
 	accounts map[string]twiliosim.Account // by friendly name
+	options  func(*daemon.Options)        // set by a setup func: more daemon options
 }
 
 type syncBuffer struct {
@@ -139,8 +140,12 @@ admin:
 	e.writeRules(ruleText)
 
 	log := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	d, err := daemon.New(context.Background(), daemon.Options{ConfigPath: e.cfgPath, Logger: log,
-		CallbackListener: cbLn, AdminListener: adminLn, ShutdownTimeout: 5 * time.Second})
+	opts := daemon.Options{ConfigPath: e.cfgPath, Logger: log,
+		CallbackListener: cbLn, AdminListener: adminLn, ShutdownTimeout: 5 * time.Second}
+	if e.options != nil {
+		e.options(&opts)
+	}
+	d, err := daemon.New(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,6 +181,27 @@ func (e *env) stop() {
 func (e *env) writeRules(text string) {
 	if err := os.WriteFile(filepath.Join(e.dir, "rules", "main.yaml"), []byte(text), 0o644); err != nil {
 		e.t.Fatal(err)
+	}
+}
+
+// waitForSamples polls /metrics until every sample in want starts a line
+// (so a HELP text never matches), and returns those still missing when the
+// wait runs out.
+func (e *env) waitForSamples(want []string) (missing []string) {
+	e.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		_, m := e.get("/metrics", false)
+		missing = missing[:0]
+		for _, w := range want {
+			if !strings.Contains("\n"+m, "\n"+w) {
+				missing = append(missing, w)
+			}
+		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			return missing
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -535,7 +561,7 @@ func TestEndToEnd(t *testing.T) {
 		if code != 500 || !strings.Contains(body, "main.yaml:9: rule \"spend-daily\": threshold") {
 			t.Fatalf("bad reload: %d %s", code, body)
 		}
-		if _, m := e.get("/metrics", false); !strings.Contains(m, "usagebreaker_config_last_reload_successful 0") {
+		if e.metric("usagebreaker_config_last_reload_successful") != 0 { // the sample line, not the HELP text
 			t.Error("reload gauge not 0 after a rejected reload")
 		}
 		e.writeRules(strings.Replace(e2eRules, "threshold: \"50\"", "threshold: \"75\"", 1))
@@ -577,14 +603,16 @@ func TestEndToEnd(t *testing.T) {
 				t.Errorf("%s has %d spend-daily triggers", a.FriendlyName, n)
 			}
 		}
-		if _, m := e.get("/metrics", false); !strings.Contains(m, "usagebreaker_config_last_reload_successful 1") {
+		if e.metric("usagebreaker_config_last_reload_successful") != 1 { // the HELP text says "..._successful 1 if"
 			t.Error("reload gauge not back to 1")
 		}
 	})
 
 	t.Run("metrics", func(t *testing.T) {
-		_, m := e.get("/metrics", false)
-		for _, name := range []string{
+		// Counters move after what the earlier parts waited for (a suspension
+		// is counted once recorded, after Twilio's answer; actions_pending is
+		// read from the store every second): wait for the samples themselves.
+		for _, name := range e.waitForSamples([]string{
 			`usagebreaker_callbacks_total{outcome="accepted"}`, `usagebreaker_callbacks_total{outcome="duplicate"} 4`,
 			`usagebreaker_callbacks_total{outcome="bad_signature"}`,
 			`usagebreaker_suspensions_total{outcome="suspended",rule="spend-daily"} 1`,
@@ -597,16 +625,14 @@ func TestEndToEnd(t *testing.T) {
 			"usagebreaker_actions_pending 0",
 			// The one suspension, timed from its callback's receipt to its write.
 			"usagebreaker_callback_to_suspend_write_seconds_count 1",
-		} {
-			if !strings.Contains(m, name) {
-				t.Errorf("/metrics lacks %s", name)
-			}
+		}) {
+			t.Errorf("/metrics lacks %s", name)
 		}
 		// The same measure is on the suspension's log line, with Twilio's share.
 		if l := e.logs.String(); !strings.Contains(l, `"receipt_to_write":`) || !strings.Contains(l, `"twilio_wait":`) {
 			t.Error(`no "incident handled" line carries receipt_to_write and twilio_wait`)
 		}
-		if strings.Contains(m, "AC") && strings.Contains(m, e.accounts["tenant-07"].SID) {
+		if _, m := e.get("/metrics", false); strings.Contains(m, e.accounts["tenant-07"].SID) {
 			t.Error("a metric label carries a subaccount SID")
 		}
 	})

@@ -116,6 +116,14 @@ const (
 
 func startSecureEnv(t *testing.T, names []string, ruleText string, limit webhook.RejectLimit) *secureEnv {
 	t.Helper()
+	return startSecureEnvTLS(t, names, ruleText, limit, -1)
+}
+
+// startSecureEnvTLS is startSecureEnv with the certificate files checked
+// every tlsInterval (negative: on every handshake, and every
+// DefaultTLSCheckInterval in the background).
+func startSecureEnvTLS(t *testing.T, names []string, ruleText string, limit webhook.RejectLimit, tlsInterval time.Duration) *secureEnv {
+	t.Helper()
 	se := &secureEnv{ca: newTestCA(t), simLogs: &syncBuffer{}, password: password1, secrets: map[string]string{}}
 	e := &env{t: t, dir: t.TempDir(), logs: &syncBuffer{}, accounts: map[string]twiliosim.Account{}}
 	se.env = e
@@ -194,7 +202,7 @@ admin:
 	log := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	d, err := daemon.New(context.Background(), daemon.Options{ConfigPath: e.cfgPath, Logger: log,
 		CallbackListener: cbLn, AdminListener: adminLn, ShutdownTimeout: 5 * time.Second,
-		TLSCheckInterval: -1, RejectLimit: limit, CallbackAuthGrace: -1})
+		TLSCheckInterval: tlsInterval, RejectLimit: limit, CallbackAuthGrace: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -400,7 +408,7 @@ func TestSecureEndToEnd(t *testing.T) {
 		se.waitFor("the broken pair noticed", func() bool {
 			se.servedSerial()
 			_, m := se.get("/metrics", false)
-			return strings.Contains(m, "usagebreaker_tls_certificate_last_reload_successful 0")
+			return strings.Contains(m, "\nusagebreaker_tls_certificate_last_reload_successful 0\n")
 		})
 		if s := se.servedSerial(); s != 1001 {
 			t.Fatalf("serving serial %d after a broken rotation", s)
@@ -409,8 +417,11 @@ func TestSecureEndToEnd(t *testing.T) {
 		writeAtomic(t, filepath.Join(se.dir, "tls", "tls.key"), keyPEM)
 		writeAtomic(t, filepath.Join(se.dir, "tls", "tls.crt"), certPEM)
 		se.waitFor("the new certificate served", func() bool { return se.servedSerial() == 1003 })
+		se.waitFor("the metric says so", func() bool {
+			return se.metric("usagebreaker_tls_certificate_last_reload_successful") == 1
+		})
 		_, m := se.get("/metrics", false)
-		if !strings.Contains(m, "usagebreaker_tls_certificate_last_reload_successful 1") ||
+		if se.metric("usagebreaker_tls_certificate_last_reload_successful") != 1 || // the sample, not the HELP text
 			!strings.Contains(m, fmt.Sprintf("usagebreaker_tls_certificate_expiry_timestamp_seconds %g", float64(time.Date(2031, 1, 2, 3, 4, 5, 0, time.UTC).Unix()))) {
 			t.Errorf("TLS metrics:\n%s", grepLines(m, "usagebreaker_tls_"))
 		}
@@ -432,12 +443,11 @@ func TestSecureEndToEnd(t *testing.T) {
 		if code, body := se.post(se.admin, "/-/reload", nil, nil); code != 200 {
 			t.Fatalf("reload: %d %s", code, body)
 		}
-		// Suspended tenants (a, b) are left as they are, so their triggers keep
-		// the old URL until they are reactivated.
-		suspended := func(k string) bool { return strings.HasPrefix(k, "tenant-a/") || strings.HasPrefix(k, "tenant-b/") }
+		// Suspended tenants (a, b) get the new URL too (issue 14.2): else,
+		// reactivated after the grace period, their callbacks would get 401.
 		se.waitFor("URLs re-registered", func() bool {
-			for k, tr := range se.owned() {
-				if !suspended(k) && !strings.Contains(tr.CallbackURL, ":"+password2+"@") {
+			for _, tr := range se.owned() {
+				if !strings.Contains(tr.CallbackURL, ":"+password2+"@") {
 					return false
 				}
 			}
@@ -453,15 +463,9 @@ func TestSecureEndToEnd(t *testing.T) {
 			}
 		}
 		now := se.state().Requests
-		active := 0
-		for k := range after {
-			if !suspended(k) {
-				active++
-			}
-		}
 		if now["triggers.create"] != reqs["triggers.create"] || now["triggers.delete"] != reqs["triggers.delete"] ||
-			now["triggers.update"]-reqs["triggers.update"] != active {
-			t.Errorf("requests before %v, after %v (want %d updates, no create or delete)", reqs, now, active)
+			now["triggers.update"]-reqs["triggers.update"] != len(after) {
+			t.Errorf("requests before %v, after %v (want %d updates, no create or delete)", reqs, now, len(after))
 		}
 		// The old password stops working once every trigger has the new one.
 		se.waitFor("the old password refused", func() bool { return se.replayAs(trip, "twilio", password1) == 401 })
@@ -551,11 +555,8 @@ func TestSecureEndToEnd(t *testing.T) {
 		if ds := se.wait(f); ds[len(ds)-1].Status != 200 {
 			t.Fatalf("a real callback during the flood: %+v", ds)
 		}
-		_, m := se.get("/metrics", false)
-		for _, want := range []string{`usagebreaker_callbacks_total{outcome="unauthorized"}`, `usagebreaker_callbacks_total{outcome="rate_limited"}`} {
-			if !strings.Contains(m, want) {
-				t.Errorf("/metrics lacks %s", want)
-			}
+		for _, want := range se.waitForSamples([]string{`usagebreaker_callbacks_total{outcome="unauthorized"}`, `usagebreaker_callbacks_total{outcome="rate_limited"}`}) {
+			t.Errorf("/metrics lacks %s", want)
 		}
 	})
 
@@ -606,4 +607,30 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// Issue 14.1: the certificate files are checked in the background, so a
+// broken rotation shows in the metric (and the log) although no client
+// connects.
+func TestTLSBrokenRotationNoticedWithoutAConnection(t *testing.T) {
+	se := startSecureEnvTLS(t, []string{"tenant-a"}, secRules, webhook.RejectLimit{}, 20*time.Millisecond)
+	_, otherKey := se.ca.leaf(t, 1002, time.Now().Add(48*time.Hour))
+	writeAtomic(t, filepath.Join(se.dir, "tls", "tls.key"), otherKey)
+	se.waitFor("the broken pair noticed with no connection", func() bool {
+		_, m := se.get("/metrics", false)
+		return strings.Contains(m, "\nusagebreaker_tls_certificate_last_reload_successful 0\n")
+	})
+	se.waitFor("the broken rotation logged", func() bool {
+		return strings.Contains(se.logs.String(), "TLS certificate files changed but cannot be used")
+	})
+	certPEM, keyPEM := se.ca.leaf(t, 1003, time.Now().Add(72*time.Hour))
+	writeAtomic(t, filepath.Join(se.dir, "tls", "tls.key"), keyPEM)
+	writeAtomic(t, filepath.Join(se.dir, "tls", "tls.crt"), certPEM)
+	// e.metric reads the sample line (the HELP text also says "..._successful 1 if").
+	se.waitFor("the good pair noticed with no connection", func() bool {
+		return se.metric("usagebreaker_tls_certificate_last_reload_successful") == 1
+	})
+	if s := se.servedSerial(); s != 1003 {
+		t.Fatalf("serving serial %d", s)
+	}
 }

@@ -39,6 +39,7 @@ type certReloader struct {
 	expiry prometheus.Gauge
 	lastOK prometheus.Gauge
 
+	checkMu  sync.Mutex // one check at a time (the background watch and a handshake)
 	mu       sync.Mutex
 	cert     *tls.Certificate
 	sum      [sha256.Size]byte // of the files the served pair came from
@@ -103,6 +104,10 @@ func (c *certReloader) watch(ctx context.Context) {
 // check reads the files and swaps in the pair if it changed and is usable.
 // The first check's error is returned (a start with an unusable pair fails).
 func (c *certReloader) check(now time.Time) error {
+	// Serialised: a check that read the files before another swapped in a
+	// new pair must not then mark the metric with its stale outcome.
+	c.checkMu.Lock()
+	defer c.checkMu.Unlock()
 	paths := c.paths()
 	err := c.reload(paths, now)
 	c.mu.Lock()

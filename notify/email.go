@@ -81,6 +81,10 @@ func (n *email) Send(ctx context.Context, ev *Event, _ *Progress) error {
 		return err
 	}
 	subject, err := execute(n.subject, ev)
+	if ev.Kind == KindDeletes {
+		// The held-deletions page has no incident for a custom subject to name.
+		subject, err = ev.Headline, nil
+	}
 	if err != nil {
 		return Permanent(fmt.Errorf("render subject: %w", err))
 	}

@@ -118,13 +118,14 @@ func newWebhook(b base, s Spec, deps Deps) (Notifier, error) {
 // Payload is the JSON body of a webhook notification.
 type Payload struct {
 	ID       string           `json:"id"`   // Event.ID, also in X-Usagebreaker-Delivery
-	Type     string           `json:"type"` // incident | guard
+	Type     string           `json:"type"` // incident | guard | deletes
 	Instance string           `json:"instance"`
 	Time     time.Time        `json:"time"`
 	Headline string           `json:"headline"`
 	Text     string           `json:"text"` // the rendered template
 	Incident *PayloadIncident `json:"incident"`
 	Guard    *PayloadGuard    `json:"guard,omitempty"`
+	Deletes  *PayloadDeletes  `json:"deletes,omitempty"`
 }
 
 // PayloadIncident is Incident in a webhook body.
@@ -160,8 +161,18 @@ type PayloadGuard struct {
 	Release        string `json:"release"`
 }
 
+// PayloadDeletes is Deletes in a webhook body.
+type PayloadDeletes struct {
+	Held       int      `json:"held"`
+	MaxDeletes int      `json:"max_deletes"`
+	Rules      []string `json:"rules"`
+	Why        string   `json:"why"`
+	Release    string   `json:"release"`
+}
+
 // NewPayload is the webhook body for ev with its rendered text.
 func NewPayload(ev *Event, text string) Payload {
+	ev = tidy(ev)
 	p := Payload{ID: ev.ID, Type: ev.Kind, Instance: ev.Instance, Time: ev.At.UTC(), Headline: ev.Headline, Text: text}
 	if i := ev.Incident; i != nil {
 		p.Incident = &PayloadIncident{ID: i.ID, Rule: i.Rule, RuleDescription: i.RuleDescription, AccountSID: i.AccountSID,
@@ -173,6 +184,9 @@ func NewPayload(ev *Event, text string) Payload {
 	if g := ev.Guard; g != nil {
 		p.Guard = &PayloadGuard{MaxSuspensions: g.MaxSuspensions, Window: g.Window.String(), Suspended: g.Suspended,
 			Held: g.Held, Release: g.Release}
+	}
+	if dl := ev.Deletes; dl != nil {
+		p.Deletes = &PayloadDeletes{Held: dl.Held, MaxDeletes: dl.MaxDeletes, Rules: dl.Rules, Why: dl.Why, Release: dl.Release}
 	}
 	return p
 }

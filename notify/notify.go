@@ -36,6 +36,7 @@ var Types = []string{TypeTwilioSMS, TypeSlack, TypeWebhook, TypeEmail}
 const (
 	KindIncident = "incident" // a trip and what was done about it
 	KindGuard    = "guard"    // the guard started holding suspensions
+	KindDeletes  = "deletes"  // a reconcile held trigger deletions (reconcile.max_deletes, allow_disarm)
 )
 
 // Event is what a notification is about. Templates see it as "." (see
@@ -48,6 +49,16 @@ type Event struct {
 	Headline string    // one line: what happened, to whom
 	Incident *Incident // the incident (for a guard event: the first held one)
 	Guard    *Guard    // nil unless Kind is KindGuard
+	Deletes  *Deletes  // nil unless Kind is KindDeletes
+}
+
+// Deletes says which trigger deletions a reconcile held, for a deletes event.
+type Deletes struct {
+	Held       int      // owned triggers the reconcile would delete
+	MaxDeletes int      // reconcile.max_deletes
+	Rules      []string // the rules whose triggers would go (no longer wanted, or matching fewer subaccounts)
+	Why        string   // what held them
+	Release    string   // how to let them go
 }
 
 // Incident is an incident as notifications show it.

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"text/template"
 	"time"
+
+	"github.com/usagebreaker/usagebreaker/internal/decimal"
 )
 
 // The default messages. Every notifier type but twilio_sms uses the long
@@ -35,6 +37,18 @@ When:        {{utc .At}}`
 
 	DefaultSMSGuardTemplate = `{{.Headline}}: {{.Guard.Suspended}} suspensions in {{.Guard.Window}} reached the limit ({{.Guard.MaxSuspensions}}); further suspensions are HELD ({{.Guard.Held}} now). First: {{.Incident.AccountName}} ({{.Incident.AccountSID}}), rule {{.Incident.Rule}}. Review: usagebreaker incidents. Release: {{.Guard.Release}}`
 
+	// DefaultDeletesTemplate is the page about held trigger deletions (every
+	// notifier; not configurable).
+	DefaultDeletesTemplate = `{{.Headline}}
+A reconcile would delete {{.Deletes.Held}} owned usage trigger(s), which would leave subaccounts unguarded: {{.Deletes.Why}}.
+The deletions are HELD; everything else was reconciled. This is the only page until they are released.
+Rules:       {{range $i, $r := .Deletes.Rules}}{{if $i}}, {{end}}{{$r}}{{end}}
+If intended: {{.Deletes.Release}}
+Otherwise:   fix the rules or the subaccounts, then reload
+When:        {{utc .At}}`
+
+	DefaultSMSDeletesTemplate = `{{.Headline}}: a reconcile would delete {{.Deletes.Held}} triggers ({{.Deletes.Why}}); HELD. Rules: {{range $i, $r := .Deletes.Rules}}{{if $i}}, {{end}}{{$r}}{{end}}. If intended: {{.Deletes.Release}}`
+
 	// DefaultSubject is the e-mail subject.
 	DefaultSubject = `{{.Headline}}`
 )
@@ -48,13 +62,13 @@ var Funcs = template.FuncMap{
 }
 
 type templates struct {
-	incident, guard *template.Template
+	incident, guard, deletes *template.Template
 }
 
 func newTemplates(typ, incident, guard string) (*templates, error) {
-	defInc, defGuard := DefaultIncidentTemplate, DefaultGuardTemplate
+	defInc, defGuard, defDeletes := DefaultIncidentTemplate, DefaultGuardTemplate, DefaultDeletesTemplate
 	if typ == TypeTwilioSMS {
-		defInc, defGuard = DefaultSMSIncidentTemplate, DefaultSMSGuardTemplate
+		defInc, defGuard, defDeletes = DefaultSMSIncidentTemplate, DefaultSMSGuardTemplate, DefaultSMSDeletesTemplate
 	}
 	var (
 		t   templates
@@ -64,6 +78,9 @@ func newTemplates(typ, incident, guard string) (*templates, error) {
 		return nil, err
 	}
 	if t.guard, err = Parse("guard_template", or(guard, defGuard)); err != nil {
+		return nil, err
+	}
+	if t.deletes, err = Parse("deletes", defDeletes); err != nil {
 		return nil, err
 	}
 	return &t, nil
@@ -128,6 +145,9 @@ func Headline(ev *Event) string {
 	if ev.Kind == KindGuard {
 		return prefix + ": GUARD TRIPPED, suspensions held"
 	}
+	if ev.Kind == KindDeletes {
+		return prefix + ": TRIGGER DELETIONS HELD"
+	}
 	inc := ev.Incident
 	if inc == nil {
 		return prefix
@@ -146,6 +166,19 @@ func Headline(ev *Event) string {
 	return fmt.Sprintf("%s: %s %s (%s), rule %s", prefix, what, inc.AccountName, inc.AccountSID, inc.Rule)
 }
 
+// tidy returns ev with the incident's value and threshold as a rule writes
+// them ("5", "50.01"), not as Twilio echoes them ("5.000000"); ev itself is
+// not changed.
+func tidy(ev *Event) *Event {
+	if ev == nil || ev.Incident == nil {
+		return ev
+	}
+	cp, inc := *ev, *ev.Incident
+	inc.Value, inc.Threshold = decimal.Tidy(inc.Value), decimal.Tidy(inc.Threshold)
+	cp.Incident = &inc
+	return &cp
+}
+
 func execute(t *template.Template, ev *Event) (string, error) {
 	var b strings.Builder
 	if err := t.Execute(&b, ev); err != nil {
@@ -156,9 +189,13 @@ func execute(t *template.Template, ev *Event) (string, error) {
 
 // text renders the event's message.
 func (b base) text(ev *Event) (string, error) {
+	ev = tidy(ev)
 	t := b.tmpl.incident
-	if ev.Kind == KindGuard {
+	switch ev.Kind {
+	case KindGuard:
 		t = b.tmpl.guard
+	case KindDeletes:
+		t = b.tmpl.deletes
 	}
 	s, err := execute(t, ev)
 	if err != nil {

@@ -48,7 +48,7 @@ const MaxFriendlyName = 64
 
 var (
 	ruleKeys = []string{"name", "description", "accounts", "usage_category", "trigger_by", "recurring", "threshold", "action", "dry_run",
-		"notify", "end_calls", "reactivate", "rearm_allowance"}
+		"notify", "end_calls", "reactivate", "rearm_allowance", "unlisted_category"}
 	futureRuleKeys []string
 	accountsKeys   = []string{"include", "exclude"}
 
@@ -317,9 +317,13 @@ func parseRule(d *strict.Decoder, it strict.Value, idx int) (parsed, bool) {
 	}
 
 	catV := m.Get("usage_category")
+	unlisted := false
+	if b, ok := d.Bool(m.Get("unlisted_category")); ok {
+		unlisted = b
+	}
 	if s, ok := d.String(catV); ok {
 		r.UsageCategory = s
-		checkCategory(d, catV, s)
+		checkCategory(d, catV, s, unlisted)
 	} else if !catV.Present() {
 		d.Required(catV)
 	}
@@ -420,7 +424,10 @@ func entries(d *strict.Decoder, v strict.Value) ([]string, int) {
 	return out, len(items)
 }
 
-func checkCategory(d *strict.Decoder, v strict.Value, s string) {
+// checkCategory checks a usage_category against Twilio's list (categories.go).
+// With unlisted_category: true (a category Twilio added after the list was
+// written) only its form is checked: Twilio no longer publishes the list.
+func checkCategory(d *strict.Decoder, v strict.Value, s string, unlisted bool) {
 	if !categoryRE.MatchString(s) {
 		hint := ""
 		norm := strings.NewReplacer("_", "-", " ", "-").Replace(strings.ToLower(s))
@@ -432,13 +439,14 @@ func checkCategory(d *strict.Decoder, v strict.Value, s string) {
 		d.Errorf(v, "%q is not a usage category name (lower-case letters, digits and \"-\")%s", s, hint)
 		return
 	}
-	if IsUsageCategory(s) {
+	if unlisted || IsUsageCategory(s) {
 		return
 	}
 	if sg := strict.Suggest(s, usageCategories); sg != "" {
 		d.ErrorfAt(v.Line, v, "unknown usage_category %q (did you mean %q?)", s, sg)
 	} else {
-		d.ErrorfAt(v.Line, v, "unknown usage_category %q", s)
+		d.ErrorfAt(v.Line, v, "unknown usage_category %q: not in usagebreaker's list of Twilio's categories; "+
+			"if Twilio added it since, set unlisted_category: true on the rule", s)
 	}
 }
 

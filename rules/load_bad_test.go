@@ -40,7 +40,7 @@ var badRules = map[string]string{
 	"exclude-bad-sid.yaml":             `testdata/bad/exclude-bad-sid.yaml:7: rule "sms-spend-daily": accounts.exclude[1]: "AC0123456789abcdef0123456789abcdef0" looks like an account SID but is not AC followed by 32 hex digits`,
 	"category-missing.yaml":            `testdata/bad/category-missing.yaml:2: rule "sms-spend-daily": usage_category is required`,
 	"category-typo.yaml":               `testdata/bad/category-typo.yaml:5: rule "sms-spend-daily": unknown usage_category "totalprices" (did you mean "totalprice"?)`,
-	"category-unknown.yaml":            `testdata/bad/category-unknown.yaml:5: rule "sms-spend-daily": unknown usage_category "frobnication"`,
+	"category-unknown.yaml":            `testdata/bad/category-unknown.yaml:5: rule "sms-spend-daily": unknown usage_category "frobnication": not in usagebreaker's list of Twilio's categories; if Twilio added it since, set unlisted_category: true on the rule`,
 	"category-syntax.yaml":             `testdata/bad/category-syntax.yaml:5: rule "sms-spend-daily": usage_category: "SMS_Outbound" is not a usage category name (lower-case letters, digits and "-") (did you mean "sms-outbound"?)`,
 	"trigger-by-bad.yaml":              `testdata/bad/trigger-by-bad.yaml:6: rule "sms-spend-daily": trigger_by: "cost" must be one of count, usage, price`,
 	"trigger-by-count-totalprice.yaml": `testdata/bad/trigger-by-count-totalprice.yaml:6: rule "sms-spend-daily": trigger_by: count never fires for usage_category totalprice (it has no count); use price`,

@@ -430,3 +430,31 @@ func FuzzLoadRules(f *testing.F) {
 		NewSet(rs).Checksum()
 	})
 }
+
+// Issue 14.15: Twilio keeps adding usage categories and no longer publishes
+// the list. A typo still gets its did-you-mean; a category newer than the
+// list is usable with unlisted_category: true (its form is still checked).
+func TestUnlistedUsageCategory(t *testing.T) {
+	rule := func(cat, extra string) string {
+		return "rules:\n  - name: a\n    accounts: {include: [\"*\"]}\n    usage_category: " + cat +
+			"\n    trigger_by: count\n    recurring: daily\n    threshold: 1\n    action: suspend\n" + extra
+	}
+	if _, err := Parse("r.yaml", []byte(rule("sms-brand-new-2027", ""))); err == nil ||
+		!strings.Contains(err.Error(), "r.yaml:4:") || !strings.Contains(err.Error(), "unlisted_category: true") {
+		t.Errorf("an unknown category: %v", err)
+	}
+	if _, err := Parse("r.yaml", []byte(rule("totalprices", ""))); err == nil || !strings.Contains(err.Error(), `did you mean "totalprice"?`) {
+		t.Errorf("a typo: %v", err)
+	}
+	s, err := Parse("r.yaml", []byte(rule("sms-brand-new-2027", "    unlisted_category: true\n")))
+	if err != nil || s[0].UsageCategory != "sms-brand-new-2027" {
+		t.Fatalf("unlisted_category: true: %v", err)
+	}
+	if _, err := Parse("r.yaml", []byte(rule("SMS_New", "    unlisted_category: true\n"))); err == nil ||
+		!strings.Contains(err.Error(), "is not a usage category name") {
+		t.Errorf("unlisted_category does not skip the form check: %v", err)
+	}
+	if _, err := Parse("r.yaml", []byte(rule("sms", "    unlisted_category: true\n"))); err != nil {
+		t.Errorf("a listed category with unlisted_category: true: %v", err)
+	}
+}

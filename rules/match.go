@@ -53,6 +53,11 @@ func compileEntry(s string) (entry, error) {
 		}
 		return entry{sid: "AC" + strings.ToLower(s[2:])}, nil
 	}
+	if isLowerSIDLike(s) {
+		// "ac0123..." would be a glob on friendly names that matches no
+		// subaccount: a SID typed in the wrong case.
+		return entry{}, errSIDLike
+	}
 	g, err := compileGlob(s)
 	if err != nil {
 		return entry{}, err
@@ -63,6 +68,21 @@ func compileEntry(s string) (entry, error) {
 // isHexAfterAC reports whether s is "AC" followed by one or more hex digits.
 func isHexAfterAC(s string) bool {
 	if len(s) < 3 || !strings.HasPrefix(s, "AC") {
+		return false
+	}
+	for i := 2; i < len(s); i++ {
+		if !isHex(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// isLowerSIDLike reports an entry that starts with "ac" (any case but "AC")
+// followed by at least 16 hex digits and nothing else: a SID in the wrong
+// case, not a friendly name.
+func isLowerSIDLike(s string) bool {
+	if len(s) < 18 || strings.HasPrefix(s, "AC") || !strings.EqualFold(s[:2], "ac") {
 		return false
 	}
 	for i := 2; i < len(s); i++ {
@@ -282,4 +302,44 @@ func (r *Rule) Matches(sid, friendlyName string) bool {
 		}
 	}
 	return true
+}
+
+// MatchesNothing reports a rule that can match no subaccount whatever the
+// subaccounts are called: its exclude has "*", or every include entry is an
+// exact name or SID that an exclude entry also matches. why says which.
+// (A rule that matches none of the subaccounts there are now is found by the
+// reconcile, which knows them.)
+func (r *Rule) MatchesNothing() (bool, string) {
+	for _, e := range r.Exclude {
+		if e == "*" {
+			return true, `exclude has "*", which matches every subaccount`
+		}
+	}
+	c := r.compiled
+	if c == nil {
+		var err error
+		if c, err = compileEntries(r.Include, r.Exclude); err != nil {
+			return false, ""
+		}
+	}
+	for i, inc := range r.Include {
+		if strings.ContainsAny(inc, "*?[") {
+			return false, "" // a glob: some name may get past the excludes
+		}
+		sid, name := "", inc
+		if c.include[i].sid != "" {
+			sid, name = c.include[i].sid, ""
+		}
+		excluded := false
+		for j := range c.exclude {
+			if c.exclude[j].match(sid, name) {
+				excluded = true
+				break
+			}
+		}
+		if !excluded {
+			return false, ""
+		}
+	}
+	return len(r.Include) > 0, "every include entry is also excluded"
 }

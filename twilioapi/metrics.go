@@ -12,6 +12,7 @@ import (
 type metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	authOK   prometheus.Gauge // 0 after a 401 (parent credentials refused), 1 after a 2xx
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -25,7 +26,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Duration of HTTP attempts at the Twilio REST API until the response headers arrived, by operation.",
 			Buckets: prometheus.DefBuckets,
 		}, []string{"operation"}),
+		authOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "usagebreaker_twilio_auth_ok",
+			Help: "1 while Twilio accepts the parent credentials (twilio.account_sid, twilio.auth_token); 0 since an answer was 401, until one succeeds.",
+		}),
 	}
+	m.authOK.Set(1)
 	if reg == nil {
 		return m, nil
 	}
@@ -34,6 +40,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, err
 	}
 	if m.duration, err = register(reg, m.duration); err != nil {
+		return nil, err
+	}
+	if m.authOK, err = register(reg, m.authOK); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -57,4 +66,10 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error)
 func (m *metrics) observe(op, code string, d time.Duration) {
 	m.requests.WithLabelValues(op, code).Inc()
 	m.duration.WithLabelValues(op).Observe(d.Seconds())
+	switch {
+	case code == "401":
+		m.authOK.Set(0)
+	case len(code) == 3 && code[0] == '2':
+		m.authOK.Set(1)
+	}
 }

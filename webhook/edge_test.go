@@ -386,3 +386,23 @@ func TestEdgeLoopbackNotLimited(t *testing.T) {
 		t.Fatalf("valid callback through the local proxy: %d", w.Code)
 	}
 }
+
+// Issue 14.3: a flood of unknown AccountSids past the lookup budget counts
+// toward the per-client limit on rejected requests.
+func TestEdgeRateLimitsUnknownAccountsPastTheLookupBudget(t *testing.T) {
+	f := newEdgeFixture(AuthPolicy{}, RejectLimit{Burst: 3, Every: time.Minute, MaxClients: 100})
+	f.fb.lookupErr = breaker.ErrLookupLimited
+	forged := signed("made-up", path, firing(acctA))
+	attacker := "198.51.100.9:4000"
+	for i := 0; i < 3; i++ {
+		if w := f.send(forged, attacker, "", ""); w.Code != 403 {
+			t.Fatalf("forged %d: %d", i, w.Code)
+		}
+	}
+	if w := f.send(forged, attacker, "", ""); w.Code != 429 {
+		t.Fatalf("after the burst: %d", w.Code)
+	}
+	if f.outcome(breaker.OutcomeUnknownAccount) != 3 || f.outcome(breaker.OutcomeError) != 0 {
+		t.Errorf("unknown_account %v, error %v", f.outcome(breaker.OutcomeUnknownAccount), f.outcome(breaker.OutcomeError))
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/usagebreaker/usagebreaker/breaker"
@@ -39,6 +40,7 @@ type Handler struct {
 	m       *breaker.Metrics
 	timeout time.Duration // for recording a firing
 	rejects rejectLog     // rejected callbacks are logged by sample (logsample.go)
+	urls    urlMismatch   // Twilio-shaped callbacks failing verification (public_url wrong?)
 }
 
 // New returns the callback handler. Mount it at rules.CallbackPathPrefix.
@@ -137,7 +139,13 @@ func (h *Handler) handle(w http.ResponseWriter, r *http.Request, arrived time.Ti
 	case errors.Is(err, breaker.ErrNotSubaccount):
 		return answer{http.StatusForbidden, breaker.OutcomeUnknownAccount, "not a subaccount of this parent account", attrs}
 	case errors.Is(err, breaker.ErrLookupLimited):
-		return answer{http.StatusServiceUnavailable, breaker.OutcomeError, "unknown account; try again later", attrs}
+		// Not in the cache, and the lookup budget is spent (a flood of made-up
+		// SIDs): as unknown as one looked up. A 403, not a 503: a forgery is
+		// not a failure to record (it must not page), and it counts against
+		// the client's limit on rejected requests. A subaccount created since
+		// the last listing is found by the next poll.
+		return answer{http.StatusForbidden, breaker.OutcomeUnknownAccount, "not a known subaccount of this parent account",
+			append(attrs, "lookup", "rate-limited")}
 	case err != nil:
 		return answer{http.StatusServiceUnavailable, breaker.OutcomeError, "cannot look up the account now", append(attrs, "err", err)}
 	}
@@ -154,10 +162,16 @@ func (h *Handler) handle(w http.ResponseWriter, r *http.Request, arrived time.Ti
 		// The subaccount's token may have been rotated: re-fetch it (rate-limited).
 		fresh, changed := h.b.RefreshAccount(r.Context(), sid)
 		if !changed || !validRequestSignature(fresh.AuthToken, r, signedURL, body, sig) {
-			return answer{http.StatusForbidden, breaker.OutcomeBadSignature, "invalid X-Twilio-Signature", attrs}
+			checked := withoutCredentials(signedURL)
+			if twilioShaped(r, form) {
+				h.urls.failed(r.Context(), h.log, arrived, checked, requestHost(r))
+			}
+			return answer{http.StatusForbidden, breaker.OutcomeBadSignature, "invalid X-Twilio-Signature",
+				append(attrs, "checked_url", checked)}
 		}
 		acct = fresh
 	}
+	h.urls.verified()
 
 	rule := h.b.Rule(ruleName)
 	if rule == nil {
@@ -196,4 +210,79 @@ func (h *Handler) handle(w http.ResponseWriter, r *http.Request, arrived time.Ti
 		return answer{http.StatusOK, breaker.OutcomeDuplicate, "ok (already recorded)", attrs}
 	}
 	return answer{http.StatusOK, breaker.OutcomeAccepted, "ok", attrs}
+}
+
+// A wrong server.public_url looks like an attack: every genuine callback gets
+// 403 "invalid X-Twilio-Signature". When callbacks that look like Twilio's
+// (its user agent, every field, a known subaccount) keep failing
+// verification with none verifying in between, the log says what probably
+// happened.
+const (
+	// URLMismatchAfter Twilio-shaped failures in a row, with none verified,
+	// are reported...
+	URLMismatchAfter = 3
+	// ...and again at most this often while it goes on.
+	URLMismatchEvery = 10 * time.Minute
+)
+
+type urlMismatch struct {
+	mu     sync.Mutex
+	run    int       // Twilio-shaped callbacks that failed verification since the last verified one
+	warned time.Time // when it was last reported
+}
+
+func (m *urlMismatch) verified() {
+	m.mu.Lock()
+	m.run = 0
+	m.mu.Unlock()
+}
+
+func (m *urlMismatch) failed(ctx context.Context, log *slog.Logger, now time.Time, checked, host string) {
+	m.mu.Lock()
+	m.run++
+	n := m.run
+	report := n >= URLMismatchAfter && (m.warned.IsZero() || now.Sub(m.warned) >= URLMismatchEvery)
+	if report {
+		m.warned = now
+	}
+	m.mu.Unlock()
+	if !report {
+		return
+	}
+	log.Log(ctx, slog.LevelError, "every callback that looks like Twilio's fails signature verification: "+
+		"server.public_url probably differs from the URL Twilio calls (scheme, host, port or a path prefix added by a proxy); "+
+		"compare it with the triggers' CallbackUrl",
+		"failed_in_a_row", n, "checked_url", checked, "request_host", host)
+}
+
+// twilioShaped reports a request that looks like Twilio's callback: its user
+// agent and every field a firing has (the account was found a subaccount).
+func twilioShaped(r *http.Request, form url.Values) bool {
+	if !strings.HasPrefix(r.UserAgent(), "TwilioProxy/") {
+		return false
+	}
+	for _, k := range required {
+		if form.Get(k) == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// requestHost is the host the client asked for, as a proxy forwards it.
+func requestHost(r *http.Request) string {
+	if h := r.Header.Get("X-Forwarded-Host"); h != "" {
+		return h
+	}
+	return r.Host
+}
+
+// withoutCredentials strips user:password@ from a URL for the logs.
+func withoutCredentials(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return s
+	}
+	u.User = nil
+	return u.String()
 }

@@ -1,11 +1,13 @@
 package webhook
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha1"
 	"encoding/base64"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -303,10 +305,67 @@ func TestCallbackCannotRecord(t *testing.T) {
 	}
 }
 
+// Issue 14.3: an unknown account whose lookup is rate-limited is 403
+// unknown_account (never error, which pages).
 func TestCallbackLookupLimited(t *testing.T) {
 	fb := newFake()
 	fb.lookupErr = breaker.ErrLookupLimited
-	if w := do(New(fb, nil, nil), signed("tokenA", path, firing(acctA))); w.Code != 503 {
+	m := breaker.NewMetrics(nil)
+	if w := do(New(fb, m, nil), signed("tokenA", path, firing(acctA))); w.Code != 403 {
 		t.Fatalf("status %d", w.Code)
+	}
+	if v := testutil.ToFloat64(m.Callbacks.WithLabelValues(breaker.OutcomeUnknownAccount)); v != 1 {
+		t.Errorf("unknown_account = %v", v)
+	}
+	if v := testutil.ToFloat64(m.Callbacks.WithLabelValues(breaker.OutcomeError)); v != 0 {
+		t.Errorf("error = %v", v)
+	}
+}
+
+// Issue 14.12: a wrong public_url looked like an attack. The sampled
+// rejection line names the URL that was checked (no credentials), and
+// Twilio-shaped callbacks that keep failing say public_url is probably wrong.
+func TestWrongPublicURLIsSaidPlainly(t *testing.T) {
+	var logs bytes.Buffer
+	h := New(newFake(), breaker.NewMetrics(nil), slog.New(slog.NewJSONHandler(&logs, nil)))
+	send := func(ua string) int {
+		form := firing(acctA)
+		// Twilio signs the URL it calls, which is not public_url.
+		r := req{http.MethodPost, path, "application/x-www-form-urlencoded", sign("tokenA", "https://elsewhere.example.com"+path, form), form.Encode()}
+		hr := httptest.NewRequest(r.method, "http://10.0.0.1:8080"+r.path, strings.NewReader(r.body))
+		hr.Header.Set("Content-Type", r.ctype)
+		hr.Header.Set("X-Twilio-Signature", r.sig)
+		hr.Header.Set("User-Agent", ua)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, hr)
+		return w.Code
+	}
+	const hint = "server.public_url probably differs from the URL Twilio calls"
+	for i := 0; i < 5; i++ {
+		if code := send("curl/8.0"); code != 403 {
+			t.Fatalf("status %d", code)
+		}
+	}
+	if strings.Contains(logs.String(), hint) {
+		t.Fatal("requests that do not look like Twilio's were taken for Twilio's")
+	}
+	if !strings.Contains(logs.String(), `"checked_url":"`+public+path+`"`) {
+		t.Errorf("the rejection line does not name the checked URL:\n%s", logs.String())
+	}
+	for i := 0; i < URLMismatchAfter; i++ {
+		send("TwilioProxy/1.1")
+	}
+	if n := strings.Count(logs.String(), hint); n != 1 {
+		t.Fatalf("%d hints after %d Twilio-shaped failures:\n%s", n, URLMismatchAfter, logs.String())
+	}
+	send("TwilioProxy/1.1")
+	if n := strings.Count(logs.String(), hint); n != 1 {
+		t.Errorf("the hint repeated at once (%d)", n)
+	}
+}
+
+func TestCheckedURLHasNoCredentials(t *testing.T) {
+	if got := withoutCredentials("https://twilio:s3cret@breaker.example.com/twilio/usage-triggers/a"); got != "https://breaker.example.com/twilio/usage-triggers/a" {
+		t.Errorf("got %s", got)
 	}
 }

@@ -15,7 +15,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/usagebreaker/usagebreaker/breaker"
 	"github.com/usagebreaker/usagebreaker/daemon"
+	"github.com/usagebreaker/usagebreaker/internal/decimal"
 	"github.com/usagebreaker/usagebreaker/internal/version"
 )
 
@@ -25,24 +27,53 @@ import (
 const (
 	defaultAdminURL = "http://127.0.0.1:9111"
 	tokenEnv        = "USAGEBREAKER_ADMIN_TOKEN"
+	adminURLEnv     = "USAGEBREAKER_ADMIN_URL"
 )
+
+// adminURLFlag is --admin-url: the admin listener's base URL, by default
+// USAGEBREAKER_ADMIN_URL, else http://127.0.0.1:9111. Every command that
+// talks to the admin listener takes it.
+func adminURLFlag(fs *flag.FlagSet) *string {
+	return fs.String("admin-url", "", "the admin listener's base URL (default $"+adminURLEnv+", else "+defaultAdminURL+")")
+}
+
+// adminTarget resolves --admin-url and says where the URL came from, so an
+// error can say what to change.
+func adminTarget(flagValue string) (base, from string) {
+	if v := strings.TrimSpace(flagValue); v != "" {
+		return v, "--admin-url"
+	}
+	if v := strings.TrimSpace(os.Getenv(adminURLEnv)); v != "" {
+		return v, adminURLEnv
+	}
+	return defaultAdminURL, "the default"
+}
 
 type adminClient struct {
 	base  string
+	from  string // where base came from (adminTarget)
 	token string
 	http  *http.Client
 }
 
-func newAdminClient(base string, timeout time.Duration) (*adminClient, error) {
+func newAdminClient(flagValue string, timeout time.Duration) (*adminClient, error) {
+	base, from := adminTarget(flagValue)
+	u, err := url.Parse(base)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("admin URL %q (from %s) is not an http(s) URL such as %s", base, from, defaultAdminURL)
+	}
 	tok := strings.TrimSpace(os.Getenv(tokenEnv))
 	if tok == "" {
 		return nil, fmt.Errorf("%s is not set: export the admin token (admin.token_file) first", tokenEnv)
 	}
-	u, err := url.Parse(base)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("--admin-url %q is not an http(s) URL", base)
-	}
-	return &adminClient{base: strings.TrimRight(base, "/"), token: tok, http: &http.Client{Timeout: timeout}}, nil
+	return &adminClient{base: strings.TrimRight(base, "/"), from: from, token: tok, http: &http.Client{Timeout: timeout}}, nil
+}
+
+// unreachable words a request that got no answer: what was tried, from
+// where the address came, and what to set.
+func unreachable(base, from string, err error) error {
+	return fmt.Errorf("cannot reach usagebreaker's admin API at %s (from %s): %w; is usagebreaker running, and is that its server.admin_listen? "+
+		"Point --admin-url or %s at it", base, from, err, adminURLEnv)
 }
 
 // do sends a request and returns the status and body.
@@ -67,7 +98,7 @@ func (c *adminClient) do(method, path string, body any) (int, []byte, error) {
 	req.Header.Set(daemon.HeaderOperator, operator())
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, unreachable(c.base, c.from, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 32<<20))
@@ -123,7 +154,7 @@ func splitArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 func cmdIncidents(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("incidents", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	base := fs.String("admin-url", defaultAdminURL, "the admin listener's base URL")
+	base := adminURLFlag(fs)
 	limit := fs.Int("limit", 50, "how many incidents, newest first (1 to 1000)")
 	account := fs.String("account", "", "only this subaccount SID")
 	rule := fs.String("rule", "", "only this rule")
@@ -213,7 +244,7 @@ func printIncidents(w io.Writer, incs []daemon.IncidentJSON) {
 			}
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s / %s\t%s\t%s\t%s\n", i.ID, i.CreatedAt.UTC().Format("2006-01-02 15:04:05"),
-			i.Rule, clip(i.AccountName, 32), i.AccountSID, i.CurrentValue, i.TriggerValue, outcome, notified, react)
+			i.Rule, clip(i.AccountName, 32), i.AccountSID, decimal.Tidy(i.CurrentValue), decimal.Tidy(i.TriggerValue), outcome, notified, react)
 	}
 	tw.Flush()
 }
@@ -238,7 +269,7 @@ func cmdReactivate(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: usagebreaker reactivate SID --reason TEXT [--admin-url URL]")
 		fs.PrintDefaults()
 	}
-	base := fs.String("admin-url", defaultAdminURL, "the admin listener's base URL")
+	base := adminURLFlag(fs)
 	reason := fs.String("reason", "", "why it is safe to reactivate (required; kept in the audit)")
 	timeout := fs.Duration("timeout", 2*time.Minute, "how long to wait for the admin API")
 	pos, err := splitArgs(fs, args)
@@ -250,6 +281,10 @@ func cmdReactivate(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	sid := pos[0]
+	if !breaker.ValidAccountSID(sid) {
+		fmt.Fprintf(stderr, "reactivate: %q is not an account SID (AC followed by 32 hex digits)\n", sid)
+		return 2
+	}
 	if strings.TrimSpace(*reason) == "" {
 		fmt.Fprintln(stderr, "reactivate: --reason is required: say why it is safe to reactivate this account")
 		return 2
@@ -285,6 +320,63 @@ func cmdReactivate(args []string, stdout, stderr io.Writer) int {
 	}
 	for _, p := range res.Problems {
 		fmt.Fprintln(stdout, "  warning:", p)
+	}
+	return 0
+}
+
+// cmdRelease is `usagebreaker release guard|deletes`: lets go what the
+// breaker holds for a person. guard: the suspensions the guard holds
+// (POST /api/v1/guard/release); deletes: the trigger deletions a reconcile
+// held past reconcile.max_deletes (POST /api/v1/reconcile/release).
+func cmdRelease(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("release", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: usagebreaker release guard|deletes [--admin-url URL]")
+		fmt.Fprintln(stderr, "  guard    execute the suspensions the guard holds")
+		fmt.Fprintln(stderr, "  deletes  let a reconcile delete the owned triggers it held (reconcile.max_deletes)")
+		fs.PrintDefaults()
+	}
+	base := adminURLFlag(fs)
+	timeout := fs.Duration("timeout", 2*time.Minute, "how long to wait for the admin API")
+	pos, err := splitArgs(fs, args)
+	if err != nil {
+		return 2
+	}
+	if len(pos) != 1 || (pos[0] != "guard" && pos[0] != "deletes") {
+		fs.Usage()
+		return 2
+	}
+	what := pos[0]
+	path := "/api/v1/guard/release"
+	if what == "deletes" {
+		path = "/api/v1/reconcile/release"
+	}
+	c, err := newAdminClient(*base, *timeout)
+	if err != nil {
+		fmt.Fprintln(stderr, "release:", err)
+		return 1
+	}
+	status, body, err := c.do(http.MethodPost, path, nil)
+	if err != nil {
+		fmt.Fprintln(stderr, "release:", err)
+		return 1
+	}
+	if status != http.StatusOK {
+		fmt.Fprintf(stderr, "release: refused: %s\n", apiError(status, body))
+		return 1
+	}
+	var res struct {
+		Released int `json:"released"`
+	}
+	if err := json.Unmarshal(body, &res); err != nil {
+		fmt.Fprintln(stderr, "release: unexpected answer:", err)
+		return 1
+	}
+	if what == "guard" {
+		fmt.Fprintf(stdout, "released %d held suspension(s); they run now\n", res.Released)
+	} else {
+		fmt.Fprintf(stdout, "released %d held trigger deletion(s); a reconcile deletes them now\n", res.Released)
 	}
 	return 0
 }

@@ -414,12 +414,17 @@ func TestOpsNotifyReactivateRearm(t *testing.T) {
 		t.Errorf("mail = %+v", mail)
 	}
 	check("the e-mail", strings.ReplaceAll(mail.Data, "=\r\n", ""))
-	m := e.metrics()
-	for _, n := range []string{"oncall-sms", "ops-slack", "siem", "ops-mail"} {
-		if !strings.Contains(m, fmt.Sprintf(`usagebreaker_notifications_total{notifier=%q,outcome="sent"} 1`, n)) {
-			t.Errorf("metrics lack 1 sent for %s", n)
+	// The receivers have the messages before the breaker counts them (the
+	// counter moves when Send returns): wait for the counters themselves.
+	e.waitFor("four notifications counted", func() bool {
+		m := e.metrics()
+		for _, n := range []string{"oncall-sms", "ops-slack", "siem", "ops-mail"} {
+			if !strings.Contains(m, fmt.Sprintf("\nusagebreaker_notifications_total{notifier=%q,outcome=\"sent\"} 1\n", n)) {
+				return false
+			}
 		}
-	}
+		return true
+	})
 
 	// The CLI's table.
 	code, out, errOut := e.cli("incidents")
@@ -454,7 +459,9 @@ func TestOpsNotifyReactivateRearm(t *testing.T) {
 	}
 	// A reconcile keeps the re-armed trigger.
 	e.api("POST", "/api/v1/reconcile", opsToken, "")
-	e.waitFor("reconcile", func() bool { return strings.Contains(e.metrics(), `usagebreaker_reconciles_total{result="ok"} 2`) })
+	e.waitFor("reconcile", func() bool {
+		return strings.Contains(e.metrics(), "\nusagebreaker_reconciles_total{result=\"ok\"} 2\n")
+	})
 	if v := e.triggerValue("tenant-a", "spend-daily"); v != "85" {
 		t.Fatalf("the reconciler undid the re-arm: %s", v)
 	}
@@ -484,9 +491,9 @@ func TestOpsNotifyReactivateRearm(t *testing.T) {
 	e.sim.Advance(24 * time.Hour)
 	e.api("POST", "/api/v1/reconcile", opsToken, "")
 	e.waitFor("the rule's threshold restored", func() bool { return e.triggerValue("tenant-a", "spend-daily") == "50" })
-	if !strings.Contains(e.metrics(), `usagebreaker_reactivations_total{reason="manual"} 2`) {
-		t.Error("reactivations_total{manual} is not 2")
-	}
+	e.waitFor("reactivations_total{manual} 2", func() bool {
+		return strings.Contains(e.metrics(), "\nusagebreaker_reactivations_total{reason=\"manual\"} 2\n")
+	})
 }
 
 // The rule's reactivate policy runs on the simulator's clock; end_calls
@@ -512,9 +519,8 @@ func TestOpsScheduledReactivationAndEndCalls(t *testing.T) {
 	if e.account("tenant-c").Status != "suspended" {
 		t.Error("tenant-c not suspended")
 	}
-	if !strings.Contains(e.metrics(), "usagebreaker_calls_ended_total 2") {
-		t.Error("calls_ended_total is not 2")
-	}
+	// The simulator completes a call before the breaker counts it.
+	e.waitFor("calls_ended_total 2", func() bool { return strings.Contains(e.metrics(), "\nusagebreaker_calls_ended_total 2\n") })
 
 	e.spend("auto-a", "55")
 	e.waitFor("auto-a suspended", func() bool { return e.account("auto-a").Status == "suspended" })
@@ -549,9 +555,9 @@ func TestOpsScheduledReactivationAndEndCalls(t *testing.T) {
 	if r := inc.Reactivation; r == nil || r.Via != "scheduled" || r.Actor != "rule auto-daily" {
 		t.Errorf("audit = %+v", inc.Reactivation)
 	}
-	if !strings.Contains(e.metrics(), `usagebreaker_reactivations_total{reason="scheduled"} 1`) {
-		t.Error("reactivations_total{scheduled} is not 1")
-	}
+	e.waitFor("reactivations_total{scheduled} 1", func() bool {
+		return strings.Contains(e.metrics(), "\nusagebreaker_reactivations_total{reason=\"scheduled\"} 1\n")
+	})
 }
 
 // Twenty suspensions in an hour pass; the 21st is held, every notifier gets

@@ -52,6 +52,9 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
+	for _, w := range cfg.Warnings {
+		fmt.Fprintln(stderr, w) // FILE:LINE: warning: ...; not a reason to refuse
+	}
 	fmt.Fprintf(stdout, "ok: %d rules\n", cfg.Rules.Len())
 	return 0
 }

@@ -523,6 +523,17 @@ func TestCrashStorm(t *testing.T) {
 	resp.Body.Close()
 	e.waitFor("the poll", func() bool { return e.metric(`usagebreaker_polls_total{result="ok"}`) > before })
 	e.waitFor("no pending action after the poll", func() bool { return e.metric("usagebreaker_actions_pending") == 0 })
+	// actions_pending is read from the store every second, so it may still
+	// show the moment before the poll opened its incidents: wait for what is
+	// asserted below, every subaccount over a threshold suspended.
+	e.waitFor("every subaccount over a threshold suspended", func() bool {
+		for _, a := range e.sim.State().Accounts {
+			if a.Usage["alltime"]["totalprice"].Price.Cmp(decimal.FromInt(20)) >= 0 && a.Status != "suspended" {
+				return false
+			}
+		}
+		return true
+	})
 	fromPoll := e.metric(`usagebreaker_incidents_total{rule="s-spend-alltime",source="poll"}`)
 	st = e.sim.State()
 	for _, a := range st.Accounts {

@@ -27,6 +27,11 @@ commands:
                              list recent incidents (admin API; USAGEBREAKER_ADMIN_TOKEN)
   reactivate SID --reason TEXT [--admin-url URL]
                              reactivate a subaccount the breaker suspended, and re-arm it
+  release guard|deletes [--admin-url URL]
+                             execute the suspensions the guard holds, or the trigger
+                             deletions a reconcile held (reconcile.max_deletes)
+
+The admin URL defaults to $USAGEBREAKER_ADMIN_URL, else http://127.0.0.1:9111.
 
 Run "usagebreaker COMMAND -h" for a command's flags.
 `
@@ -60,6 +65,8 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return cmdIncidents(rest, stdout, stderr)
 	case "reactivate":
 		return cmdReactivate(rest, stdout, stderr)
+	case "release":
+		return cmdRelease(rest, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, version.String())
 		return 0

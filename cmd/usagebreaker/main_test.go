@@ -2,11 +2,13 @@ package main
 
 import (
 	"bytes"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func TestDemoOnceSuspendsAndExitsZero(t *testing.T) {
@@ -82,5 +84,27 @@ func TestRunBadConfig(t *testing.T) {
 	}
 	if code := dispatch([]string{"run"}, &out, &errb); code != 2 {
 		t.Fatalf("run without --config: %d", code)
+	}
+}
+
+// Issue 14.10: JSON logs gave durations as raw nanoseconds.
+func TestLogDurationsReadable(t *testing.T) {
+	for _, format := range []string{"json", "text"} {
+		var b strings.Builder
+		log, err := newLogger(&b, format, "info")
+		if err != nil {
+			t.Fatal(err)
+		}
+		log.Info("guard", "window", time.Hour, slog.Group("g", "took", 250*time.Millisecond))
+		out := b.String()
+		want := map[string][]string{
+			"json": {`"window":"1h0m0s"`, `"took":"250ms"`},
+			"text": {`window=1h0m0s`, `g.took=250ms`},
+		}[format]
+		for _, w := range want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%s log %q lacks %s", format, out, w)
+			}
+		}
 	}
 }

@@ -23,7 +23,7 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
-	opts := &slog.HandlerOptions{Level: lv}
+	opts := &slog.HandlerOptions{Level: lv, ReplaceAttr: readableDurations}
 	switch format {
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
@@ -31,6 +31,15 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want json or text", format)
+}
+
+// readableDurations writes every duration as Go prints it ("1h0m0s", "250ms"),
+// in JSON as in text, instead of JSON's raw nanoseconds.
+func readableDurations(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }
 
 // cmdRun is `usagebreaker run --config FILE`: the daemon. Exit 0 after a clean
@@ -101,19 +110,25 @@ func printStartError(w io.Writer, err error) {
 func cmdHealthcheck(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	base := fs.String("url", "http://127.0.0.1:9111", "the admin listener's base URL")
+	urlFlag := fs.String("url", "", "the admin listener's base URL (default $"+adminURLEnv+", else "+defaultAdminURL+")")
+	adminURL := adminURLFlag(fs) // the same, named as on the other commands
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	u := strings.TrimRight(*base, "/")
+	flagValue := *urlFlag
+	if flagValue == "" {
+		flagValue = *adminURL
+	}
+	base, from := adminTarget(flagValue)
+	u := strings.TrimRight(base, "/")
 	if !strings.HasSuffix(u, "/-/healthy") {
 		u += "/-/healthy"
 	}
 	c := &http.Client{Timeout: *timeout}
 	resp, err := c.Get(u)
 	if err != nil {
-		fmt.Fprintln(stderr, "unhealthy:", err)
+		fmt.Fprintln(stderr, "unhealthy:", unreachable(u, from, err))
 		return 1
 	}
 	defer resp.Body.Close()

@@ -128,6 +128,7 @@ func (d *Decoder) Parse(data []byte) (root Value, ok bool) {
 			// line, and none at all on the first line.
 			line++
 		}
+		line = problemLine(data, msg, line)
 		d.Errs.Add(d.File, line, "invalid YAML: %s", msg)
 		return Value{Line: 1}, false
 	}
@@ -143,6 +144,42 @@ func (d *Decoder) Parse(data []byte) (root Value, ok bool) {
 		}
 	}
 	return root, true
+}
+
+// maxProblemSearch bounds problemLine's work (it parses a prefix per line).
+const maxProblemSearch = 5000
+
+// problemLine finds the line a YAML error is about. yaml.v3 reports where the
+// enclosing construct starts (a list item's first line for a bad key further
+// down it), not the line that broke it. The broken line is the first one at
+// which the text read so far fails with the same message: every prefix of the
+// file up to the line before it parses. The search starts at the reported
+// line (the problem cannot be earlier). If no prefix reproduces the message
+// (a multi-line construct), the reported line stands.
+func problemLine(data []byte, msg string, reported int) int {
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	if len(lines) > maxProblemSearch {
+		return reported
+	}
+	end := 0
+	for k := 1; k <= len(lines); k++ {
+		end += len(lines[k-1])
+		if k < reported {
+			continue
+		}
+		_, _, err := parse(data[:end])
+		if err == nil {
+			continue
+		}
+		got := strings.TrimPrefix(err.Error(), "yaml: ")
+		if m := yamlLineErr.FindStringSubmatch(err.Error()); m != nil {
+			got = m[2]
+		}
+		if got == msg {
+			return k
+		}
+	}
+	return reported
 }
 
 var errInternal = errors.New("yaml: internal parser error")

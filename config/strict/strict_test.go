@@ -67,3 +67,32 @@ func TestSuggest(t *testing.T) {
 		}
 	}
 }
+
+// Issue 14.9: a YAML syntax error names the broken line, not the first line
+// of the list item (or mapping) around it.
+func TestParseErrorLine(t *testing.T) {
+	cases := []struct{ text, want string }{
+		{"rules:\n  - name: a\n    accounts:\n      include: [\"*\"]\n    usage_category: sms\n   trigger_by: count\n",
+			"f.yaml:6: invalid YAML: did not find expected '-' indicator"},
+		{"rules:\n  - name: a\n    usage_category: sms\n    trigger_by: count\n  action: x\n",
+			"f.yaml:5: invalid YAML: did not find expected '-' indicator"},
+		{"rules:\n  - name: a\n    usage_category: sms\n    - trigger_by\n    action: x\n",
+			"f.yaml:4: invalid YAML: did not find expected key"},
+		{"rules:\n  - name: a\n    trigger_by: count\n    action: x\n\tfoo: 1\n",
+			"f.yaml:5: invalid YAML: found a tab character that violates indentation"},
+		{"rules:\n  - name: a\n    threshold: \"50\n    action: suspend\n",
+			"f.yaml:3: invalid YAML: found unexpected end of stream"},
+		{"a: 1\nb: 2\nc d\ne: 3\n", "f.yaml:3: invalid YAML: could not find expected ':'"},
+		{"a: [1,\n  2\nb: 3\n", "f.yaml:3: invalid YAML: did not find expected ',' or ']'"},
+	}
+	for _, c := range cases {
+		d := &Decoder{File: "f.yaml"}
+		if _, ok := d.Parse([]byte(c.text)); ok {
+			t.Errorf("%q parsed", c.text)
+			continue
+		}
+		if got := d.Errs.Error(); got != c.want {
+			t.Errorf("%q:\n got %s\nwant %s", c.text, got, c.want)
+		}
+	}
+}

@@ -157,3 +157,18 @@ func (d *Decimal) UnmarshalText(b []byte) error {
 	*d = v
 	return nil
 }
+
+// Tidy writes a decimal text in its shortest exact form, as a rule writes
+// it: Twilio's echo "5.000000" is "5", "50.010000" is "50.01". Text that is
+// not a decimal is returned as it is; a leading "+" (Twilio's "above current
+// usage") is kept.
+func Tidy(s string) string {
+	if rest, ok := strings.CutPrefix(s, "+"); ok {
+		return "+" + Tidy(rest)
+	}
+	d, err := Parse(s)
+	if err != nil {
+		return s
+	}
+	return d.String()
+}

@@ -92,6 +92,12 @@ func (s *Sim) simUsage(w http.ResponseWriter, r *http.Request) {
 			*fld.dst = d
 		}
 	}
+	if f.Get("Usage") == "" && in.Category != CategoryTotalPrice {
+		// Twilio reports a count category's usage in the same unit (one
+		// per message, per call): a rule on the default trigger_by (usage)
+		// trips on what a test adds as Count alone.
+		in.Usage = in.Count
+	}
 	wait := false
 	if v := f.Get("Wait"); v != "" {
 		b, err := strconv.ParseBool(v)
