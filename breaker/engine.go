@@ -107,7 +107,8 @@ func Hold(detail string, pages []store.ActionKind) Result {
 	return Result{kind: resultHold, detail: detail, pages: pages}
 }
 
-// Then creates these actions for the incident when the action is done.
+// Then creates these actions for the incident when the result is recorded
+// (done, retry or snooze).
 func (r Result) Then(s ...store.Scheduled) Result { r.then = append(r.then, s...); return r }
 
 // HoldingAccount keeps the account's lease until t (a retry or snooze whose
@@ -121,6 +122,10 @@ func (r Result) WithWriteSent(t time.Time) Result { r.writeSent = t; return r }
 // attempt read the account unchanged after it could have landed, and sent
 // nothing that may still land.
 func (r Result) ForgettingWriteSent() Result { r.forgetWrite = true; return r }
+
+// Showing gives an unfinished result an outcome to show on the incident
+// meanwhile (awaiting_approval).
+func (r Result) Showing(o store.Outcome) Result { r.outcome = o; return r }
 
 // WithProgress records what a multi-part action has done so far.
 func (r Result) WithProgress(p string) Result { r.progress = &p; return r }
@@ -395,6 +400,7 @@ func (e *Engine) record(ctx context.Context, a store.Action, res Result) {
 			c.NextAttemptAt = e.o.Now().Add(e.backoff(a.Attempts))
 		}
 		c.HoldAccountUntil = res.holdAccount
+		c.Then = res.then
 	case resultHold:
 		c.State, c.Pages = store.ActionHeld, res.pages
 	}

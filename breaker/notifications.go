@@ -193,6 +193,10 @@ func taken(i *notify.Incident) string {
 		return "none: " + i.Detail
 	case OutcomeFailed:
 		return "suspension FAILED: " + i.Detail
+	case store.OutcomeAwaitingApproval:
+		return "none yet, " + strings.TrimPrefix(i.Detail, "awaiting approval: ")
+	case store.OutcomeVetoed:
+		return "none: " + i.Detail
 	case OutcomeHeld:
 		return "HELD by the guard, not suspended"
 	}

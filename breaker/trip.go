@@ -330,6 +330,12 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 		}
 		return Done(d.Outcome, d.Detail), nil
 	}
+	// A person in the loop: the rule's approval holds the suspension.
+	if r.Approval != nil {
+		if res, wait, err := b.awaitApproval(ctx, inc, r); err != nil || wait {
+			return res, err
+		}
+	}
 	// The blast-radius guard: past guard.max_suspensions per window, hold.
 	slot, held, err := b.guard.admit(ctx, a)
 	if err != nil {

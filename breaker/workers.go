@@ -15,6 +15,7 @@ import (
 //	end_calls            after the trip: end the subaccount's in-progress calls (endcalls.go)
 //	notify:{notifier}    after the trip: tell one notifier what happened (notifications.go)
 //	guard:{notifier}     the one page per notifier when the guard starts holding (guard.go)
+//	approval:{notifier}  the incident awaits a person's approval (approval.go)
 //	reactivate           the rule's reactivate policy, due at its time (reactivate.go)
 //
 // end_calls and notify:* wait until the trip action is finished (the queue
@@ -33,6 +34,8 @@ func (b *Breaker) worker(kind store.ActionKind) Worker {
 		return WorkerFunc(func(ctx context.Context, a store.Action) Result { return b.workNotify(ctx, a, notifyIncident) })
 	case strings.HasPrefix(string(kind), store.KindGuardPrefix):
 		return WorkerFunc(func(ctx context.Context, a store.Action) Result { return b.workNotify(ctx, a, notifyGuard) })
+	case strings.HasPrefix(string(kind), store.KindApprovalPrefix):
+		return WorkerFunc(func(ctx context.Context, a store.Action) Result { return b.workNotify(ctx, a, notifyIncident) })
 	}
 	return nil
 }

@@ -113,6 +113,7 @@ type IncidentJSON struct {
 	Held         bool              `json:"held"` // the guard holds its suspension
 	Actions      []ActionJSON      `json:"actions"`
 	Reactivation *ReactivationJSON `json:"reactivation"`
+	Decision     *DecisionJSON     `json:"decision,omitempty"` // a person's approval or veto (rule approval)
 }
 
 func (d *Daemon) listIncidents(w http.ResponseWriter, r *http.Request) {

@@ -228,6 +228,10 @@ func (b *consoleBackend) details(ctx context.Context, incs []store.Incident) ([]
 	if err != nil {
 		return nil, fmt.Errorf("console: %w", err)
 	}
+	decisions, err := b.d.st.Approvals(ctx, ids)
+	if err != nil {
+		return nil, fmt.Errorf("console: %w", err)
+	}
 	out := make([]console.IncidentDetail, len(incs))
 	for i, inc := range incs {
 		out[i].Incident = incidentOf(inc)
@@ -235,6 +239,11 @@ func (b *consoleBackend) details(ctx context.Context, incs []store.Incident) ([]
 			ca := actionOf(a)
 			out[i].Held = out[i].Held || ca.Held
 			out[i].Actions = append(out[i].Actions, ca)
+		}
+		if a, ok := decisions[inc.ID]; ok {
+			out[i].Approvals = append(out[i].Approvals, console.Approval{At: a.CreatedAt,
+				Decision: map[store.Decision]string{store.DecisionApprove: "approved", store.DecisionVeto: "vetoed"}[a.Decision],
+				Actor: a.Actor, Reason: a.Reason})
 		}
 		if r, ok := reacts[inc.ID]; ok {
 			out[i].Reactivated = true
@@ -331,11 +340,24 @@ func (b *consoleBackend) ReleaseGuard(ctx context.Context, who string) (int, err
 	return b.d.br.ReleaseHeld(ctx, who)
 }
 
-// Approve and Veto wait for approvals.
+// Approve and Veto are the admin API's approve and veto (daemon/approval.go).
 func (b *consoleBackend) Approve(ctx context.Context, incidentID int64, who string) error {
-	return console.ErrUnsupported
+	return b.decide(ctx, incidentID, store.DecisionApprove, "approved in the console", who)
 }
 
 func (b *consoleBackend) Veto(ctx context.Context, incidentID int64, reason, who string) error {
-	return console.ErrUnsupported
+	return b.decide(ctx, incidentID, store.DecisionVeto, reason, who)
+}
+
+func (b *consoleBackend) decide(ctx context.Context, id int64, dec store.Decision, reason, who string) error {
+	_, status, err := b.d.decide(ctx, id, dec, reason, who)
+	switch {
+	case err == nil:
+		return nil
+	case status == http.StatusNotFound:
+		return console.ErrNotFound
+	case status < 500:
+		return &console.RefusedError{Reason: err.Error()}
+	}
+	return err
 }

@@ -96,6 +96,7 @@ func adminURL(listen string) string {
 func (d *Daemon) operatorRoutes(mux *http.ServeMux) {
 	mux.Handle("POST /api/v1/accounts/{sid}/reactivate", d.authed(d.reactivate))
 	mux.Handle("POST /api/v1/guard/release", d.authed(d.guardRelease))
+	d.approvalRoutes(mux)
 }
 
 // ReactivateJSON is the answer of POST /api/v1/accounts/{sid}/reactivate.
@@ -245,6 +246,10 @@ func (d *Daemon) enrich(ctx context.Context, out []IncidentJSON) error {
 	if err != nil {
 		return err
 	}
+	decisions, err := d.st.Approvals(ctx, ids)
+	if err != nil {
+		return err
+	}
 	for i := range out {
 		out[i].Actions = []ActionJSON{}
 		for _, a := range acts[out[i].ID] {
@@ -261,6 +266,9 @@ func (d *Daemon) enrich(ctx context.Context, out []IncidentJSON) error {
 				out[i].Held = true
 			}
 			out[i].Actions = append(out[i].Actions, aj)
+		}
+		if a, ok := decisions[out[i].ID]; ok {
+			out[i].Decision = &DecisionJSON{IncidentID: a.IncidentID, Decision: a.Decision, Actor: a.Actor, Reason: a.Reason, At: a.CreatedAt}
 		}
 		if r, ok := reacts[out[i].ID]; ok {
 			out[i].Reactivation = &ReactivationJSON{At: r.CreatedAt, Via: r.Via, Actor: r.Actor, Reason: r.Reason,

@@ -159,6 +159,8 @@ func Headline(ev *Event) string {
 		"notified":          "LIMIT CROSSED",
 		"skipped":           "NOT ACTED ON",
 		"failed":            "SUSPENSION FAILED",
+		"awaiting_approval": "AWAITING APPROVAL",
+		"vetoed":            "VETOED",
 	}[inc.Outcome]
 	if what == "" {
 		what = strings.ToUpper(inc.Outcome)

@@ -48,7 +48,7 @@ const MaxFriendlyName = 64
 
 var (
 	ruleKeys = []string{"name", "description", "accounts", "usage_category", "trigger_by", "recurring", "threshold", "action", "dry_run",
-		"notify", "end_calls", "reactivate", "rearm_allowance", "unlisted_category"}
+		"notify", "end_calls", "reactivate", "rearm_allowance", "unlisted_category", "approval"}
 	futureRuleKeys []string
 	accountsKeys   = []string{"include", "exclude"}
 
@@ -492,7 +492,7 @@ func (s *Set) Checksum() string {
 			fields := []string{r.Name, r.Description, strings.Join(r.Include, "\x01"), strings.Join(r.Exclude, "\x01"),
 				r.UsageCategory, r.TriggerBy, r.Recurring, r.Threshold.String(), r.Action, strconv.FormatBool(r.DryRun),
 				strconv.FormatBool(r.NotifySet), strings.Join(r.Notify, "\x01"), strconv.FormatBool(r.EndCalls),
-				r.Reactivate.String(), r.RearmAllowance.String()}
+				r.Reactivate.String(), r.RearmAllowance.String(), r.Approval.String()}
 			for _, f := range fields {
 				fmt.Fprintf(h, "%d:%s;", len(f), f)
 			}

@@ -122,6 +122,10 @@ func parseOperatorKeys(d *strict.Decoder, m *strict.Map, r *Rule) {
 		parseReactivate(d, v, r)
 	}
 
+	if v := m.Get("approval"); v.Written() {
+		parseApproval(d, v, r)
+	}
+
 	if v := m.Get("rearm_allowance"); v.Present() {
 		if s, ok := d.Raw(v, "a decimal number"); ok {
 			r.RearmAllowance, _ = allowance(d, v, s)

@@ -125,3 +125,43 @@ func TestPeriodEnd(t *testing.T) {
 		t.Errorf("end of January: %s", got)
 	}
 }
+
+func TestApprovalKey(t *testing.T) {
+	rs, err := Parse("r.yaml", []byte(`rules:
+  - name: veto
+    accounts: {include: ["*"]}
+    usage_category: totalprice
+    trigger_by: price
+    recurring: daily
+    threshold: "50"
+    action: suspend
+    approval: {mode: veto, window: 15m}
+  - name: approve
+    accounts: {include: ["*"]}
+    usage_category: totalprice
+    trigger_by: price
+    recurring: daily
+    threshold: "60"
+    action: suspend
+    approval: {mode: approve}
+  - name: none
+    accounts: {include: ["*"]}
+    usage_category: totalprice
+    trigger_by: price
+    recurring: daily
+    threshold: "70"
+    action: suspend
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := rs[0].Approval; a == nil || a.Mode != ApprovalVeto || a.Window != 15*time.Minute || a.String() != "veto within 15m0s" {
+		t.Errorf("veto = %+v", a)
+	}
+	if a := rs[1].Approval; a == nil || a.Mode != ApprovalApprove || a.Window != 0 || a.String() != "approve" {
+		t.Errorf("approve = %+v", a)
+	}
+	if rs[2].Approval != nil {
+		t.Errorf("none = %+v", rs[2].Approval)
+	}
+}

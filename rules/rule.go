@@ -38,6 +38,7 @@ type Rule struct {
 	NotifyLines    []int       // the line of each Notify entry
 	EndCalls       bool        // after suspending, end the subaccount's in-progress calls
 	Reactivate     *Reactivate // nil: only a person reactivates
+	Approval       *Approval   // nil: the suspension is not held for a person (approval.go)
 	RearmAllowance decimal.Decimal
 
 	File string // the rule file it came from (as resolved)

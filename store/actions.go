@@ -207,14 +207,17 @@ func (s *SQLite) completeTx(ctx context.Context, tx *sql.Tx, id int64, owner str
 			}
 			_, err = tx.StmtContext(ctx, s.wIncidentEnd).ExecContext(ctx, st, c.Outcome, c.Detail, now, incidentID)
 		} else {
-			_, err = tx.StmtContext(ctx, s.wIncidentNote).ExecContext(ctx, c.Detail, now, incidentID)
+			// An unfinished trip's outcome, if it has one, shows on the
+			// incident (awaiting_approval).
+			_, err = tx.ExecContext(ctx, `UPDATE incidents SET detail = ?, outcome = ?, updated_at = ? WHERE id = ?`,
+				c.Detail, c.Outcome, now, incidentID)
 		}
 		if err != nil {
 			return out, fmt.Errorf("update incident %d: %w", incidentID, err)
 		}
 	}
 	then := c.Then
-	if c.State != ActionDone {
+	if c.State != ActionDone && c.State != ActionAvailable {
 		then = nil
 	}
 	if err := insertScheduled(ctx, tx, incidentID, then, now); err != nil {

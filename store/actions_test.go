@@ -968,3 +968,38 @@ func TestLeasedQueryPlan(t *testing.T) {
 		t.Errorf("query plan:\n%s", text)
 	}
 }
+
+// A decision is recorded once, with who, when and why, and makes the trip
+// that waits for it due at once; an unfinished trip's outcome shows on the
+// incident (awaiting_approval), and a snooze may create actions (Then).
+func TestDecide(t *testing.T) {
+	s, _ := openTest(t)
+	ctx := context.Background()
+	inc := record(t, s, firing("t0", "r", "AC0", "p", t0)).Incident.ID
+	trip := actionOf(t, s, inc, ActionTrip).ID
+	complete(t, s, trip, Completion{State: ActionAvailable, Outcome: OutcomeAwaitingApproval, Detail: "awaiting approval",
+		NextAttemptAt: t0.Add(time.Hour), Then: []Scheduled{{Kind: "approval:ops", At: t0}}})
+	if got := incident(t, s, inc); got.State != StatePending || got.Outcome != OutcomeAwaitingApproval {
+		t.Fatalf("incident while waiting: %+v", got)
+	}
+	if a := actionOf(t, s, inc, "approval:ops"); a.State != ActionAvailable {
+		t.Fatalf("the snooze's Then: %+v", a)
+	}
+	d, err := s.Decide(ctx, Approval{IncidentID: inc, Decision: DecisionVeto, Actor: "ops@example", Reason: "known load test", CreatedAt: t0.Add(time.Minute)})
+	if err != nil || d.Actor != "ops@example" {
+		t.Fatalf("Decide = %+v, %v", d, err)
+	}
+	if a := actionByID(t, s, trip); !a.NextAttemptAt.Equal(t0.Add(time.Minute)) {
+		t.Errorf("the trip is not due at the decision: %+v", a)
+	}
+	if _, err := s.Decide(ctx, Approval{IncidentID: inc, Decision: DecisionApprove, Actor: "x", Reason: "y"}); !errors.Is(err, ErrExists) {
+		t.Errorf("a second decision: %v", err)
+	}
+	if _, err := s.Decide(ctx, Approval{IncidentID: 999, Decision: DecisionApprove, Actor: "x", Reason: "y"}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a decision on no incident: %v", err)
+	}
+	got, err := s.Approvals(ctx, []int64{inc, 999})
+	if err != nil || len(got) != 1 || got[inc].Decision != DecisionVeto || got[inc].Reason != "known load test" || !got[inc].CreatedAt.Equal(t0.Add(time.Minute)) {
+		t.Errorf("Approvals = %+v, %v", got, err)
+	}
+}

@@ -216,6 +216,20 @@ var migrations = []migration{
 			`CREATE INDEX actions_suspended ON actions (updated_at) WHERE kind = 'trip' AND outcome = 'suspended'`,
 		},
 	},
+	{
+		// A person's decision on an incident whose rule holds its
+		// suspension for approval: one per incident.
+		name: "approvals",
+		stmts: []string{
+			`CREATE TABLE approvals (
+				incident_id INTEGER NOT NULL PRIMARY KEY REFERENCES incidents (id),
+				decision    TEXT    NOT NULL CHECK (decision IN ('approve', 'veto')),
+				actor       TEXT    NOT NULL,
+				reason      TEXT    NOT NULL,
+				created_at  INTEGER NOT NULL
+			) STRICT`,
+		},
+	},
 }
 
 // migrate brings the database to version len(migrations) in one IMMEDIATE transaction

@@ -76,6 +76,13 @@ type OperatorStore interface {
 	// MarkRearmsRestored marks those exceptions restored (at now) and returns how many.
 	MarkRearmsRestored(ctx context.Context, now time.Time) (int, error)
 
+	// Decide records a person's decision on incident id and makes its trip
+	// action, if it waits in the queue, due at once; ErrExists if the
+	// incident was decided before, ErrNotFound if there is no such incident.
+	Decide(ctx context.Context, a Approval) (Approval, error)
+	// Approvals returns the decision on each incident that has one.
+	Approvals(ctx context.Context, incidentIDs []int64) (map[int64]Approval, error)
+
 	// RecordReactivation records a reactivation; ErrExists if the incident
 	// was reactivated before. CreatedAt zero means now.
 	RecordReactivation(ctx context.Context, r Reactivation) (Reactivation, error)

@@ -86,6 +86,9 @@ const (
 	// KindGuardPrefix + notifier name: the one page a notifier gets when the
 	// guard starts holding suspensions (attached to the first held incident).
 	KindGuardPrefix = "guard:"
+	// KindApprovalPrefix + notifier name: tell that notifier the incident
+	// awaits a person's approval (the rule's approval), once.
+	KindApprovalPrefix = "approval:"
 )
 
 // NotifyKind is the kind of the action that tells notifier name about an incident.
@@ -94,13 +97,19 @@ func NotifyKind(name string) ActionKind { return ActionKind(KindNotifyPrefix + n
 // GuardPageKind is the kind of the guard's page to notifier name.
 func GuardPageKind(name string) ActionKind { return ActionKind(KindGuardPrefix + name) }
 
+// ApprovalNoticeKind is the kind of the notice to notifier name that an
+// incident awaits approval.
+func ApprovalNoticeKind(name string) ActionKind { return ActionKind(KindApprovalPrefix + name) }
+
 // Notifier returns the notifier's name of a notify:{name} or guard:{name} kind.
 func (k ActionKind) Notifier() (name string, ok bool) {
 	s := string(k)
-	if n, ok := strings.CutPrefix(s, KindNotifyPrefix); ok {
-		return n, true
+	for _, p := range []string{KindNotifyPrefix, KindGuardPrefix, KindApprovalPrefix} {
+		if n, ok := strings.CutPrefix(s, p); ok {
+			return n, true
+		}
 	}
-	return strings.CutPrefix(s, KindGuardPrefix)
+	return "", false
 }
 
 // LocksAccount reports whether actions of this kind act on the account at
@@ -130,7 +139,29 @@ const (
 	OutcomeSent             Outcome = "sent"        // a notification
 	OutcomeEnded            Outcome = "ended"       // end_calls
 	OutcomeReactivated      Outcome = "reactivated" // a scheduled reactivation
+	// OutcomeAwaitingApproval is the outcome of an incident whose trip waits
+	// for a person (the rule's approval); the incident is still pending.
+	OutcomeAwaitingApproval Outcome = "awaiting_approval"
+	OutcomeVetoed           Outcome = "vetoed" // a person vetoed the suspension
 )
+
+// Decision is a person's answer to an incident awaiting approval.
+type Decision string
+
+// Decisions.
+const (
+	DecisionApprove Decision = "approve"
+	DecisionVeto    Decision = "veto"
+)
+
+// Approval is a person's decision on an incident, with who, when and why.
+type Approval struct {
+	IncidentID int64
+	Decision   Decision
+	Actor      string
+	Reason     string
+	CreatedAt  time.Time
+}
 
 // ErrNotFound is returned when a requested row does not exist.
 var ErrNotFound = errors.New("not found")
@@ -290,7 +321,8 @@ type Completion struct {
 	ClearWriteSent bool
 	// Progress replaces the action's progress (pass the action's own to keep it).
 	Progress string
-	// Then, with ActionDone, creates these actions for the same incident.
+	// Then, with ActionDone or ActionAvailable, creates these actions for
+	// the same incident (kinds it has already are left as they are).
 	Then []Scheduled
 	// Pages, with ActionHeld, creates these actions for the same incident if
 	// no other action was held (the guard's pages); a page this incident
@@ -328,7 +360,7 @@ type IncidentFilter struct {
 type Store interface {
 	// ActionStore: the action engine's queue.
 	ActionStore
-	// OperatorStore: re-arms, reactivations, the guard's counts (rearms.go).
+	// OperatorStore: re-arms, reactivations (rearms.go) and approvals (approvals.go).
 	OperatorStore
 
 	// RecordFiring records a firing and, if its (Rule, AccountSID, Period) has no

@@ -27,6 +27,9 @@ commands:
                              list recent incidents (admin API; USAGEBREAKER_ADMIN_TOKEN)
   reactivate SID --reason TEXT [--admin-url URL]
                              reactivate a subaccount the breaker suspended, and re-arm it
+  approve ID --reason TEXT [--admin-url URL]
+  veto ID --reason TEXT [--admin-url URL]
+                             decide an incident that awaits approval (a rule's approval)
   release guard|deletes [--admin-url URL]
                              execute the suspensions the guard holds, or the trigger
                              deletions a reconcile held (reconcile.max_deletes)
@@ -65,6 +68,8 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return cmdIncidents(rest, stdout, stderr)
 	case "reactivate":
 		return cmdReactivate(rest, stdout, stderr)
+	case "approve", "veto":
+		return cmdDecide(cmd, rest, stdout, stderr)
 	case "release":
 		return cmdRelease(rest, stdout, stderr)
 	case "version", "--version", "-v":
