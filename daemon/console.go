@@ -243,7 +243,7 @@ func (b *consoleBackend) details(ctx context.Context, incs []store.Incident) ([]
 		if a, ok := decisions[inc.ID]; ok {
 			out[i].Approvals = append(out[i].Approvals, console.Approval{At: a.CreatedAt,
 				Decision: map[store.Decision]string{store.DecisionApprove: "approved", store.DecisionVeto: "vetoed"}[a.Decision],
-				Actor: a.Actor, Reason: a.Reason})
+				Actor:    a.Actor, Reason: a.Reason})
 		}
 		if r, ok := reacts[inc.ID]; ok {
 			out[i].Reactivated = true
