@@ -157,3 +157,9 @@ func (d *Decimal) UnmarshalText(b []byte) error {
 	*d = v
 	return nil
 }
+
+// DivInt returns d / n exactly (n must not be 0). The result may not be a
+// finite decimal (1 / 3); String then rounds it to 18 places.
+func (d Decimal) DivInt(n int64) Decimal {
+	return Decimal{r: new(big.Rat).Quo(d.rat(), new(big.Rat).SetInt64(n))}
+}
