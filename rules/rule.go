@@ -26,11 +26,11 @@ type Rule struct {
 	Include       []string // globs on friendly name; AC + 32 hex is an exact SID
 	Exclude       []string // same syntax; exclude wins over include
 	UsageCategory string
-	TriggerBy     string // count | usage | price
-	Recurring     string // daily | monthly | yearly | alltime; "" for a velocity rule
+	TriggerBy     string          // count | usage | price
+	Recurring     string          // daily | monthly | yearly | alltime; "" for a velocity rule
 	Threshold     decimal.Decimal // zero for a velocity rule
 	Velocity      *Velocity       // nil unless a velocity rule (velocity.go)
-	Action        string // suspend | notify
+	Action        string          // suspend | notify
 	DryRun        bool
 
 	// People in the loop (operator.go).
