@@ -248,7 +248,7 @@ type Action struct {
 	// Step is the IdempotencyToken of the step firing the action works for
 	// (ActionRearmStep); "" for an incident's action.
 	Step string
-	Kind       ActionKind
+	Kind ActionKind
 	// AccountSID is the account the action locks ("" for kinds that lock
 	// none, see ActionKind.LocksAccount).
 	AccountSID    string
