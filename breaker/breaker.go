@@ -82,6 +82,9 @@ type Breaker struct {
 	guard    *guard
 	locks    keyedMutex // one per subaccount: reconciler, reactivation and the actions that touch it
 
+	velocityLocks keyedMutex       // one per subaccount: a velocity rule's trip check and its record (velocity.go)
+	velReadings   velocityReadings // the poller's recent readings for velocity rules (velocity.go)
+
 	callbacks *callbackMemo // wraps api: which CallbackUrl this process set on each trigger
 
 	reconcileMu sync.Mutex // never two reconciles at once

@@ -16,6 +16,7 @@ import (
 //	notify:{notifier}    after the trip: tell one notifier what happened (notifications.go)
 //	guard:{notifier}     the one page per notifier when the guard starts holding (guard.go)
 //	reactivate           the rule's reactivate policy, due at its time (reactivate.go)
+//	rearm_step           after a velocity rule's step firing: arm the next step (velocity.go)
 //
 // end_calls and notify:* wait until the trip action is finished (the queue
 // does not hand them out before), so a notification reports the outcome.
@@ -29,6 +30,8 @@ func (b *Breaker) worker(kind store.ActionKind) Worker {
 		return WorkerFunc(b.workEndCalls)
 	case kind == store.ActionReactivate:
 		return WorkerFunc(b.workReactivate)
+	case kind == store.ActionRearmStep:
+		return WorkerFunc(b.workRearmStep)
 	case strings.HasPrefix(string(kind), store.KindNotifyPrefix):
 		return WorkerFunc(func(ctx context.Context, a store.Action) Result { return b.workNotify(ctx, a, notifyIncident) })
 	case strings.HasPrefix(string(kind), store.KindGuardPrefix):
