@@ -412,7 +412,7 @@ func TestVelocityPollFallback(t *testing.T) {
 		e.sim.Wait(e.ctx, fs...)
 		return true
 	}
-	poll() // the baseline
+	poll()         // the baseline
 	for range 12 { // 400 an hour, polled every 5 minutes: no trip
 		e.sim.Advance(5 * time.Minute)
 		addUsage(33)
