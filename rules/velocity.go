@@ -82,12 +82,13 @@ func parseVelocity(d *strict.Decoder, v strict.Value, r *Rule) {
 	}
 
 	wV := m.Get("within")
+	withinOK := false
 	if dur, good := d.Duration(wV); good {
-		if dur < time.Minute {
-			d.Errorf(wV, "must be at least 1m (Twilio evaluates triggers about once a minute)")
+		if dur <= 0 {
+			d.Errorf(wV, "must be greater than 0")
 			ok = false
 		} else {
-			vel.Within = dur
+			vel.Within, withinOK = dur, true
 		}
 	} else {
 		if !wV.Present() {
@@ -118,6 +119,14 @@ func parseVelocity(d *strict.Decoder, v strict.Value, r *Rule) {
 	} else if ok && fracDigits(vel.Step()) > ThresholdDecimals {
 		d.Errorf(amV, "amount %s / steps %d is not a decimal of at most %d places (Twilio keeps %d); choose an amount divisible by steps",
 			vel.Amount, vel.Steps, ThresholdDecimals, ThresholdDecimals)
+		ok = false
+	}
+	// Twilio evaluates a trigger about once a minute, so a step fires at
+	// most once a minute and steps+1 firings span at least steps minutes:
+	// a shorter within could never trip. Twice that leaves room.
+	if least := time.Duration(2*vel.Steps) * time.Minute; withinOK && vel.Within < least {
+		d.Errorf(wV, "%s is too short for %d steps: must be at least %s (Twilio evaluates a trigger about once a minute, so %d step firings take at least %d minutes)",
+			vel.Within, vel.Steps, least, vel.Steps+1, vel.Steps)
 		ok = false
 	}
 	if ok {
