@@ -434,3 +434,35 @@ func TestVelocityPollFallback(t *testing.T) {
 	}
 	t.Logf("poll incident %s: %s", incs[0].Period, incs[0].Detail)
 }
+
+// The Twilio calls a velocity rule costs per subaccount per day, counted on
+// the simulator at three steady rates below the rule's 500 an hour, with
+// usage added every simulated minute (Twilio evaluates triggers about once
+// a minute). Reported in docs/BENCHMARKS.md.
+func TestVelocityTwilioCallsPerDay(t *testing.T) {
+	for _, perMinute := range []int{1, 4, 8} {
+		e := newVelEnv(t, velocityRules)
+		before := e.sim.State().Requests
+		for range 24 * 60 {
+			e.sim.Advance(time.Minute)
+			if !e.use(perMinute) {
+				t.Fatalf("%d a minute tripped", perMinute)
+			}
+		}
+		st := e.sim.State()
+		calls := map[string]int{}
+		for op, n := range st.Requests {
+			if d := n - before[op]; d > 0 {
+				calls[op] = d
+			}
+		}
+		firings := len(st.Deliveries)
+		rest := calls["triggers.list"] + calls["triggers.create"] + calls["triggers.delete"]
+		t.Logf("%5d SMS/day (%d a minute): %3d step firings = %3d callbacks + %3d REST calls (list %d, create %d, delete %d); other calls: %d",
+			perMinute*24*60, perMinute, firings, firings, rest, calls["triggers.list"], calls["triggers.create"], calls["triggers.delete"],
+			len(calls)-3)
+		if rest != 3*firings || len(e.incidents()) != 0 {
+			t.Fatalf("want 3 REST calls per step firing: %v for %d firings", calls, firings)
+		}
+	}
+}
