@@ -41,13 +41,13 @@ func TestEndToEndVelocity(t *testing.T) {
 	if !ok || first.TriggerValue.String() != "25" || first.Recurring != "" {
 		t.Fatalf("after the first reconcile: %+v", e.account("tenant-a").Triggers)
 	}
-	var lastUsage time.Time
+	var lastUsage time.Time // on the simulator's clock: the real clock plus what the test advanced
 	for i := 0; e.account("tenant-a").Status == "active"; i++ {
 		if i > 10 {
 			t.Fatal("a burst of 10 steps did not trip")
 		}
 		e.sim.Advance(time.Minute)
-		lastUsage = time.Now()
+		lastUsage = e.sim.Now()
 		ds := e.wait(e.addUsage("tenant-a", "sms", "25", ""))
 		if len(ds) != 1 || ds[0].Status != http.StatusOK {
 			t.Fatalf("step %d: deliveries %+v", i, ds)
@@ -58,7 +58,12 @@ func TestEndToEndVelocity(t *testing.T) {
 		})
 	}
 	e.waitFor("suspended", func() bool { return e.account("tenant-a").Status == "suspended" })
-	took := time.Since(lastUsage)
+	var took time.Duration
+	for _, h := range e.account("tenant-a").StatusHistory {
+		if h.Status == "suspended" {
+			took = h.At.Sub(lastUsage)
+		}
+	}
 	incs := e.incidents("")
 	if len(incs) != 1 || incs[0].Rule != "sms-velocity" || !strings.HasPrefix(incs[0].Period, "velocity:") {
 		t.Fatalf("incidents %+v", incs)
