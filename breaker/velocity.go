@@ -95,6 +95,10 @@ func (b *Breaker) acceptStep(ctx context.Context, r *rules.Rule, acct twilioapi.
 		DateFired:        cb.DateFired,
 		FiredAt:          firedAt(cb.DateFired, received).UTC(),
 		ReceivedAt:       received,
+		// A trigger that is not the rule's step as it is now (left from
+		// before a change of the rule) does not count; its re-arm still
+		// arms a real step at once.
+		Stale: cb.Recurring != "" || cb.UsageCategory != r.UsageCategory || cb.TriggerBy != r.TriggerBy,
 	}
 	res, err := b.store.RecordStep(ctx, f)
 	if err != nil {
@@ -103,6 +107,11 @@ func (b *Breaker) acceptStep(ctx context.Context, r *rules.Rule, acct twilioapi.
 	if !res.Duplicate {
 		b.m.ActionsPending.Inc()
 		b.engine.Wake()
+	}
+	if f.Stale {
+		b.log.Warn("a velocity rule's trigger that is not its current step fired; it is replaced and not counted",
+			"rule", r.Name, "account", acct.SID, "trigger", cb.UsageTriggerSID, "recurring", cb.Recurring,
+			"category", cb.UsageCategory, "trigger_by", cb.TriggerBy)
 	}
 	// Also for a repeat: the first delivery may have been recorded without
 	// its trip being checked (an error after the commit).

@@ -334,9 +334,11 @@ func TestVelocityBurstAfterQuietSpellTrips(t *testing.T) {
 			t.Fatalf("a burst of %d SMS did not trip", e.alltime()-start)
 		}
 	}
-	if grown := e.alltime() - start; grown > 500+125 {
+	grown := e.alltime() - start
+	if grown > 500+125 {
 		t.Fatalf("tripped after %d SMS of burst", grown)
 	}
+	t.Logf("after three quiet days, a burst of 25 SMS/min tripped after %d SMS of burst", grown)
 	if incs := e.incidents(); len(incs) != 1 || incs[0].Outcome != store.OutcomeSuspended {
 		t.Fatalf("incidents %+v", incs)
 	}
@@ -465,4 +467,29 @@ func TestVelocityTwilioCallsPerDay(t *testing.T) {
 			t.Fatalf("want 3 REST calls per step firing: %v for %d firings", calls, firings)
 		}
 	}
+}
+
+// A callback from a trigger that is not the rule's step as it is now (a
+// daily trigger left from when the rule was a threshold rule) is answered
+// and re-armed, but never counts toward a trip.
+func TestVelocityStaleTriggerDoesNotCount(t *testing.T) {
+	e := newVelEnv(t, velocityRules)
+	acct := twilioapi.Account{SID: e.sub.SID, FriendlyName: "tenant-acme"}
+	now := e.sim.Now()
+	for i := range 6 {
+		at := now.Add(time.Duration(i) * time.Minute)
+		_, err := e.b.Accept(e.ctx, e.rule, acct, Callback{IdempotencyToken: "stale-" + strconv.Itoa(i), UsageTriggerSID: "UTold",
+			DateFired: at.Format(time.RFC1123Z), Recurring: "daily", UsageCategory: "sms", TriggerBy: "count", CurrentValue: "600"})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.b.RunDueOnce(e.ctx)
+	if steps, _ := e.st.Steps(e.ctx, e.rule.Name, e.sub.SID, time.Time{}, 100); len(steps) != 0 {
+		t.Fatalf("stale firings counted: %+v", steps)
+	}
+	if incs := e.incidents(); len(incs) != 0 {
+		t.Fatalf("stale firings tripped: %+v", incs)
+	}
+	e.oneLiveStep()
 }

@@ -237,7 +237,8 @@ var migrations = []migration{
 				current_value     TEXT    NOT NULL DEFAULT '',
 				date_fired        TEXT    NOT NULL DEFAULT '',
 				fired_at          INTEGER NOT NULL,
-				received_at       INTEGER NOT NULL
+				received_at       INTEGER NOT NULL,
+				stale             INTEGER NOT NULL DEFAULT 0 CHECK (stale IN (0, 1))
 			) STRICT, WITHOUT ROWID`,
 			// Steps: an account's latest firings of a rule.
 			`CREATE INDEX velocity_steps_account ON velocity_steps (rule, account_sid, fired_at)`,

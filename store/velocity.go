@@ -25,6 +25,11 @@ type StepFiring struct {
 	DateFired        string    // as Twilio sent it (RFC 2822)
 	FiredAt          time.Time // DateFired parsed (else the receipt)
 	ReceivedAt       time.Time
+	// Stale: the trigger that fired was not the rule's step as the rule is
+	// now (another category or trigger_by, a recurring trigger left from a
+	// threshold rule). It is recorded, so that its rearm_step action arms a
+	// real step at once, but Steps never returns it.
+	Stale bool
 }
 
 // StepResult says what RecordStep did.
@@ -44,12 +49,12 @@ type VelocityStore interface {
 	// Step returns one step firing, or ErrNotFound.
 	Step(ctx context.Context, token string) (StepFiring, error)
 	// Steps returns up to limit of the latest step firings of rule on the
-	// account fired after after, oldest first.
+	// account fired after after, oldest first; stale ones are left out.
 	Steps(ctx context.Context, rule, accountSID string, after time.Time, limit int) ([]StepFiring, error)
 }
 
 const stepCols = `idempotency_token, rule, account_sid, account_name, usage_trigger_sid, usage_category,
-	trigger_by, trigger_value, current_value, date_fired, fired_at, received_at`
+	trigger_by, trigger_value, current_value, date_fired, fired_at, received_at, stale`
 
 // RecordStep implements VelocityStore.
 func (s *SQLite) RecordStep(ctx context.Context, f StepFiring) (StepResult, error) {
@@ -69,10 +74,10 @@ func (s *SQLite) RecordStep(ctx context.Context, f StepFiring) (StepResult, erro
 	}
 	res, err := submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) (StepResult, error) {
 		r, err := tx.ExecContext(ctx, `INSERT INTO velocity_steps (`+stepCols+`)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (idempotency_token) DO NOTHING`,
 			f.IdempotencyToken, f.Rule, f.AccountSID, f.AccountName, f.UsageTriggerSID, f.UsageCategory,
-			f.TriggerBy, f.TriggerValue, f.CurrentValue, f.DateFired, fired, recv)
+			f.TriggerBy, f.TriggerValue, f.CurrentValue, f.DateFired, fired, recv, boolInt(f.Stale))
 		if err != nil {
 			return StepResult{}, fmt.Errorf("insert step: %w", err)
 		}
@@ -135,7 +140,7 @@ func (s *SQLite) Steps(ctx context.Context, rule, accountSID string, after time.
 		}
 	}
 	rows, err := s.r.QueryContext(ctx, `SELECT `+stepCols+` FROM velocity_steps
-		WHERE rule = ? AND account_sid = ? AND fired_at > ?
+		WHERE rule = ? AND account_sid = ? AND fired_at > ? AND stale = 0
 		ORDER BY fired_at DESC, idempotency_token DESC LIMIT ?`, rule, accountSID, since, limit)
 	if err != nil {
 		return nil, fmt.Errorf("store: steps: %w", err)
@@ -155,14 +160,14 @@ func scanSteps(rows *sql.Rows) ([]StepFiring, error) {
 	var out []StepFiring
 	for rows.Next() {
 		var (
-			f              StepFiring
-			fired, receivd int64
+			f                     StepFiring
+			fired, receivd, stale int64
 		)
 		if err := rows.Scan(&f.IdempotencyToken, &f.Rule, &f.AccountSID, &f.AccountName, &f.UsageTriggerSID,
-			&f.UsageCategory, &f.TriggerBy, &f.TriggerValue, &f.CurrentValue, &f.DateFired, &fired, &receivd); err != nil {
+			&f.UsageCategory, &f.TriggerBy, &f.TriggerValue, &f.CurrentValue, &f.DateFired, &fired, &receivd, &stale); err != nil {
 			return nil, err
 		}
-		f.FiredAt, f.ReceivedAt = fromUnixNano(fired), fromUnixNano(receivd)
+		f.FiredAt, f.ReceivedAt, f.Stale = fromUnixNano(fired), fromUnixNano(receivd), stale != 0
 		out = append(out, f)
 	}
 	return out, rows.Err()

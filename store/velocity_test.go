@@ -36,6 +36,11 @@ func TestVelocityRecordStep(t *testing.T) {
 	if _, err := s.RecordStep(ctx, StepFiring{IdempotencyToken: "x", Rule: "other", AccountSID: "AC1", FiredAt: base, ReceivedAt: base}); err != nil {
 		t.Fatal(err)
 	}
+	stale := step("s", base.Add(3*time.Minute))
+	stale.Stale = true
+	if res, err := s.RecordStep(ctx, stale); err != nil || res.Rearm.ID == 0 {
+		t.Fatalf("stale step: %+v, %v", res, err)
+	}
 	got, err := s.Steps(ctx, "sms-velocity", "AC1", time.Time{}, 2)
 	if err != nil || len(got) != 2 || got[0].IdempotencyToken != "b" || got[1].IdempotencyToken != "c" || !got[1].FiredAt.Equal(base.Add(2*time.Minute)) {
 		t.Fatalf("latest 2 steps: %+v, %v", got, err)
@@ -50,11 +55,14 @@ func TestVelocityRecordStep(t *testing.T) {
 		t.Fatalf("missing step: %v", err)
 	}
 
-	if n := pending(t, s); n != 4 {
-		t.Fatalf("pending %d, want 4 rearm actions", n)
+	if f, err := s.Step(ctx, "s"); err != nil || !f.Stale {
+		t.Fatalf("stale step: %+v, %v", f, err)
+	}
+	if n := pending(t, s); n != 5 {
+		t.Fatalf("pending %d, want 5 rearm actions", n)
 	}
 	acts := claim(t, s, testOwner, base.Add(time.Hour), base.Add(time.Hour), 10)
-	if len(acts) != 4 {
+	if len(acts) != 5 {
 		t.Fatalf("claimed %d rearm actions, want 4 (they lock no account)", len(acts))
 	}
 	done, err := s.CompleteAction(ctx, rearms[0].ID, testOwner, Completion{State: ActionDone, Outcome: OutcomeArmed, Detail: "armed UT2"})
