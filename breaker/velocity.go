@@ -273,6 +273,9 @@ func (b *Breaker) workRearmStep(ctx context.Context, a store.Action) Result {
 	if r == nil || !r.IsVelocity() {
 		return Done(OutcomeSkipped, fmt.Sprintf("rule %q is no longer a velocity rule; the reconciler deletes its triggers", step.Rule))
 	}
+	if acct, ok := b.accounts.Cached(step.AccountSID); ok && acct.Status == twilioapi.StatusClosed {
+		return Done(OutcomeSkipped, "the account is closed; nothing to arm")
+	}
 	log := b.log.With("rule", r.Name, "account", step.AccountSID, "step", step.IdempotencyToken)
 	armed, detail, err := b.armStep(ctx, s, r, step)
 	if err != nil {
@@ -296,9 +299,6 @@ func (b *Breaker) workRearmStep(ctx context.Context, a store.Action) Result {
 func (b *Breaker) armStep(ctx context.Context, s *Settings, r *rules.Rule, step store.StepFiring) (twilioapi.Trigger, string, error) {
 	unlock := b.locks.lock(step.AccountSID) // not while the reconciler or a trip works on the account
 	defer unlock()
-	if acct, ok := b.accounts.Cached(step.AccountSID); ok && acct.Status == twilioapi.StatusClosed {
-		return twilioapi.Trigger{}, "the account is closed; nothing to arm", nil
-	}
 	spec := s.Spec(r)
 	existing, err := b.api.ListTriggers(ctx, step.AccountSID)
 	if err != nil {
