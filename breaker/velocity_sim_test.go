@@ -435,6 +435,22 @@ func TestVelocityPollFallback(t *testing.T) {
 		t.Fatalf("incidents %+v", incs)
 	}
 	t.Logf("poll incident %s: %s", incs[0].Period, incs[0].Detail)
+
+	// The lost callbacks of the same burst arrive late (fired before the
+	// poll that opened the incident): they land on no new incident.
+	acct := twilioapi.Account{SID: e.sub.SID, FriendlyName: "tenant-acme"}
+	end := firedAt(incs[0].DateFired, time.Time{}) // the poll that opened it
+	for i := range 5 {
+		at := end.Add(time.Duration(i-5) * time.Minute)
+		res, err := e.b.Accept(e.ctx, e.rule, acct, Callback{IdempotencyToken: "late-" + strconv.Itoa(i), UsageTriggerSID: "UT" + strconv.Itoa(i),
+			DateFired: at.Format(time.RFC1123Z), UsageCategory: "sms", TriggerBy: "count", CurrentValue: strconv.Itoa(600 + 125*i)})
+		if err != nil || res.Incident.ID != 0 {
+			t.Fatalf("late callback %d: %+v, %v", i, res, err)
+		}
+	}
+	if incs := e.incidents(); len(incs) != 1 {
+		t.Fatalf("late callbacks opened another incident: %+v", incs)
+	}
 }
 
 // The Twilio calls a velocity rule costs per subaccount per day, counted on
@@ -492,4 +508,34 @@ func TestVelocityStaleTriggerDoesNotCount(t *testing.T) {
 		t.Fatalf("stale firings tripped: %+v", incs)
 	}
 	e.oneLiveStep()
+}
+
+// The re-arm is exactly once: an attempt whose result was lost (the process
+// stopped after its create) is followed by one that adopts the step it
+// created instead of creating a second.
+func TestVelocityRearmAdoptsAfterLostResult(t *testing.T) {
+	e := newVelEnv(t, velocityRules)
+	e.sim.Advance(time.Minute)
+	c := decimal.FromInt(125)
+	fs, err := e.sim.AddUsage(twiliosim.UsageInput{AccountSID: e.sub.SID, Category: "sms", Count: c, Usage: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.sim.Wait(e.ctx, fs...); err != nil {
+		t.Fatal(err)
+	}
+	acts, err := e.st.ClaimActions(e.ctx, store.Claim{Owner: "test", LeaseUntil: e.sim.Now().Add(time.Minute)}, e.sim.Now(), 10)
+	if err != nil || len(acts) != 1 || acts[0].Kind != store.ActionRearmStep {
+		t.Fatalf("claimed %+v, %v", acts, err)
+	}
+	creates := e.sim.State().Requests["triggers.create"]
+	first := e.b.workRearmStep(e.ctx, acts[0]) // its result is "lost": never recorded
+	armed := e.oneLiveStep()
+	second := e.b.workRearmStep(e.ctx, acts[0])
+	if got := e.oneLiveStep(); got.SID != armed.SID || e.sim.State().Requests["triggers.create"] != creates+1 {
+		t.Fatalf("second attempt: step %s (first %s), %d creates", got.SID, armed.SID, e.sim.State().Requests["triggers.create"]-creates)
+	}
+	if first.Outcome() != store.OutcomeArmed || second.Outcome() != store.OutcomeArmed || !strings.HasPrefix(second.Detail(), "adopted step "+armed.SID) {
+		t.Fatalf("results %q %q / %q %q", first.Outcome(), first.Detail(), second.Outcome(), second.Detail())
+	}
 }
