@@ -195,7 +195,11 @@ func (b *Breaker) workTrip(ctx context.Context, a store.Action) Result {
 	if r.Action == rules.ActionSuspend {
 		b.m.Suspensions.WithLabelValues(inc.Rule, string(res.Outcome())).Inc()
 	}
-	attrs := []any{"outcome", res.Outcome(), "detail", res.Detail(), "current_value", inc.CurrentValue, "threshold", r.Threshold.String()}
+	limit := r.Threshold.String()
+	if r.IsVelocity() {
+		limit = r.Velocity.Amount.String() // current_value is the growth
+	}
+	attrs := []any{"outcome", res.Outcome(), "detail", res.Detail(), "current_value", inc.CurrentValue, "threshold", limit}
 	if tt.receiptToWrite > 0 {
 		attrs = append(attrs, "receipt_to_write", tt.receiptToWrite, "twilio_wait", tt.read)
 	}
