@@ -94,6 +94,9 @@ type Breaker struct {
 	// write (time.Now, monotonic); a read that started before is stale.
 	lastWrite sync.Map
 
+	velocityLocks keyedMutex       // one per subaccount: a velocity rule's trip check and its record (velocity.go)
+	velReadings   velocityReadings // the poller's recent readings for velocity rules (velocity.go)
+
 	callbacks *callbackMemo // wraps api: which CallbackUrl this process set on each trigger
 
 	reconcileMu sync.Mutex // never two reconciles at once

@@ -40,6 +40,10 @@ type Trip struct {
 	Limit decimal.Decimal
 	// DryRun is the global dry run (config dry_run: true, run --dry-run).
 	DryRun bool
+	// Evidence, when set, is why a rule without a threshold trips (a
+	// velocity rule's firings, verified by the caller): the threshold is not
+	// compared, and the details say this instead.
+	Evidence string
 }
 
 // Decision is what a rule does about a Trip.
@@ -70,12 +74,21 @@ func Decide(t Trip) Decision {
 		return skip("the trigger that fired watches %s by %s, the rule now watches %s by %s",
 			t.Category, t.TriggerBy, r.UsageCategory, r.TriggerBy)
 	}
+	if r.IsVelocity() && t.Evidence == "" {
+		// Its firings' times, not a value, trip a velocity rule: the rule
+		// tests and the backtest cannot replay it (velocity.go verifies it).
+		return skip("rule %q is a velocity rule: it trips on its step firings' times, not on a value", r.Name)
+	}
 	limit := t.Limit
 	if limit.IsZero() {
 		limit = r.Threshold
 	}
-	if t.Value.Cmp(limit) < 0 {
-		return skip("current value %s is below the rule's threshold %s", t.Value, limit)
+	why := t.Evidence
+	if why == "" {
+		if t.Value.Cmp(limit) < 0 {
+			return skip("current value %s is below the rule's threshold %s", t.Value, limit)
+		}
+		why = fmt.Sprintf("value %s >= threshold %s", t.Value, limit)
 	}
 	switch {
 	case r.DryRun || t.DryRun:
@@ -83,9 +96,9 @@ func Decide(t Trip) Decision {
 		if !r.DryRun {
 			global = "; global dry_run"
 		}
-		return Decision{OutcomeDryRun, fmt.Sprintf("dry run: would %s (value %s >= threshold %s%s)", r.Action, t.Value, limit, global)}
+		return Decision{OutcomeDryRun, fmt.Sprintf("dry run: would %s (%s%s)", r.Action, why, global)}
 	case r.Action == rules.ActionNotify:
-		return Decision{OutcomeNotified, fmt.Sprintf("value %s >= threshold %s; rule only notifies", t.Value, limit)}
+		return Decision{OutcomeNotified, fmt.Sprintf("%s; rule only notifies", why)}
 	}
 	switch t.Account.Status {
 	case twilioapi.StatusSuspended:
@@ -93,7 +106,7 @@ func Decide(t Trip) Decision {
 	case twilioapi.StatusClosed:
 		return Decision{OutcomeAlreadySuspended, "the account is closed"}
 	}
-	return Decision{OutcomeSuspended, fmt.Sprintf("value %s >= threshold %s", t.Value, limit)}
+	return Decision{OutcomeSuspended, why}
 }
 
 // Suspends reports whether rule r writes a suspension when it trips: a

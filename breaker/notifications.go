@@ -135,6 +135,10 @@ func (b *Breaker) event(ctx context.Context, inc store.Incident, kind string) (*
 		if ni.Recurring == "" {
 			ni.Recurring = r.Recurring
 		}
+		if _, ok := velocityStart(inc.Period); ok && ni.Recurring == "" && r.Velocity != nil {
+			// A velocity incident: Value is the growth, Threshold the amount.
+			ni.Recurring = "growth within " + r.Velocity.Within.String()
+		}
 	}
 	if ni.Outcome == "" && kind == notify.KindGuard {
 		ni.Outcome = OutcomeHeld

@@ -87,6 +87,9 @@ func (b *Breaker) Poll(ctx context.Context) (res PollResult, err error) {
 				continue
 			}
 			p := twilioapi.Period(r.Recurring)
+			if r.IsVelocity() {
+				p = twilioapi.PeriodAllTime // a step watches all-time usage
+			}
 			if _, seen := j.periods[p]; !seen {
 				j.order = append(j.order, p)
 			}
@@ -166,6 +169,14 @@ func (b *Breaker) pollPeriod(ctx context.Context, acct twilioapi.Account, p twil
 		rec, ok := byCat[r.UsageCategory]
 		if !ok {
 			continue // no usage of that category in this period
+		}
+		if r.IsVelocity() {
+			over, opened, known, err := b.pollVelocity(ctx, acct, r, rec, now)
+			pp.over, pp.opened, pp.known = pp.over+over, pp.opened+opened, pp.known+known
+			if err != nil {
+				errs = append(errs, err)
+			}
+			continue
 		}
 		value := rec.Value(r.TriggerBy)
 		// After a reactivation in this period the re-armed trigger's value is

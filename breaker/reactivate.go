@@ -343,8 +343,8 @@ func planRearm(s *Settings, acct twilioapi.Account, ts []twilioapi.Trigger, epis
 		}
 		owned[name] = append(owned[name], t)
 		r := s.Rules.Get(name)
-		if r == nil || t.DateFired == "" {
-			continue
+		if r == nil || r.IsVelocity() || t.DateFired == "" {
+			continue // a velocity rule's steps are re-armed by rearm_step and the reconciler
 		}
 		at, err := mail.ParseDate(t.DateFired)
 		if err == nil && PeriodKey(r.Recurring, at) == PeriodKey(r.Recurring, now) {
@@ -354,7 +354,7 @@ func planRearm(s *Settings, acct twilioapi.Account, ts []twilioapi.Trigger, epis
 	for _, inc := range episode {
 		r := s.Rules.Get(inc.Rule)
 		base, _, _ := strings.Cut(inc.Period, "#")
-		if r != nil && base == PeriodKey(r.Recurring, now) {
+		if r != nil && !r.IsVelocity() && base == PeriodKey(r.Recurring, now) {
 			want[inc.Rule] = true
 		}
 	}

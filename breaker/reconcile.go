@@ -309,6 +309,10 @@ func planAccount(existing []twilioapi.Trigger, desired []twilioapi.TriggerSpec, 
 	for _, spec := range desired {
 		wanted[spec.FriendlyName] = true
 		cands := owned[spec.FriendlyName]
+		if isStepSpec(spec) {
+			planVelocity(&p, cands, spec) // a velocity rule's step (velocity.go)
+			continue
+		}
 		idx := -1
 		for i, t := range cands {
 			if sameTrigger(t, spec) {

@@ -86,6 +86,9 @@ func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Acco
 	if !cb.Arrived.IsZero() && cb.Arrived.Before(now) && now.Sub(cb.Arrived) < time.Minute {
 		received = cb.Arrived
 	}
+	if r.IsVelocity() {
+		return b.acceptStep(ctx, r, acct, cb, received)
+	}
 	// After a re-arm, a firing in the same period belongs to the re-armed
 	// generation: its own incident ("daily:2026-11-24#2"), so it trips again.
 	period, err := b.IncidentPeriod(ctx, r.Name, acct.SID, PeriodKey(r.Recurring, firedAt(cb.DateFired, now)))
@@ -234,7 +237,11 @@ func (b *Breaker) workTrip(ctx context.Context, a store.Action) Result {
 	if r.Action == rules.ActionSuspend {
 		b.m.Suspensions.WithLabelValues(inc.Rule, string(res.Outcome())).Inc()
 	}
-	attrs := []any{"outcome", res.Outcome(), "detail", res.Detail(), "current_value", inc.CurrentValue, "threshold", r.Threshold.String()}
+	limit := r.Threshold.String()
+	if r.IsVelocity() {
+		limit = r.Velocity.Amount.String() // current_value is the growth
+	}
+	attrs := []any{"outcome", res.Outcome(), "detail", res.Detail(), "current_value", inc.CurrentValue, "threshold", limit}
 	if tt.receiptToWrite > 0 {
 		attrs = append(attrs, "receipt_to_write", tt.receiptToWrite, "twilio_wait", tt.read)
 	}
@@ -308,9 +315,19 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 	if inc.Source == store.SourceCallback {
 		t.Category, t.TriggerBy = inc.UsageCategory, inc.TriggerBy
 	}
+	if _, isVelocity := velocityStart(inc.Period); isVelocity || r.IsVelocity() {
+		// A velocity rule trips on the firings' times, not a threshold.
+		if t.Evidence, err = b.verifyEvidence(ctx, inc, r); err != nil {
+			return Result{}, err
+		}
+	}
 	d := Decide(t) // decide.go: the same decision as the rule tests and the backtest
 
 	// Act.
+	evidence := t.Evidence
+	if evidence == "" {
+		evidence = fmt.Sprintf("value %s >= threshold %s", cur, r.Threshold)
+	}
 	switch d.Outcome {
 	case OutcomeSkipped:
 		return Result{}, skip{d.Detail}
@@ -323,7 +340,7 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 		if ours, err := b.ownSuspension(ctx, a, inc); err != nil {
 			return Result{}, err
 		} else if ours {
-			return Done(OutcomeSuspended, fmt.Sprintf("value %s >= threshold %s (suspended by an earlier attempt whose answer was lost)", cur, r.Threshold)), nil
+			return Done(OutcomeSuspended, fmt.Sprintf("%s (suspended by an earlier attempt whose answer was lost)", evidence)), nil
 		}
 		if a.Rescued && a.WriteSentAt.IsZero() {
 			return Done(OutcomeAlreadySuspended, d.Detail+detailClaimLost), nil
@@ -350,7 +367,7 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 		slot.free()
 		return Result{}, err // stopping: the write is not sent
 	}
-	res, err := b.writeSuspended(ctx, a, inc, tt)
+	res, err := b.writeSuspended(ctx, a, inc, evidence, tt)
 	if err != nil {
 		slot.free()
 		return res, err
@@ -391,7 +408,7 @@ func (b *Breaker) ownSuspension(ctx context.Context, a store.Action, inc store.I
 // until then the claim holds the account. A write whose outcome is unknown
 // is not repeated before it can no longer land: the retry waits a write
 // lease and keeps the account that long.
-func (b *Breaker) writeSuspended(ctx context.Context, a store.Action, inc store.Incident, tt *tripTimes) (Result, error) {
+func (b *Breaker) writeSuspended(ctx context.Context, a store.Action, inc store.Incident, evidence string, tt *tripTimes) (Result, error) {
 	var (
 		mu   sync.Mutex
 		sent time.Time
@@ -445,16 +462,7 @@ func (b *Breaker) writeSuspended(ctx context.Context, a store.Action, inc store.
 		sentAt = b.now() // HTTP/2 may report the send after the answer
 	}
 	b.accounts.Put(upd)
-	cur := inc.CurrentValue
-	if d, err := decimal.Parse(cur); err == nil {
-		cur = d.String() // as the other outcomes' details say it
-	}
-	r := b.Rule(inc.Rule)
-	detail := "value " + cur
-	if r != nil {
-		detail = fmt.Sprintf("value %s >= threshold %s", cur, r.Threshold)
-	}
-	return Done(OutcomeSuspended, detail).WithWriteSent(sentAt), nil
+	return Done(OutcomeSuspended, evidence).WithWriteSent(sentAt), nil
 }
 
 // wroteStatus notes that this process sent a status write to the account
@@ -513,4 +521,24 @@ func statusOf(err error) int {
 // with backoff.
 func givesUp(err error) bool {
 	return twilioapi.IsPermanent(err) && statusOf(err) != http.StatusUnauthorized
+}
+
+// verifyEvidence checks that the incident's evidence still trips rule r and
+// says what it was: the value over the threshold, or for a velocity rule
+// the growth within its time (verifyVelocity). A skip error if it does not.
+func (b *Breaker) verifyEvidence(ctx context.Context, inc store.Incident, r *rules.Rule) (string, error) {
+	if r.IsVelocity() {
+		return b.verifyVelocity(ctx, inc, r)
+	}
+	if _, ok := velocityStart(inc.Period); ok {
+		return "", skip{fmt.Sprintf("rule %q is no longer a velocity rule", r.Name)}
+	}
+	cur, err := decimal.Parse(inc.CurrentValue)
+	if err != nil {
+		return "", skip{fmt.Sprintf("current value %q is not a number", inc.CurrentValue)}
+	}
+	if cur.Cmp(r.Threshold) < 0 {
+		return "", skip{fmt.Sprintf("current value %s is below the rule's threshold %s", cur, r.Threshold)}
+	}
+	return fmt.Sprintf("value %s >= threshold %s", cur, r.Threshold), nil
 }

@@ -17,6 +17,7 @@ import (
 //	guard:{notifier}     the one page per notifier when the guard starts holding (guard.go)
 //	approval:{notifier}  the incident awaits a person's approval (approval.go)
 //	reactivate           the rule's reactivate policy, due at its time (reactivate.go)
+//	rearm_step           after a velocity rule's step firing: arm the next step (velocity.go)
 //
 // end_calls and notify:* wait until the trip action is finished (the queue
 // does not hand them out before), so a notification reports the outcome.
@@ -30,6 +31,8 @@ func (b *Breaker) worker(kind store.ActionKind) Worker {
 		return WorkerFunc(b.workEndCalls)
 	case kind == store.ActionReactivate:
 		return WorkerFunc(b.workReactivate)
+	case kind == store.ActionRearmStep:
+		return WorkerFunc(b.workRearmStep)
 	case strings.HasPrefix(string(kind), store.KindNotifyPrefix):
 		return WorkerFunc(func(ctx context.Context, a store.Action) Result { return b.workNotify(ctx, a, notifyIncident) })
 	case strings.HasPrefix(string(kind), store.KindGuardPrefix):

@@ -350,7 +350,7 @@ func exampleEnv(t *testing.T) {
 func TestLoadExample(t *testing.T) {
 	exampleEnv(t)
 	cfg := mustLoad(t, "../config.example.yaml")
-	if cfg.Rules.Len() != 4 || cfg.Instance != "prod" || cfg.Admin.Token.Reveal() != "example-admin-token" ||
+	if cfg.Rules.Len() != 5 || cfg.Instance != "prod" || cfg.Admin.Token.Reveal() != "example-admin-token" ||
 		cfg.Server.AdminListen != "127.0.0.1:9111" || cfg.Server.PublicURL != "https://breaker.example.com" {
 		t.Errorf("example config: %+v", cfg)
 	}

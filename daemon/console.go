@@ -179,6 +179,10 @@ func (b *consoleBackend) Rules(ctx context.Context) ([]console.Rule, error) {
 			Watches: fmt.Sprintf("%s by %s ≥ %s, %s", r.UsageCategory, r.TriggerBy, r.Threshold, r.Recurring),
 			Action:  r.Action, Source: fmt.Sprintf("%s:%d", r.File, r.Line),
 			Period: breaker.PeriodKey(r.Recurring, now)}
+		if v := r.Velocity; v != nil {
+			cr.Watches = fmt.Sprintf("%s by %s grows %s within %s (steps of %s)", r.UsageCategory, r.TriggerBy, v.Amount, v.Within, v.Step())
+			cr.Period = "velocity"
+		}
 		if r.DryRun {
 			cr.Action += " (dry run)"
 		}

@@ -48,7 +48,7 @@ const MaxFriendlyName = 64
 
 var (
 	ruleKeys = []string{"name", "description", "accounts", "usage_category", "trigger_by", "recurring", "threshold", "action", "dry_run",
-		"notify", "end_calls", "reactivate", "rearm_allowance", "unlisted_category", "approval"}
+		"notify", "end_calls", "reactivate", "rearm_allowance", "unlisted_category", "approval", "velocity"}
 	futureRuleKeys []string
 	accountsKeys   = []string{"include", "exclude"}
 
@@ -337,24 +337,34 @@ func parseRule(d *strict.Decoder, it strict.Value, idx int) (parsed, bool) {
 		}
 	}
 
+	// A velocity rule (velocity.go) has neither recurring nor threshold.
+	velV := m.Get("velocity")
+	velocity := velV.Written()
 	recV := m.Get("recurring")
-	if s, ok := d.String(recV); ok {
+	if velocity && recV.Written() {
+		d.Errorf(recV, "a velocity rule has no recurring (its triggers are non-recurring and re-armed after each step); remove it")
+	} else if s, ok := d.String(recV); ok {
 		if oneOf(s, RecurringDaily, RecurringMonthly, RecurringYearly, RecurringAllTime) {
 			r.Recurring = s
 		} else {
 			d.Errorf(recV, "%q must be one of daily, monthly, yearly, alltime", s)
 		}
-	} else if !recV.Present() {
+	} else if !recV.Present() && !velocity {
 		d.Required(recV)
 	}
 
 	thV := m.Get("threshold")
-	if s, ok := d.Raw(thV, "a decimal number"); ok {
+	if velocity && thV.Written() {
+		d.Errorf(thV, "a velocity rule has no threshold (it trips on growth of velocity.amount within velocity.within); remove it")
+	} else if s, ok := d.Raw(thV, "a decimal number"); ok {
 		if t, ok := threshold(d, thV, s); ok {
 			r.Threshold = t
 		}
-	} else if !thV.Present() {
+	} else if !thV.Present() && !velocity {
 		d.Required(thV)
+	}
+	if velocity {
+		parseVelocity(d, velV, r)
 	}
 
 	actV := m.Get("action")
@@ -377,6 +387,9 @@ func parseRule(d *strict.Decoder, it strict.Value, idx int) (parsed, bool) {
 	}
 
 	parseOperatorKeys(d, m, r)
+	if velocity {
+		checkVelocityKeys(d, m, r)
+	}
 
 	valid := len(d.Errs) == errsBefore
 	if valid {
@@ -492,7 +505,7 @@ func (s *Set) Checksum() string {
 			fields := []string{r.Name, r.Description, strings.Join(r.Include, "\x01"), strings.Join(r.Exclude, "\x01"),
 				r.UsageCategory, r.TriggerBy, r.Recurring, r.Threshold.String(), r.Action, strconv.FormatBool(r.DryRun),
 				strconv.FormatBool(r.NotifySet), strings.Join(r.Notify, "\x01"), strconv.FormatBool(r.EndCalls),
-				r.Reactivate.String(), r.RearmAllowance.String(), r.Approval.String()}
+				r.Reactivate.String(), r.RearmAllowance.String(), r.Approval.String(), r.Velocity.String()}
 			for _, f := range fields {
 				fmt.Fprintf(h, "%d:%s;", len(f), f)
 			}

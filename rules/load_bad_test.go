@@ -11,6 +11,18 @@ import (
 // badRules maps each file in testdata/bad to the exact error LoadFiles gives
 // for it. Every file there must be listed; each has one problem.
 var badRules = map[string]string{
+	"velocity-amount-missing.yaml":     `testdata/bad/velocity-amount-missing.yaml:8: rule "sms-velocity": velocity.amount is required`,
+	"velocity-amount-zero.yaml":        `testdata/bad/velocity-amount-zero.yaml:9: rule "sms-velocity": velocity.amount: "0" must be greater than 0`,
+	"velocity-null.yaml":               `testdata/bad/velocity-null.yaml:8: rule "sms-velocity": velocity: must be a mapping with amount and within, not null`,
+	"velocity-rearm-allowance.yaml":    `testdata/bad/velocity-rearm-allowance.yaml:11: rule "sms-velocity": rearm_allowance: a velocity rule re-arms its own steps; remove rearm_allowance`,
+	"velocity-recurring.yaml":          `testdata/bad/velocity-recurring.yaml:8: rule "sms-velocity": recurring: a velocity rule has no recurring (its triggers are non-recurring and re-armed after each step); remove it`,
+	"velocity-steps-big.yaml":          `testdata/bad/velocity-steps-big.yaml:11: rule "sms-velocity": velocity.steps: 50 must be from 1 to 20`,
+	"velocity-steps-indivisible.yaml":  `testdata/bad/velocity-steps-indivisible.yaml:11: rule "sms-velocity": velocity.steps: amount 100 / steps 3 is not a decimal of at most 6 places (Twilio keeps 6); choose an amount divisible by steps`,
+	"velocity-threshold.yaml":          `testdata/bad/velocity-threshold.yaml:8: rule "sms-velocity": threshold: a velocity rule has no threshold (it trips on growth of velocity.amount within velocity.within); remove it`,
+	"velocity-unknown-key.yaml":        `testdata/bad/velocity-unknown-key.yaml:11: rule "sms-velocity": unknown key "stepz" in velocity (did you mean "steps"?)`,
+	"velocity-within-missing.yaml":     `testdata/bad/velocity-within-missing.yaml:8: rule "sms-velocity": velocity.within is required`,
+	"velocity-within-short.yaml":       `testdata/bad/velocity-within-short.yaml:10: rule "sms-velocity": velocity.within: 5m0s is too short for 4 steps: must be at least 8m0s (Twilio evaluates a trigger about once a minute, so 5 step firings take at least 4 minutes)`,
+	"velocity-within-zero.yaml":        `testdata/bad/velocity-within-zero.yaml:10: rule "sms-velocity": velocity.within: must be greater than 0`,
 	"yaml-syntax.yaml":                 `testdata/bad/yaml-syntax.yaml:4: invalid YAML: did not find expected ',' or ']'`,
 	"empty.yaml":                       "testdata/bad/empty.yaml:1: rules is required",
 	"rules-not-list.yaml":              "testdata/bad/rules-not-list.yaml:2: rules: must be a list, not a mapping",

@@ -382,7 +382,7 @@ func TestExampleRuleFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if set.Len() != 4 {
+	if set.Len() != 5 {
 		t.Errorf("example.yaml has %d rules", set.Len())
 	}
 	r := set.Get("sms-spend-daily")
@@ -419,8 +419,9 @@ func FuzzLoadRules(f *testing.F) {
 			return
 		}
 		for _, r := range rs {
-			if !nameRE.MatchString(r.Name) || len(r.Include) == 0 || !IsUsageCategory(r.UsageCategory) ||
-				r.Threshold.Sign() <= 0 || r.compiled == nil {
+			limit := r.Velocity == nil && r.Threshold.Sign() > 0 ||
+				r.Velocity != nil && r.Threshold.Sign() == 0 && r.Recurring == "" && r.Velocity.Amount.Sign() > 0 && r.Velocity.Steps >= 1
+			if !nameRE.MatchString(r.Name) || len(r.Include) == 0 || !IsUsageCategory(r.UsageCategory) || !limit || r.compiled == nil {
 				t.Fatalf("invalid rule accepted: %+v", r)
 			}
 			r.Matches(sidA, "tenant-1")

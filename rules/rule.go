@@ -26,10 +26,11 @@ type Rule struct {
 	Include       []string // globs on friendly name; AC + 32 hex is an exact SID
 	Exclude       []string // same syntax; exclude wins over include
 	UsageCategory string
-	TriggerBy     string // count | usage | price
-	Recurring     string // daily | monthly | yearly | alltime
-	Threshold     decimal.Decimal
-	Action        string // suspend | notify
+	TriggerBy     string          // count | usage | price
+	Recurring     string          // daily | monthly | yearly | alltime; "" for a velocity rule
+	Threshold     decimal.Decimal // zero for a velocity rule
+	Velocity      *Velocity       // nil unless a velocity rule (velocity.go)
+	Action        string          // suspend | notify
 	DryRun        bool
 
 	// People in the loop (operator.go).
@@ -59,7 +60,20 @@ func (r *Rule) CallbackURL(publicURL string) string {
 }
 
 // Spec is the trigger this rule wants on every subaccount it matches.
+//
+// A velocity rule's is one step: non-recurring, "+amount/steps" above the
+// usage when it is created; the daemon re-arms it after each firing.
 func (r *Rule) Spec(instance, publicURL string) twilioapi.TriggerSpec {
+	if r.Velocity != nil {
+		return twilioapi.TriggerSpec{
+			FriendlyName:   r.TriggerFriendlyName(instance),
+			CallbackURL:    r.CallbackURL(publicURL),
+			CallbackMethod: "POST",
+			UsageCategory:  r.UsageCategory,
+			TriggerBy:      r.TriggerBy,
+			TriggerValue:   r.Velocity.StepValue(),
+		}
+	}
 	return twilioapi.TriggerSpec{
 		FriendlyName:   r.TriggerFriendlyName(instance),
 		CallbackURL:    r.CallbackURL(publicURL),

@@ -188,11 +188,12 @@ func (s *SQLite) completeTx(ctx context.Context, tx *sql.Tx, id int64, owner str
 		}
 	}
 	var (
-		incidentID int64
-		kind       ActionKind
+		incident sql.NullInt64 // NULL for a step firing's action
+		kind     ActionKind
 	)
 	err = tx.StmtContext(ctx, s.wComplete).QueryRowContext(ctx, c.State, c.Outcome, c.Detail, boolInt(c.Attempted),
-		next, lease, timeCol(c.WriteSentAt), c.Progress, now, id, owner, c.ClearWriteSent).Scan(&incidentID, &kind)
+		next, lease, timeCol(c.WriteSentAt), c.Progress, now, id, owner, c.ClearWriteSent).Scan(&incident, &kind)
+	incidentID := incident.Int64
 	if errors.Is(err, sql.ErrNoRows) {
 		return out, ErrNotFound // not running, or claimed by another owner
 	}
@@ -428,14 +429,16 @@ func scanActions(rows *sql.Rows) ([]Action, error) {
 	for rows.Next() {
 		var (
 			a                 Action
+			incident          sql.NullInt64 // NULL for a step firing's action
 			next, lease, sent int64
 			released, rescued int64
 			created, updated  int64
 		)
-		if err := rows.Scan(&a.ID, &a.IncidentID, &a.Kind, &a.AccountSID, &a.State, &a.Attempts, &next,
-			&a.Owner, &lease, &sent, &released, &rescued, &a.Outcome, &a.Detail, &a.Progress, &created, &updated); err != nil {
+		if err := rows.Scan(&a.ID, &incident, &a.Kind, &a.AccountSID, &a.State, &a.Attempts, &next,
+			&a.Owner, &lease, &sent, &released, &rescued, &a.Outcome, &a.Detail, &a.Progress, &created, &updated, &a.Step); err != nil {
 			return nil, err
 		}
+		a.IncidentID = incident.Int64
 		a.NextAttemptAt, a.CreatedAt, a.UpdatedAt = fromUnixNano(next), fromUnixNano(created), fromUnixNano(updated)
 		a.LeaseUntil, a.WriteSentAt, a.Released, a.Rescued = fromTimeCol(lease), fromTimeCol(sent), released != 0, rescued != 0
 		out = append(out, a)

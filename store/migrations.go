@@ -230,6 +230,72 @@ var migrations = []migration{
 			) STRICT`,
 		},
 	},
+	{
+		// Velocity rules (velocity.go): the step firings of velocity rules, and
+		// actions that belong to a step firing instead of an incident (the
+		// rearm_step action that arms the next step). The actions table is
+		// rebuilt because SQLite cannot drop NOT NULL; on a server database
+		// this step is ALTER TABLE actions ALTER COLUMN incident_id DROP NOT
+		// NULL, ADD COLUMN step_token, and the two indexes.
+		name: "velocity steps",
+		stmts: []string{
+			`CREATE TABLE velocity_steps (
+				idempotency_token TEXT    NOT NULL PRIMARY KEY,
+				rule              TEXT    NOT NULL,
+				account_sid       TEXT    NOT NULL,
+				account_name      TEXT    NOT NULL DEFAULT '',
+				usage_trigger_sid TEXT    NOT NULL DEFAULT '',
+				usage_category    TEXT    NOT NULL DEFAULT '',
+				trigger_by        TEXT    NOT NULL DEFAULT '',
+				trigger_value     TEXT    NOT NULL DEFAULT '',
+				current_value     TEXT    NOT NULL DEFAULT '',
+				date_fired        TEXT    NOT NULL DEFAULT '',
+				fired_at          INTEGER NOT NULL,
+				received_at       INTEGER NOT NULL,
+				stale             INTEGER NOT NULL DEFAULT 0 CHECK (stale IN (0, 1))
+			) STRICT, WITHOUT ROWID`,
+			// Steps: an account's latest firings of a rule.
+			`CREATE INDEX velocity_steps_account ON velocity_steps (rule, account_sid, fired_at)`,
+
+			`CREATE TABLE actions_v4 (
+				id              INTEGER PRIMARY KEY,
+				incident_id     INTEGER REFERENCES incidents (id),
+				step_token      TEXT    NOT NULL DEFAULT '',
+				kind            TEXT    NOT NULL CHECK (kind <> ''),
+				account_sid     TEXT    NOT NULL DEFAULT '',
+				state           TEXT    NOT NULL CHECK (state IN ('available', 'running', 'held', 'done', 'failed')),
+				attempts        INTEGER NOT NULL DEFAULT 0,
+				next_attempt_at INTEGER NOT NULL,
+				owner           TEXT    NOT NULL DEFAULT '',
+				lease_until     INTEGER NOT NULL DEFAULT 0,
+				write_sent_at   INTEGER NOT NULL DEFAULT 0,
+				released        INTEGER NOT NULL DEFAULT 0 CHECK (released IN (0, 1)),
+				rescued         INTEGER NOT NULL DEFAULT 0 CHECK (rescued IN (0, 1)),
+				outcome         TEXT    NOT NULL DEFAULT '',
+				detail          TEXT    NOT NULL DEFAULT '',
+				progress        TEXT    NOT NULL DEFAULT '',
+				created_at      INTEGER NOT NULL,
+				updated_at      INTEGER NOT NULL,
+				UNIQUE (incident_id, kind),
+				CHECK ((state = 'running') = (owner <> '')),
+				CHECK ((incident_id IS NULL) = (step_token <> ''))
+			) STRICT`,
+			`INSERT INTO actions_v4 (id, incident_id, kind, account_sid, state, attempts, next_attempt_at, owner,
+				lease_until, write_sent_at, released, rescued, outcome, detail, progress, created_at, updated_at)
+			SELECT id, incident_id, kind, account_sid, state, attempts, next_attempt_at, owner,
+				lease_until, write_sent_at, released, rescued, outcome, detail, progress, created_at, updated_at
+			FROM actions`,
+			`DROP TABLE actions`,
+			`ALTER TABLE actions_v4 RENAME TO actions`,
+			`CREATE INDEX actions_due ON actions (next_attempt_at, id) WHERE state = 'available'`,
+			`CREATE INDEX actions_leased ON actions (account_sid, lease_until) WHERE lease_until > 0`,
+			`CREATE INDEX actions_running ON actions (lease_until) WHERE state = 'running'`,
+			`CREATE INDEX actions_held ON actions (id) WHERE state = 'held'`,
+			`CREATE INDEX actions_suspended ON actions (updated_at) WHERE kind = 'trip' AND outcome = 'suspended'`,
+			// One action per step firing and kind.
+			`CREATE UNIQUE INDEX actions_step ON actions (step_token, kind) WHERE step_token <> ''`,
+		},
+	},
 }
 
 // migrate brings the database to version len(migrations) in one IMMEDIATE transaction

@@ -113,7 +113,7 @@ const incidentCols = `id, rule, account_sid, account_name, period, source, idemp
 	date_fired, action, dry_run, state, outcome, detail, firings, created_at, updated_at`
 
 const actionCols = `id, incident_id, kind, account_sid, state, attempts, next_attempt_at, owner,
-	lease_until, write_sent_at, released, rescued, outcome, detail, progress, created_at, updated_at`
+	lease_until, write_sent_at, released, rescued, outcome, detail, progress, created_at, updated_at, step_token`
 
 // Open opens (creating if needed) the database at path, creating its parent
 // directory with mode 0700 if it is missing, and migrates the schema to the

@@ -79,6 +79,9 @@ const (
 	// ActionReactivate is a scheduled reactivation (a rule's reactivate
 	// policy); its NextAttemptAt is when it is due.
 	ActionReactivate ActionKind = "reactivate"
+	// ActionRearmStep arms a velocity rule's next step after a step firing
+	// (one per firing, with no incident: Action.Step names the firing).
+	ActionRearmStep ActionKind = "rearm_step"
 
 	// KindNotifyPrefix + notifier name: tell that notifier about the incident,
 	// once, after the trip action finished.
@@ -143,6 +146,7 @@ const (
 	// for a person (the rule's approval); the incident is still pending.
 	OutcomeAwaitingApproval Outcome = "awaiting_approval"
 	OutcomeVetoed           Outcome = "vetoed" // a person vetoed the suspension
+	OutcomeArmed            Outcome = "armed"  // rearm_step: the next step trigger exists
 )
 
 // Decision is a person's answer to an incident awaiting approval.
@@ -268,9 +272,14 @@ type Incident struct {
 
 // Action is one unit of work an incident must carry out, retried until done or failed.
 type Action struct {
-	ID         int64
+	ID int64
+	// IncidentID is the incident the action works for; 0 for the action of
+	// a velocity rule's step firing (Step).
 	IncidentID int64
-	Kind       ActionKind
+	// Step is the IdempotencyToken of the step firing the action works for
+	// (ActionRearmStep); "" for an incident's action.
+	Step string
+	Kind ActionKind
 	// AccountSID is the account the action locks ("" for kinds that lock
 	// none, see ActionKind.LocksAccount).
 	AccountSID    string
@@ -362,6 +371,8 @@ type Store interface {
 	ActionStore
 	// OperatorStore: re-arms, reactivations (rearms.go) and approvals (approvals.go).
 	OperatorStore
+	// VelocityStore: the step firings of velocity rules (velocity.go).
+	VelocityStore
 
 	// RecordFiring records a firing and, if its (Rule, AccountSID, Period) has no
 	// incident yet, opens one with an action of each kind in f.Actions.

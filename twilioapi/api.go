@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/usagebreaker/usagebreaker/internal/decimal"
 )
@@ -88,6 +89,9 @@ type UsageRecord struct {
 	Usage      decimal.Decimal
 	Price      decimal.Decimal
 	PriceUnit  string
+	// AsOf is when Twilio computed the record (its as_of); zero when it
+	// did not say.
+	AsOf time.Time
 }
 
 // Value returns the record's value as a trigger of the given trigger_by would see it.

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/usagebreaker/usagebreaker/internal/decimal"
 )
@@ -78,6 +79,7 @@ func (c *Client) UsageRecord(ctx context.Context, accountSID string, period Peri
 			Count:      r.Count.Decimal,
 			Usage:      r.Usage.Decimal,
 			Price:      r.Price.Decimal,
+			AsOf:       parseAsOf(r.AsOf),
 			PriceUnit:  r.PriceUnit,
 		}
 	}
@@ -93,6 +95,17 @@ type usageRecordJSON struct {
 	Usage      looseDecimal `json:"usage"`
 	Price      looseDecimal `json:"price"`
 	PriceUnit  string       `json:"price_unit"`
+	AsOf       string       `json:"as_of"`
+}
+
+// parseAsOf reads a record's as_of ("2026-12-04T10:15:00+00:00"); zero when
+// absent or malformed.
+func parseAsOf(s string) time.Time {
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}
+	}
+	return t.UTC()
 }
 
 // looseDecimal is a decimal.Decimal that also reads "" as zero (Twilio sends

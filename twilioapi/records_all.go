@@ -74,6 +74,7 @@ func (c *Client) UsageRecords(ctx context.Context, accountSID string, period Per
 				Count:      r.Count.Decimal,
 				Usage:      r.Usage.Decimal,
 				Price:      r.Price.Decimal,
+				AsOf:       parseAsOf(r.AsOf),
 				PriceUnit:  r.PriceUnit,
 			}
 			if i, seen := index[r.Category]; seen {

@@ -35,7 +35,7 @@ func TestUsageRecordsOneCallAllCategories(t *testing.T) {
 		default:
 			io.WriteString(w, `{"usage_records":[
 				{"account_sid":"`+testSub+`","category":"totalprice","start_date":"2026-05-02","end_date":"2026-05-02","count":"","usage":"2192.84855","price":"2192.84855","price_unit":"usd"},
-				{"account_sid":"`+testSub+`","category":"sms","start_date":"2026-05-02","end_date":"2026-05-02","count":"120","usage":"120","price":9.5,"price_unit":"usd"},
+				{"account_sid":"`+testSub+`","category":"sms","start_date":"2026-05-02","end_date":"2026-05-02","count":"120","usage":"120","price":9.5,"price_unit":"usd","as_of":"2026-05-02T09:58:30+00:00"},
 				{"account_sid":"`+testSub+`","category":"","start_date":"2026-05-02"}],
 				"next_page_uri":null}`)
 		}
@@ -50,7 +50,8 @@ func TestUsageRecordsOneCallAllCategories(t *testing.T) {
 	}
 	if len(recs) != 2 || recs[0].Category != "totalprice" || !recs[0].Price.Equal(decimal.MustParse("2192.84855")) ||
 		!recs[0].Count.IsZero() || recs[1].Category != "sms" || recs[1].Count.String() != "120" ||
-		recs[1].Value("price").String() != "9.5" || recs[1].StartDate != "2026-05-02" || recs[1].AccountSID != testSub {
+		recs[1].Value("price").String() != "9.5" || recs[1].StartDate != "2026-05-02" || recs[1].AccountSID != testSub ||
+		!recs[1].AsOf.Equal(time.Date(2026, 5, 2, 9, 58, 30, 0, time.UTC)) || !recs[0].AsOf.IsZero() {
 		t.Fatalf("daily %+v", recs)
 	}
 	recs, err = c.UsageRecords(ctx, testSub, PeriodYearly)

@@ -27,7 +27,7 @@ func TestCheckExample(t *testing.T) {
 		{"-config", "../../config.example.yaml"},
 	} {
 		code, stdout, stderr := runCheck(args...)
-		if code != 0 || stdout != "ok: 4 rules\n" || stderr != "" {
+		if code != 0 || stdout != "ok: 5 rules\n" || stderr != "" {
 			t.Errorf("check %v = %d, stdout %q, stderr %q", args, code, stdout, stderr)
 		}
 	}

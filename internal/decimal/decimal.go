@@ -172,3 +172,9 @@ func Tidy(s string) string {
 	}
 	return d.String()
 }
+
+// DivInt returns d / n exactly (n must not be 0). The result may not be a
+// finite decimal (1 / 3); String then rounds it to 18 places.
+func (d Decimal) DivInt(n int64) Decimal {
+	return Decimal{r: new(big.Rat).Quo(d.rat(), new(big.Rat).SetInt64(n))}
+}
