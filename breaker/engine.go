@@ -253,8 +253,7 @@ func (e *Engine) Submit(a store.Action) {
 	go func() {
 		defer e.wg.Done()
 		e.sem <- struct{}{}
-		defer func() { <-e.sem }()
-		e.run(actx, a)
+		e.run(actx, a, func() { <-e.sem })
 	}()
 }
 
@@ -329,7 +328,7 @@ func (e *Engine) RunDueOnce(ctx context.Context) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				e.run(ctx, a)
+				e.run(ctx, a, func() {})
 			}()
 		}
 		wg.Wait()
@@ -356,8 +355,7 @@ func (e *Engine) claimDue(ctx, actx context.Context) {
 			e.sem <- struct{}{} // free: never blocks long
 			go func() {
 				defer e.wg.Done()
-				defer func() { <-e.sem }()
-				e.run(actx, a)
+				e.run(actx, a, func() { <-e.sem })
 			}()
 		}
 		if len(acts) < free {
@@ -366,8 +364,11 @@ func (e *Engine) claimDue(ctx, actx context.Context) {
 	}
 }
 
-// run makes one attempt at a claimed action and records its result.
-func (e *Engine) run(ctx context.Context, a store.Action) {
+// run makes one attempt at a claimed action and records its result. The
+// worker's slot is given back (release) as soon as the attempt is over: the
+// slots bound the work at Twilio and elsewhere, not the commits, which the
+// store groups.
+func (e *Engine) run(ctx context.Context, a store.Action, release func()) {
 	// The attempt ends before its claim does, so no other owner can take
 	// the action while this one still works on it.
 	ctx, cancel := context.WithTimeout(ctx, e.o.Lease*9/10)
@@ -378,6 +379,7 @@ func (e *Engine) run(ctx context.Context, a store.Action) {
 	} else {
 		res = Fail(fmt.Errorf("no worker for action kind %q", a.Kind))
 	}
+	release()
 	e.record(ctx, a, res)
 }
 
