@@ -93,6 +93,7 @@ type Breaker struct {
 	// lastWrite: account SID -> when this process last sent it a status
 	// write (time.Now, monotonic); a read that started before is stale.
 	lastWrite sync.Map
+	trigGens  sync.Map // account SID -> *atomic.Uint64: re-arms that changed its triggers (reconcile.go)
 
 	velocityLocks keyedMutex       // one per subaccount: a velocity rule's trip check and its record (velocity.go)
 	velReadings   velocityReadings // the poller's recent readings for velocity rules (velocity.go)

@@ -665,3 +665,40 @@ func TestPreReadOlderThanOurWriteIsReadAgain(t *testing.T) {
 		t.Fatalf("outcome %q after %d writes and %d reads", r.Outcome(), f.api.count("accounts.update"), f.api.count("accounts.fetch"))
 	}
 }
+
+// A reconcile holds no account's lock between its two passes (a reconcile
+// of thousands of accounts must not hold off their suspensions), and an
+// account re-armed between the passes is planned again on what it has now.
+func TestReconcilePassesHoldNoLockAndReplanAfterARearm(t *testing.T) {
+	f := newFixture(t, twoSuspendRules)
+	a := f.api.addAccount("tenant-a", "active")
+	f.reconcile(t)
+	s := f.b.Settings()
+	prefix := "usagebreaker:" + s.Instance + ":"
+	var desired []twilioapi.TriggerSpec
+	for _, r := range s.Rules.Rules {
+		desired = append(desired, s.Spec(r))
+	}
+	pa, err := f.b.prepareAccount(context.Background(), a, desired, prefix, false)
+	if err != nil || pa == nil {
+		t.Fatalf("prepare: %v", err)
+	}
+	unlock := f.b.locks.lock(a.SID) // would wait forever if the first pass held it
+	unlock()
+
+	// A re-arm deletes one of the account's triggers meanwhile.
+	ts, _ := f.api.ListTriggers(context.Background(), a.SID)
+	if err := f.api.DeleteTrigger(context.Background(), a.SID, ts[0].SID); err != nil {
+		t.Fatal(err)
+	}
+	f.b.touchTriggers(a.SID)
+	lists := f.api.count("triggers.list")
+	res, err := f.b.executeAccount(context.Background(), pa, prefix, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.api.count("triggers.list") != lists+1 || res.created != 1 {
+		t.Fatalf("after the re-arm: %d more lists, %d created; want the account planned again and its trigger restored",
+			f.api.count("triggers.list")-lists, res.created)
+	}
+}

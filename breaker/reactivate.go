@@ -107,6 +107,7 @@ func (b *Breaker) Reactivate(ctx context.Context, req ReactivateRequest) (Reacti
 	// account.
 	unlock := b.locks.lock(req.AccountSID)
 	defer unlock()
+	defer b.touchTriggers(req.AccountSID) // before the unlock: a reconcile planned before plans again
 
 	inc, episode, err := b.reactivationTarget(ctx, req)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/usagebreaker/usagebreaker/internal/decimal"
@@ -189,8 +190,7 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 		go func() {
 			defer wg.Done()
 			for pa := range pending {
-				ar, err := b.executeAccount(ctx, pa, hold)
-				pa.unlock()
+				ar, err := b.executeAccount(ctx, pa, prefix, hold)
 				mu.Lock()
 				res.Created += ar.created
 				res.Updated += ar.updated
@@ -220,7 +220,7 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 		}()
 	}
 	for _, pa := range prepared {
-		pending <- pa // never skipped: every account's lock is let go
+		pending <- pa
 	}
 	close(pending)
 	wg.Wait()
@@ -361,32 +361,41 @@ func sameTrigger(t twilioapi.Trigger, spec twilioapi.TriggerSpec) bool {
 	return err == nil && t.TriggerValue.Equal(v)
 }
 
-// preparedAccount is one account between the passes: its lock is held.
+// preparedAccount is one account between the passes. Its lock is not held
+// between them (a reconcile of thousands of accounts must not hold off their
+// suspensions): the second pass takes it, and plans again if a reactivation
+// or a velocity re-arm changed the account's triggers meanwhile.
 type preparedAccount struct {
 	acct      twilioapi.Account
-	urls      string // suspended: urlsOf its desired specs
-	existing  []twilioapi.Trigger
+	desired   []twilioapi.TriggerSpec // as given, before the re-arm exceptions
+	urls      string                  // suspended: urlsOf its desired specs
+	count     int                     // triggers the account has (Twilio's per-account cap)
 	plan      plan
 	suspended bool
-	unlock    func()
+	gen       uint64 // triggerGen when it was planned
 }
 
-// prepareAccount takes the account's lock (not while a reactivation re-arms
-// it), lists its triggers and plans. On an error the lock is let go.
-func (b *Breaker) prepareAccount(ctx context.Context, acct twilioapi.Account, desired []twilioapi.TriggerSpec, prefix string, suspended bool) (*preparedAccount, error) {
-	unlock := b.locks.lock(acct.SID) // not while a reactivation re-arms it, nor while an action acts on it
-	if !suspended {
-		var err error
-		desired, err = b.applyRearms(ctx, acct, desired) // a re-armed trigger stays while its period lasts
-		if err != nil {
-			unlock()
-			return nil, fmt.Errorf("account %s (%q): %w", acct.SID, acct.FriendlyName, err)
-		}
+// triggerGen is the number of times something other than the reconciler
+// changed the account's triggers in this process (touchTriggers).
+func (b *Breaker) triggerGen(sid string) uint64 {
+	if v, ok := b.trigGens.Load(sid); ok {
+		return v.(*atomic.Uint64).Load()
 	}
-	existing, err := b.api.ListTriggers(ctx, acct.SID)
-	if err != nil {
-		unlock()
-		err = fmt.Errorf("account %s (%q): list triggers: %w", acct.SID, acct.FriendlyName, err)
+	return 0
+}
+
+// touchTriggers notes that the account's triggers were changed outside the
+// reconciler (a re-arm), so a plan made before is made again.
+func (b *Breaker) touchTriggers(sid string) {
+	v, _ := b.trigGens.LoadOrStore(sid, new(atomic.Uint64))
+	v.(*atomic.Uint64).Add(1)
+}
+
+// prepareAccount lists the account's triggers and plans.
+func (b *Breaker) prepareAccount(ctx context.Context, acct twilioapi.Account, desired []twilioapi.TriggerSpec, prefix string, suspended bool) (*preparedAccount, error) {
+	pa := &preparedAccount{acct: acct, desired: desired, suspended: suspended, gen: b.triggerGen(acct.SID)}
+	if err := b.planAccount(ctx, pa, prefix); err != nil {
+		err = fmt.Errorf("account %s (%q): %w", acct.SID, acct.FriendlyName, err)
 		if suspended && refusedForSuspended(err) {
 			b.log.Warn("cannot read a suspended subaccount's triggers to update their callback URLs; "+
 				"the first reconcile after it is reactivated does", "account", acct.SID, "account_name", acct.FriendlyName, "err", err)
@@ -394,14 +403,31 @@ func (b *Breaker) prepareAccount(ctx context.Context, acct twilioapi.Account, de
 		}
 		return nil, err
 	}
-	pa := &preparedAccount{acct: acct, existing: existing, suspended: suspended, unlock: unlock}
-	if suspended {
+	return pa, nil
+}
+
+// planAccount lists pa's triggers and plans what it needs.
+func (b *Breaker) planAccount(ctx context.Context, pa *preparedAccount, prefix string) error {
+	desired := pa.desired
+	if !pa.suspended {
+		var err error
+		desired, err = b.applyRearms(ctx, pa.acct, desired) // a re-armed trigger stays while its period lasts
+		if err != nil {
+			return err
+		}
+	}
+	existing, err := b.api.ListTriggers(ctx, pa.acct.SID)
+	if err != nil {
+		return fmt.Errorf("list triggers: %w", err)
+	}
+	pa.count = len(existing)
+	if pa.suspended {
 		pa.urls = urlsOf(desired)
 		pa.plan = planURLs(b.callbacks.adopt(existing, desired), desired, prefix)
 	} else {
 		pa.plan = planAccount(b.callbacks.adopt(existing, desired), desired, prefix)
 	}
-	return pa, nil
+	return nil
 }
 
 // planURLs is the plan for a suspended subaccount: only the callback URL (or
@@ -429,9 +455,17 @@ func planURLs(existing []twilioapi.Trigger, desired []twilioapi.TriggerSpec, pre
 
 // executeAccount carries out a prepared plan; holdDisarm keeps the owned
 // triggers no longer wanted (the deletions are held).
-func (b *Breaker) executeAccount(ctx context.Context, pa *preparedAccount, holdDisarm bool) (accountResult, error) {
+func (b *Breaker) executeAccount(ctx context.Context, pa *preparedAccount, prefix string, holdDisarm bool) (accountResult, error) {
 	res := accountResult{managed: map[string]int{}}
-	acct, existing, p := pa.acct, pa.existing, pa.plan
+	unlock := b.locks.lock(pa.acct.SID) // not while a reactivation re-arms it, nor while an action acts on it
+	defer unlock()
+	if b.triggerGen(pa.acct.SID) != pa.gen {
+		// Re-armed since the first pass: plan on what the account has now.
+		if err := b.planAccount(ctx, pa, prefix); err != nil {
+			return res, fmt.Errorf("account %s (%q): %w", pa.acct.SID, pa.acct.FriendlyName, err)
+		}
+	}
+	acct, p := pa.acct, pa.plan
 	if holdDisarm {
 		for _, t := range p.disarm {
 			res.managed[t.FriendlyName]++ // still there, still guarding
@@ -442,7 +476,7 @@ func (b *Breaker) executeAccount(ctx context.Context, pa *preparedAccount, holdD
 	var errs []error
 	log := b.log.With("account", acct.SID, "account_name", acct.FriendlyName)
 
-	count := len(existing)
+	count := pa.count
 	for _, t := range append(p.deleteUnwanted, p.disarm...) {
 		if err := b.api.DeleteTrigger(ctx, acct.SID, t.SID); err != nil {
 			errs = append(errs, fmt.Errorf("delete trigger %s (%s): %w", t.SID, t.FriendlyName, err))

@@ -299,6 +299,7 @@ func (b *Breaker) workRearmStep(ctx context.Context, a store.Action) Result {
 func (b *Breaker) armStep(ctx context.Context, s *Settings, r *rules.Rule, step store.StepFiring) (twilioapi.Trigger, string, error) {
 	unlock := b.locks.lock(step.AccountSID) // not while the reconciler or a trip works on the account
 	defer unlock()
+	defer b.touchTriggers(step.AccountSID) // before the unlock: a reconcile planned before plans again
 	spec := s.Spec(r)
 	existing, err := b.api.ListTriggers(ctx, step.AccountSID)
 	if err != nil {
