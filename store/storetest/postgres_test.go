@@ -1,0 +1,285 @@
+package storetest
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/usagebreaker/usagebreaker/store"
+)
+
+// Replicas that start together migrate the schema once.
+func TestPostgresMigrateTogether(t *testing.T) {
+	dsn := Schema(t)
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := store.OpenPostgres(context.Background(), dsn)
+			if err == nil {
+				s.Close()
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Two OS processes claim the same actions at once: each action has exactly
+// one winner, and no two actions of one account run at the same time.
+func TestPostgresTwoProcessesClaim(t *testing.T) {
+	if os.Getenv("UB_CLAIMER_DSN") != "" {
+		t.Skip("helper process")
+	}
+	dsn := Schema(t)
+	ctx := context.Background()
+	s, err := store.OpenPostgres(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	// running: a row per account while a claimer runs an action of it. Its
+	// primary key makes a second concurrent claim of the account visible.
+	if _, err := db.ExecContext(ctx, `CREATE TABLE running (account_sid TEXT PRIMARY KEY, action_id BIGINT NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	const rounds, perRound = 5, 40
+	for round := range rounds {
+		for i := range perRound {
+			f := Firing(fmt.Sprintf("r%d-%d", round, i), fmt.Sprintf("rule-%d", i/10), fmt.Sprintf("AC%02d", i%10))
+			f.Period = fmt.Sprintf("daily:round-%d", round)
+			f.ReceivedAt = time.Now()
+			if _, err := s.RecordFiring(ctx, f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		claimed := map[int64]string{}
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		errs := make(chan error, 2)
+		for p := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				cmd := exec.Command(os.Args[0], "-test.run=^TestPostgresClaimerProcess$", "-test.count=1")
+				cmd.Env = append(os.Environ(), "UB_CLAIMER_DSN="+dsn, "UB_CLAIMER_OWNER="+fmt.Sprintf("proc-%d", p))
+				out, err := cmd.StdoutPipe()
+				if err != nil {
+					errs <- err
+					return
+				}
+				var stderr strings.Builder
+				cmd.Stderr = &stderr
+				if err := cmd.Start(); err != nil {
+					errs <- err
+					return
+				}
+				sc := bufio.NewScanner(out)
+				var lines []string
+				for sc.Scan() {
+					lines = append(lines, sc.Text())
+				}
+				if err := cmd.Wait(); err != nil {
+					errs <- fmt.Errorf("claimer %d: %v\n%s\n%s", p, err, strings.Join(lines, "\n"), stderr.String())
+					return
+				}
+				for _, l := range lines {
+					if id, ok := strings.CutPrefix(l, "CLAIMED "); ok {
+						n, _ := strconv.ParseInt(id, 10, 64)
+						mu.Lock()
+						if prev, dup := claimed[n]; dup {
+							errs <- fmt.Errorf("action %d claimed by %s and proc-%d", n, prev, p)
+						}
+						claimed[n] = fmt.Sprintf("proc-%d", p)
+						mu.Unlock()
+					}
+					if strings.HasPrefix(l, "OVERLAP") {
+						errs <- fmt.Errorf("proc-%d: %s", p, l)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		if len(claimed) != 3*perRound {
+			t.Fatalf("round %d: %d actions claimed, want %d", round, len(claimed), 3*perRound)
+		}
+		byProc := map[string]int{}
+		for _, p := range claimed {
+			byProc[p]++
+		}
+		t.Logf("round %d: %d actions, each claimed once: %v", round, len(claimed), byProc)
+	}
+}
+
+// TestPostgresClaimerProcess is the claimer of TestPostgresTwoProcessesClaim,
+// in a process of its own: it claims and completes until nothing is left.
+func TestPostgresClaimerProcess(t *testing.T) {
+	dsn, owner := os.Getenv("UB_CLAIMER_DSN"), os.Getenv("UB_CLAIMER_OWNER")
+	if dsn == "" {
+		t.Skip("run by TestPostgresTwoProcessesClaim")
+	}
+	ctx := context.Background()
+	s, err := store.OpenPostgres(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for idle := 0; idle < 20; {
+		now := time.Now()
+		got, err := s.ClaimActions(ctx, store.Claim{Owner: owner, LeaseUntil: now.Add(time.Minute)}, now, 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) == 0 {
+			idle++
+			time.Sleep(5 * time.Millisecond) // polling a queue another process drains
+			continue
+		}
+		idle = 0
+		for _, a := range got {
+			fmt.Printf("CLAIMED %d\n", a.ID)
+			if a.AccountSID != "" {
+				if _, err := db.ExecContext(ctx, `INSERT INTO running VALUES ($1, $2)`, a.AccountSID, a.ID); err != nil {
+					fmt.Printf("OVERLAP account %s action %d: %v\n", a.AccountSID, a.ID, err)
+				}
+			}
+		}
+		for _, a := range got {
+			if a.AccountSID != "" {
+				if _, err := db.ExecContext(ctx, `DELETE FROM running WHERE account_sid = $1 AND action_id = $2`, a.AccountSID, a.ID); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := s.CompleteAction(ctx, a.ID, owner, store.Completion{State: store.ActionDone, Outcome: store.OutcomeSent}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// The leader of a loop loses its connection (pg_terminate_backend) and is cut
+// off: another replica takes the lease over once it expires, with the next
+// epoch, and the old leader's writes are refused.
+func TestPostgresLeaderLeaseTakeover(t *testing.T) {
+	dsn := Schema(t)
+	ctx := context.Background()
+	openAs := func(app string) *store.DB {
+		s, err := store.OpenPostgres(ctx, withParam(dsn, "application_name", app))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	a, b := openAs("replica-a"), openAs("replica-b")
+	const ttl = 2 * time.Second
+	fa, ok, err := a.Lead(ctx, "reconcile", "a", ttl)
+	if err != nil || !ok {
+		t.Fatalf("a leads: %v %v", ok, err)
+	}
+	if _, ok, err := b.Lead(ctx, "reconcile", "b", ttl); err != nil || ok {
+		t.Fatalf("b leads while a's lease lasts: %v %v", ok, err)
+	}
+	if _, err := a.MarkRearmsRestored(store.WithFence(ctx, fa), time.Now()); err != nil {
+		t.Fatalf("a's fenced write while it leads: %v", err)
+	}
+
+	// a's connections are killed; a is cut off and renews no more.
+	admin, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	var killed int
+	if err := admin.QueryRowContext(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE application_name = 'replica-a'`).Scan(&killed); err != nil {
+		t.Fatal(err)
+	}
+	if killed == 0 {
+		t.Fatal("no connection of replica-a to terminate")
+	}
+	cut := time.Now()
+
+	var fb store.Fence
+	for {
+		f, ok, err := b.Lead(ctx, "reconcile", "b", ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			fb = f
+			break
+		}
+		if time.Since(cut) > ttl+5*time.Second {
+			t.Fatalf("b did not take over within the lease (%s)", ttl)
+		}
+		time.Sleep(50 * time.Millisecond) // b's renewal period, shortened
+	}
+	took := time.Since(cut)
+	if fb.Epoch != fa.Epoch+1 {
+		t.Fatalf("b's epoch %d, want %d", fb.Epoch, fa.Epoch+1)
+	}
+	// a comes back with its old epoch: refused, whatever connection it uses.
+	if _, err := a.MarkRearmsRestored(store.WithFence(ctx, fa), time.Now()); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("a's stale write: %v, want ErrFenced", err)
+	}
+	if _, err := a.RecordFiring(store.WithFence(ctx, fa), Firing("stale", "spend", "AC1")); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("a's stale firing: %v, want ErrFenced", err)
+	}
+	if _, ok, err := a.Lead(ctx, "reconcile", "a", ttl); err != nil || ok {
+		t.Fatalf("a leads again while b's lease lasts: %v %v", ok, err)
+	}
+	if _, err := b.MarkRearmsRestored(store.WithFence(ctx, fb), time.Now()); err != nil {
+		t.Fatalf("b's fenced write: %v", err)
+	}
+	// b resigns: a takes over at once, with the next epoch.
+	if err := b.Resign(ctx, fb); err != nil {
+		t.Fatal(err)
+	}
+	fa2, ok, err := a.Lead(ctx, "reconcile", "a", ttl)
+	if err != nil || !ok || fa2.Epoch != fb.Epoch+1 {
+		t.Fatalf("a after b resigned: %+v %v %v", fa2, ok, err)
+	}
+	t.Logf("killed %d connection(s) of the leader; takeover after %s (lease %s)", killed, took.Round(time.Millisecond), ttl)
+}
+
+func withParam(dsn, k, v string) string {
+	if strings.Contains(dsn, "://") {
+		sep := "?"
+		if strings.Contains(dsn, "?") {
+			sep = "&"
+		}
+		return dsn + sep + k + "=" + v
+	}
+	return dsn + " " + k + "=" + v
+}
