@@ -55,6 +55,9 @@ type Options struct {
 	// WatchInterval is how often the config, rule and secret files are
 	// checked for changes (by checksum) to reload them; 0 turns it off.
 	WatchInterval time.Duration
+	// Replica names this replica in logs, metrics and claims (--replica;
+	// default: the host name).
+	Replica string
 }
 
 // Daemon is a running usagebreaker.
@@ -85,6 +88,7 @@ type Daemon struct {
 	reconcileRuns *prometheus.CounterVec
 
 	rel reliability // polling fallback and file watcher
+	rep *replicas   // leases and the state database's health (replicas.go)
 }
 
 // New loads the config, opens the state and builds everything; it starts
@@ -112,17 +116,30 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	d.initReliability(d.reg)
 	d.remember(d.snapshot(cfg))
 
-	lock, err := lockState(cfg.State.Path)
-	if err != nil {
-		return nil, err
-	}
-	st, err := store.Open(ctx, cfg.State.Path)
-	if err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("state: %w", err)
+	var st *store.DB
+	if pg := cfg.State.Postgres; pg != nil {
+		// Several replicas share the database: no lock file.
+		if st, err = store.OpenPostgres(ctx, pg.DSN.Reveal()); err != nil {
+			return nil, fmt.Errorf("state: %w", err)
+		}
+		d.st = st
+	} else {
+		lock, err := lockState(cfg.State.Path)
+		if err != nil {
+			return nil, err
+		}
+		if st, err = store.Open(ctx, cfg.State.Path); err != nil {
+			lock.Close()
+			return nil, fmt.Errorf("state: %w", err)
+		}
+		d.st = &lockedStore{Store: st, lock: lock}
 	}
 	st.SetClock(o.Now) // the guard's window follows the daemon's clock
-	d.st = &lockedStore{Store: st, lock: lock}
+	d.rep = newReplicas(d.reg, o.Replica, st)
+	if d.rep.shared {
+		d.log = d.log.With("replica", d.rep.name)
+		o.Logger = d.log
+	}
 	api, err := twilioapi.New(twilioapi.Options{
 		AccountSID:     cfg.Twilio.AccountSID,
 		AuthToken:      cfg.Twilio.AuthToken.Reveal(),
@@ -156,12 +173,26 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		// A status write that got no answer may land up to about a request
 		// timeout later; none is repeated before twice that.
 		WriteLease: 2 * cfg.Twilio.Timeout,
+		Owner:      d.rep.holder,
+		Lease:      claimLease(cfg),
+		// On Postgres other replicas claim from the same queue.
+		SharedQueue: d.rep.shared,
 	})
 	d.br.SetReconcileRequester(d.RequestReconcile)
 	primeRuleSeries(d.bm, cfg.Rules)
 	d.reloadOK.Set(1)
 	d.reloadOKTime.SetToCurrentTime()
 	return d, nil
+}
+
+// claimLease is how long a claim on an action lasts: the engine's default
+// alone on SQLite (a restart rescues every claim at once), the configured
+// lease on Postgres, where only an expired claim is rescued.
+func claimLease(cfg *config.Config) time.Duration {
+	if cfg.State.Postgres == nil {
+		return 0
+	}
+	return max(cfg.State.Postgres.ClaimLease, 2*cfg.Twilio.Timeout)
 }
 
 func settingsOf(cfg *config.Config) breaker.Settings {
@@ -200,7 +231,7 @@ func (d *Daemon) Registry() *prometheus.Registry { return d.reg }
 func (d *Daemon) Config() *config.Config { return d.cfg.Load() }
 
 // Ready reports whether the first reconcile is done.
-func (d *Daemon) Ready() bool { return d.ready.Load() }
+func (d *Daemon) Ready() bool { return d.ready.Load() && d.rep.backendUp.Load() }
 
 // CallbackAddr and AdminAddr are the listeners' addresses once Run has started them.
 func (d *Daemon) CallbackAddr() net.Addr { return d.cbLn.Addr() }
@@ -292,6 +323,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	var wg sync.WaitGroup
+	leaseCtx, stopLeases := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopLeases()
+	info := func(msg string, args ...any) { d.log.Info(msg, args...) }
+	d.rep.leases[loopReconcile].gained = d.RequestReconcile // the previous leader may have stopped mid-way
+	d.rep.renewAll(runCtx, info)
+	leasesDone := make(chan struct{})
+	go func() { defer close(leasesDone); d.rep.runLeases(leaseCtx, info) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); d.rep.monitorBackend(runCtx, func(msg string, args ...any) { d.log.Warn(msg, args...) }) }()
 	wg.Add(4)
 	go func() { defer wg.Done(); d.br.RunExecutor(runCtx, d.opts.ShutdownTimeout) }()
 	go func() { defer wg.Done(); d.reconcileLoop(runCtx) }()
@@ -326,6 +366,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	<-d.cron.Stop().Done()
 	stop()
 	wg.Wait()
+	stopLeases() // after the loops stopped: resign, so another replica takes over at once
+	<-leasesDone
 	<-cbDone
 	adminCtx, adminCancel := context.WithTimeout(context.Background(), time.Second)
 	defer adminCancel()
@@ -350,7 +392,7 @@ func serve(srv *http.Server, ln net.Listener, name string) error {
 // callbackMux is the callback listener's handler: the edge serves only
 // rules.CallbackPathPrefix (a bare 404 for anything else, never a redirect).
 func (d *Daemon) callbackMux() http.Handler {
-	return d.callbackEdge(webhook.New(d.br, d.bm, d.log.With("component", "webhook")))
+	return d.callbackEdge(d.rep.gateCallbacks(webhook.New(d.br, d.bm, d.log.With("component", "webhook"))))
 }
 
 // schedule (re)installs the reconcile schedule.
@@ -392,6 +434,16 @@ func (d *Daemon) reconcileLoop(ctx context.Context) {
 }
 
 func (d *Daemon) reconcileOnce(ctx context.Context) {
+	ctx, cancel, leading := d.rep.lead(ctx, loopReconcile)
+	defer cancel()
+	if !leading {
+		// Another replica reconciles; this one keeps its list of
+		// subaccounts current for the callbacks it verifies.
+		if err := d.br.RefreshAccounts(ctx); err != nil && ctx.Err() == nil {
+			d.log.Warn("cannot list the subaccounts", "err", err)
+		}
+		return
+	}
 	n := d.reconcileStarting()
 	res, err := d.br.Reconcile(ctx)
 	d.reconcileFinished(n, err)
@@ -468,6 +520,10 @@ func reloadable(old, cfg *config.Config) error {
 	check("server.listen", old.Server.Listen, cfg.Server.Listen)
 	check("server.admin_listen", old.Server.AdminListen, cfg.Server.AdminListen)
 	check("state.path", old.State.Path, cfg.State.Path)
+	if (old.State.Postgres == nil) != (cfg.State.Postgres == nil) ||
+		old.State.Postgres != nil && (old.State.Postgres.DSN != cfg.State.Postgres.DSN || old.State.Postgres.ClaimLease != cfg.State.Postgres.ClaimLease) {
+		errs = append(errs, errors.New("state.postgres cannot change on reload; restart usagebreaker to use it"))
+	}
 	check("twilio.account_sid", old.Twilio.AccountSID, cfg.Twilio.AccountSID)
 	check("twilio.api_base_url", old.Twilio.APIBaseURL, cfg.Twilio.APIBaseURL)
 	check("twilio.max_concurrency", strconv.Itoa(old.Twilio.MaxConcurrency), strconv.Itoa(cfg.Twilio.MaxConcurrency))
