@@ -331,7 +331,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	leasesDone := make(chan struct{})
 	go func() { defer close(leasesDone); d.rep.runLeases(leaseCtx, info) }()
 	wg.Add(1)
-	go func() { defer wg.Done(); d.rep.monitorBackend(runCtx, func(msg string, args ...any) { d.log.Warn(msg, args...) }) }()
+	go func() {
+		defer wg.Done()
+		d.rep.monitorBackend(runCtx, func(msg string, args ...any) { d.log.Warn(msg, args...) })
+	}()
 	wg.Add(4)
 	go func() { defer wg.Done(); d.br.RunExecutor(runCtx, d.opts.ShutdownTimeout) }()
 	go func() { defer wg.Done(); d.reconcileLoop(runCtx) }()
