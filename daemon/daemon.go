@@ -353,6 +353,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		runErr = err
 	}
 	d.log.Info("shutting down", "timeout", d.opts.ShutdownTimeout)
+	d.ready.Store(false) // /-/ready: 503 from now, so a load balancer stops sending callbacks here
 	shCtx, cancel := context.WithTimeout(context.Background(), d.opts.ShutdownTimeout)
 	defer cancel()
 	// Stop taking callbacks (a callback being recorded finishes) and, at the

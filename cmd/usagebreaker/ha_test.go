@@ -52,13 +52,38 @@ type haEnv struct {
 
 	hookMu sync.Mutex
 	hooks  map[string]int // notification deliveries received, by X-Usagebreaker-Delivery
+
+	poolMu sync.Mutex
+	out    map[int]bool // replicas the balancer leaves out (a Service's endpoints without them)
 }
 
-func newHAEnv(t *testing.T, replicas, accounts int, seed uint64) *haEnv {
+// setOut takes replica i out of the balancer (out) or puts it back.
+func (e *haEnv) setOut(i int, out bool) {
+	e.poolMu.Lock()
+	defer e.poolMu.Unlock()
+	e.out[i] = out
+}
+
+// pool is the replicas the balancer may use.
+func (e *haEnv) pool() []int {
+	e.poolMu.Lock()
+	defer e.poolMu.Unlock()
+	var p []int
+	for i := range e.replicas {
+		if !e.out[i] {
+			p = append(p, i)
+		}
+	}
+	return p
+}
+
+// newHAEnv sets up replicas on a schema of their own; dsnOf, when set,
+// gives replica i another DSN to the same schema (through a proxy).
+func newHAEnv(t *testing.T, replicas, accounts int, seed uint64, dsnOf func(i int, dsn string) string) *haEnv {
 	t.Helper()
 	dsn := storetest.Schema(t)
 	e := &haEnv{t: t, dir: t.TempDir(), dsn: dsn, names: map[string]string{}, client: &http.Client{Timeout: 10 * time.Second},
-		rng: rand.New(rand.NewPCG(seed, seed>>1|1)), twoAtOnce: 0.25}
+		rng: rand.New(rand.NewPCG(seed, seed>>1|1)), twoAtOnce: 0.25, out: map[int]bool{}}
 	e.bin = buildBinary(t, e.dir)
 	e.sim = twiliosim.New(twiliosim.Options{})
 	simLn, err := net.Listen("tcp", "127.0.0.1:0")
@@ -102,9 +127,13 @@ func newHAEnv(t *testing.T, replicas, accounts int, seed uint64) *haEnv {
 	p := e.sim.Parent()
 	os.WriteFile(filepath.Join(e.dir, "admin-token"), []byte("crashTestAdminToken\n"), 0o600)
 	os.WriteFile(filepath.Join(e.dir, "rules.yaml"), []byte(crashRules), 0o600)
-	os.WriteFile(filepath.Join(e.dir, "dsn"), []byte(dsn+"\n"), 0o600)
 	for i := range replicas {
 		r := &haReplica{name: fmt.Sprintf("replica-%d", i), callback: freeAddr(t), admin: freeAddr(t)}
+		rdsn := dsn
+		if dsnOf != nil {
+			rdsn = dsnOf(i, dsn)
+		}
+		os.WriteFile(filepath.Join(e.dir, r.name+".dsn"), []byte(rdsn+"\n"), 0o600)
 		r.cfg = filepath.Join(e.dir, r.name+".yaml")
 		cfg := fmt.Sprintf(`instance: crash
 twilio:
@@ -119,7 +148,7 @@ server:
   admin_listen: %q
 state:
   postgres:
-    dsn_file: dsn
+    dsn_file: %s.dsn
     claim_lease: 1s
 reconcile:
   schedule: "@every 1h"
@@ -134,7 +163,7 @@ notifiers:
     url: http://%s/hook
     secret: crash-test-secret-0123456789
 default_notifiers: [hook]
-`, p.SID, p.AuthToken, simLn.Addr().String(), r.callback, lbLn.Addr().String(), r.admin, hookLn.Addr().String())
+`, p.SID, p.AuthToken, simLn.Addr().String(), r.callback, lbLn.Addr().String(), r.admin, r.name, hookLn.Addr().String())
 		if err := os.WriteFile(r.cfg, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -185,10 +214,15 @@ func (e *haEnv) float() float64 {
 // one answered, else 502 (Twilio retries both).
 func (e *haEnv) balance(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
-	first := e.intn(len(e.replicas))
-	targets := []int{first}
-	if e.float() < e.twoAtOnce {
-		targets = append(targets, (first+1+e.intn(len(e.replicas)-1))%len(e.replicas))
+	pool := e.pool()
+	if len(pool) == 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
+	k := e.intn(len(pool))
+	targets := []int{pool[k]}
+	if len(pool) > 1 && e.float() < e.twoAtOnce {
+		targets = append(targets, pool[(k+1+e.intn(len(pool)-1))%len(pool)])
 	}
 	statuses := make([]int, len(targets))
 	var wg sync.WaitGroup
@@ -406,7 +440,7 @@ func TestPostgresCrashStorm(t *testing.T) {
 	}
 	t.Logf("%d cycles on %d replicas, seed %d", cycles, nReplicas, seed)
 	began := time.Now()
-	e := newHAEnv(t, nReplicas, accounts, seed)
+	e := newHAEnv(t, nReplicas, accounts, seed, nil)
 	rng := rand.New(rand.NewPCG(seed+1, seed>>2|1))
 	for _, r := range e.replicas {
 		e.start(r, false)
