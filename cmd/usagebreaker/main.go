@@ -16,6 +16,8 @@ const usage = `usage: usagebreaker COMMAND [flags]
 commands:
   run --config FILE          run the daemon
   check --config FILE        validate the config and its rule files offline
+  migrate --config FILE --from-sqlite PATH
+                             move a SQLite state into the config's Postgres (docs/HA.md)
   demo [--once]              the whole loop against the built-in Twilio simulator
   sim --listen ADDR          the Twilio API simulator on its own
   version                    print version, commit and Go version
@@ -43,6 +45,8 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(rest, stdout, stderr)
 	case "check":
 		return cmdCheck(rest, stdout, stderr)
+	case "migrate":
+		return cmdMigrate(rest, stdout, stderr)
 	case "demo":
 		return cmdDemo(rest, stdout, stderr)
 	case "sim":

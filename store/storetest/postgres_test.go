@@ -283,3 +283,62 @@ func withParam(dsn, k, v string) string {
 	}
 	return dsn + " " + k + "=" + v
 }
+
+// usagebreaker migrate: a SQLite state moves into Postgres with its ids,
+// and the replicas go on from it.
+func TestPostgresCopyFromSQLite(t *testing.T) {
+	ctx := context.Background()
+	src := openSQLite(t)
+	var incidents []int64
+	for i := range 5 {
+		f := Firing(fmt.Sprintf("tok-%d", i), "spend", fmt.Sprintf("AC%d", i%2))
+		f.Period = fmt.Sprintf("daily:%d", i)
+		r, err := src.RecordFiring(ctx, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		incidents = append(incidents, r.Incident.ID)
+	}
+	got, err := src.ClaimActions(ctx, store.Claim{Owner: "old", LeaseUntil: T0.Add(time.Minute)}, T0, 10)
+	if err != nil || len(got) == 0 {
+		t.Fatalf("claim: %v %v", got, err)
+	}
+	if _, err := src.CompleteAction(ctx, got[0].ID, "old", store.Completion{State: store.ActionDone, Outcome: store.OutcomeSuspended}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.BeginRearm(ctx, "AC1", "spend", "daily:1", "5", T0.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.RecordReactivation(ctx, store.Reactivation{IncidentID: incidents[0], AccountSID: "AC0", Via: store.ViaManual, Actor: "me", Reason: "r", CreatedAt: T0}); err != nil {
+		t.Fatal(err)
+	}
+	dst := openPostgres(t)
+	counts, err := src.CopyTo(ctx, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts["incidents"] != 5 || counts["firings"] != 5 || counts["actions"] != 15 || counts["rearms"] != 1 || counts["reactivations"] != 1 {
+		t.Fatalf("copied %v", counts)
+	}
+	for _, id := range incidents {
+		a, _ := src.Incident(ctx, id)
+		b, err := dst.Incident(ctx, id)
+		if err != nil || a != b {
+			t.Fatalf("incident %d: %+v, copied %+v (%v)", id, a, b, err)
+		}
+		aa, _ := src.Actions(ctx, id)
+		ba, _ := dst.Actions(ctx, id)
+		if fmt.Sprint(aa) != fmt.Sprint(ba) {
+			t.Fatalf("actions of %d differ:\n%+v\n%+v", id, aa, ba)
+		}
+	}
+	if _, err := src.CopyTo(ctx, dst); err == nil {
+		t.Fatal("a second copy into a non-empty state was not refused")
+	}
+	// New rows get new ids.
+	f := Firing("tok-new", "spend", "AC9")
+	r, err := dst.RecordFiring(ctx, f)
+	if err != nil || r.Incident.ID <= incidents[len(incidents)-1] {
+		t.Fatalf("a new incident after the copy: %+v %v", r.Incident, err)
+	}
+}
