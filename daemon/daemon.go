@@ -326,8 +326,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	leaseCtx, stopLeases := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopLeases()
 	info := func(msg string, args ...any) { d.log.Info(msg, args...) }
-	d.rep.leases[loopReconcile].gained = d.RequestReconcile // the previous leader may have stopped mid-way
-	d.rep.renewAll(runCtx, info)
+	d.rep.renewAll(runCtx, info)                            // the loops below start as leaders or not
+	d.rep.leases[loopReconcile].gained = d.RequestReconcile // later: the previous leader may have stopped mid-way
 	leasesDone := make(chan struct{})
 	go func() { defer close(leasesDone); d.rep.runLeases(leaseCtx, info) }()
 	wg.Add(1)

@@ -227,7 +227,11 @@ func (r *replicas) renew(ctx context.Context, loop string, l *leadership, log fu
 
 // monitorBackend pings the state database every second until ctx ends and
 // keeps backendUp and usagebreaker_state_backend_up current.
+// On SQLite (a local file, one process) there is nothing to monitor.
 func (r *replicas) monitorBackend(ctx context.Context, log func(msg string, args ...any)) {
+	if !r.shared {
+		return
+	}
 	t := time.NewTicker(backendPingEvery)
 	defer t.Stop()
 	for {
