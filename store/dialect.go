@@ -94,9 +94,10 @@ var pgOverrides = map[string]string{
 		"GREATEST(updated_at,", "GREATEST(incidents.updated_at,", 1),
 	rearmUpsertQuery: strings.Replace(rebind(rearmUpsertQuery),
 		"generation = generation + 1", "generation = rearms.generation + 1", 1),
-	// $7 compared with 0 would be inferred int4.
+	// $7 compared with 0 would be inferred int4. The attempt's place under
+	// the guard ends with it (AdmitSuspension).
 	completeQuery: `UPDATE actions SET state = $1, outcome = $2, detail = $3, attempts = attempts + $4,
-		next_attempt_at = $5, owner = '', lease_until = $6,
+		next_attempt_at = $5, owner = '', lease_until = $6, guard_admitted = 0,
 		write_sent_at = CASE WHEN $7::BIGINT > 0 THEN $7::BIGINT ELSE write_sent_at END, progress = $8, updated_at = $9
 	WHERE id = $10 AND state = 'running' AND owner = $11 AND lease_until > $9
 	RETURNING incident_id, kind`,

@@ -200,6 +200,8 @@ var pgMigrations = []migration{
 				progress        TEXT   NOT NULL DEFAULT '',
 				created_at      BIGINT NOT NULL,
 				updated_at      BIGINT NOT NULL,
+				-- 1 while a running trip's attempt holds a place under the guard (AdmitSuspension)
+				guard_admitted  BIGINT NOT NULL DEFAULT 0 CHECK (guard_admitted IN (0, 1)),
 				UNIQUE (incident_id, kind),
 				CHECK ((state = 'running') = (owner <> ''))
 			)`,
@@ -410,6 +412,66 @@ func (s *DB) claimPG(ctx context.Context, tx *sql.Tx, owner string, lease, at in
 		return nil, err
 	}
 	return scanActions(rows)
+}
+
+// AdmitSuspension is the blast-radius guard's admission on a store shared
+// by several replicas: running trip action id of owner may suspend now
+// unless a suspension is held, or the suspensions recorded since since plus
+// those admitted and still running (on any replica) reach max. Admission is
+// serialised across replicas (an advisory transaction lock) and recorded on
+// the action, so it counts for every replica until the attempt completes
+// (the completion clears it, in the transaction that records the
+// suspension: never counted twice, never missed). It returns whether it
+// admitted, and the counts it decided on.
+func (s *DB) AdmitSuspension(ctx context.Context, id int64, owner string, since, now time.Time, max int) (ok bool, suspended, held int, err error) {
+	if !s.pg {
+		return false, 0, 0, errors.New("store: admit suspension: only on Postgres")
+	}
+	from, err := unixNano(since)
+	if err != nil {
+		return false, 0, 0, fmt.Errorf("store: admit suspension: %w", err)
+	}
+	at, err := unixNano(now)
+	if err != nil {
+		return false, 0, 0, fmt.Errorf("store: admit suspension: %w", err)
+	}
+	type admission struct {
+		ok              bool
+		suspended, held int
+	}
+	a, err := submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) (admission, error) {
+		var a admission
+		if err := lockGuard(ctx, tx); err != nil {
+			return a, err
+		}
+		var inFlight int
+		if err := tx.QueryRowContext(ctx, `SELECT
+				count(*) FILTER (WHERE state = 'held'),
+				count(*) FILTER (WHERE kind = 'trip' AND outcome = 'suspended' AND updated_at >= $1),
+				count(*) FILTER (WHERE kind = 'trip' AND state = 'running' AND guard_admitted = 1 AND lease_until > $2 AND id <> $3)
+			FROM actions WHERE state = 'held' OR (kind = 'trip' AND (outcome = 'suspended' OR state = 'running'))`,
+			from, at, id).Scan(&a.held, &a.suspended, &inFlight); err != nil {
+			return a, err
+		}
+		a.suspended += inFlight
+		if a.held > 0 || a.suspended >= max {
+			return a, nil
+		}
+		r, err := tx.ExecContext(ctx, `UPDATE actions SET guard_admitted = 1
+			WHERE id = $1 AND state = 'running' AND owner = $2 AND lease_until > $3`, id, owner, at)
+		if err != nil {
+			return a, err
+		}
+		if n, err := r.RowsAffected(); err != nil || n == 0 {
+			return a, ErrNotFound // the claim was lost
+		}
+		a.ok = true
+		return a, nil
+	})
+	if err != nil {
+		return false, 0, 0, fmt.Errorf("store: admit suspension of action %d: %w", id, err)
+	}
+	return a.ok, a.suspended, a.held, nil
 }
 
 // ErrFenced is returned by a write made with WithFence when the caller no

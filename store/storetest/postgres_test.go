@@ -342,3 +342,81 @@ func TestPostgresCopyFromSQLite(t *testing.T) {
 		t.Fatalf("a new incident after the copy: %+v %v", r.Incident, err)
 	}
 }
+
+// The guard counts across replicas in the database: two stores (replicas)
+// admitting at once never let more than max suspensions through, and a
+// completed suspension counts once, from the record.
+func TestPostgresGuardAdmission(t *testing.T) {
+	ctx := context.Background()
+	dsn := Schema(t)
+	a, err := store.OpenPostgres(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := store.OpenPostgres(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	a.SetClock(func() time.Time { return T0 })
+	b.SetClock(func() time.Time { return T0 })
+	for i := range 10 {
+		if _, err := a.RecordFiring(ctx, Firing(fmt.Sprintf("tok-%d", i), "spend", fmt.Sprintf("AC%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	trips, err := a.ClaimActions(ctx, store.Claim{Owner: "w", LeaseUntil: T0.Add(time.Minute)}, T0, 10)
+	if err != nil || len(trips) != 10 {
+		t.Fatalf("claim: %d %v", len(trips), err)
+	}
+	const max = 3
+	var wg sync.WaitGroup
+	admitted := make([]bool, len(trips))
+	for i, tr := range trips {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := a
+			if i%2 == 1 {
+				s = b
+			}
+			ok, _, _, err := s.AdmitSuspension(ctx, tr.ID, "w", T0.Add(-time.Hour), T0, max)
+			if err != nil {
+				t.Error(err)
+			}
+			admitted[i] = ok
+		}()
+	}
+	wg.Wait()
+	var in []store.Action
+	for i, ok := range admitted {
+		if ok {
+			in = append(in, trips[i])
+		}
+	}
+	if len(in) != max {
+		t.Fatalf("%d admitted at once, want %d", len(in), max)
+	}
+	// One suspension recorded, one given up: two places, one free.
+	if _, err := a.CompleteAction(ctx, in[0].ID, "w", store.Completion{State: store.ActionDone, Outcome: store.OutcomeSuspended}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CompleteAction(ctx, in[1].ID, "w", store.Completion{State: store.ActionAvailable, NextAttemptAt: T0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	var rest []store.Action
+	for i, ok := range admitted {
+		if !ok {
+			rest = append(rest, trips[i])
+		}
+	}
+	ok, n, _, err := b.AdmitSuspension(ctx, rest[0].ID, "w", T0.Add(-time.Hour), T0, max)
+	if err != nil || !ok || n != 2 {
+		t.Fatalf("after a suspension and a retry: admitted %v with %d counted (%v), want admitted with 2", ok, n, err)
+	}
+	ok, n, _, err = a.AdmitSuspension(ctx, rest[1].ID, "w", T0.Add(-time.Hour), T0, max)
+	if err != nil || ok || n != 3 {
+		t.Fatalf("at the limit: admitted %v with %d counted (%v), want refused at 3", ok, n, err)
+	}
+}
