@@ -274,3 +274,66 @@ func TestPostgresRollingRestart(t *testing.T) {
 		e.stop(r)
 	}
 }
+
+// TestPostgresGuardAcrossReplicas: 12 subaccounts overspend at once, their
+// callbacks spread over 3 replicas; the guard allows 4 suspensions: exactly
+// 4 subaccounts are suspended whichever replicas ran them, the rest are held,
+// and the notifier gets one guard page.
+func TestPostgresGuardAcrossReplicas(t *testing.T) {
+	const accounts, max = 12, 4
+	e := newHAEnv(t, 3, accounts, 3, nil, "guard:\n  max_suspensions: 4\n  window: 1h\n")
+	for _, r := range e.replicas {
+		e.start(r, false)
+	}
+	for _, r := range e.replicas {
+		e.waitReady(r)
+	}
+	var wg sync.WaitGroup
+	for _, a := range e.sim.State().Accounts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e.sim.AddUsage(twiliosim.UsageInput{AccountSID: a.SID, Category: "totalprice", Price: decimal.MustParse("25")})
+		}()
+	}
+	wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := e.sim.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	db := e.db()
+	var held int
+	e.waitFor("every trip suspended or held", 60*time.Second, func() bool {
+		var running int
+		db.QueryRow(`SELECT count(*) FILTER (WHERE state = 'held'), count(*) FILTER (WHERE state IN ('available', 'running'))
+			FROM actions WHERE kind = 'trip'`).Scan(&held, &running)
+		return running == 0
+	})
+	suspended := 0
+	for _, a := range e.sim.State().Accounts {
+		for _, h := range a.StatusHistory {
+			if h.Status == "suspended" {
+				suspended++
+			}
+		}
+	}
+	if suspended != max {
+		t.Errorf("%d subaccounts suspended across the replicas, want the guard's %d", suspended, max)
+	}
+	if held == 0 {
+		t.Error("nothing held")
+	}
+	var pages int
+	e.waitFor("the guard's page", 30*time.Second, func() bool {
+		db.QueryRow(`SELECT count(*) FROM actions WHERE kind LIKE 'guard:%' AND state = 'done'`).Scan(&pages)
+		return pages >= 1
+	})
+	if pages != 1 {
+		t.Errorf("%d guard pages, want 1", pages)
+	}
+	t.Logf("guard across 3 replicas: %d suspended, %d trip actions held, %d page", suspended, held, pages)
+	for _, r := range e.replicas {
+		e.stop(r)
+	}
+}

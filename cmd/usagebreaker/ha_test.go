@@ -79,7 +79,8 @@ func (e *haEnv) pool() []int {
 
 // newHAEnv sets up replicas on a schema of their own; dsnOf, when set,
 // gives replica i another DSN to the same schema (through a proxy).
-func newHAEnv(t *testing.T, replicas, accounts int, seed uint64, dsnOf func(i int, dsn string) string) *haEnv {
+// extra is appended to every replica's config.
+func newHAEnv(t *testing.T, replicas, accounts int, seed uint64, dsnOf func(i int, dsn string) string, extra ...string) *haEnv {
 	t.Helper()
 	dsn := storetest.Schema(t)
 	e := &haEnv{t: t, dir: t.TempDir(), dsn: dsn, names: map[string]string{}, client: &http.Client{Timeout: 10 * time.Second},
@@ -163,7 +164,7 @@ notifiers:
     url: http://%s/hook
     secret: crash-test-secret-0123456789
 default_notifiers: [hook]
-`, p.SID, p.AuthToken, simLn.Addr().String(), r.callback, lbLn.Addr().String(), r.admin, r.name, hookLn.Addr().String())
+%s`, p.SID, p.AuthToken, simLn.Addr().String(), r.callback, lbLn.Addr().String(), r.admin, r.name, hookLn.Addr().String(), strings.Join(extra, "\n"))
 		if err := os.WriteFile(r.cfg, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
