@@ -95,16 +95,18 @@ func (s *DB) ClaimActions(ctx context.Context, c Claim, now time.Time, limit int
 	if err != nil {
 		return nil, fmt.Errorf("store: claim actions: lease: %w", err)
 	}
-	acts, err := submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) ([]Action, error) {
-		if s.pg {
-			return s.claimPG(ctx, tx, c.Owner, lease, at, limit) // postgres.go
-		}
-		rows, err := tx.StmtContext(ctx, s.wClaim).QueryContext(ctx, c.Owner, lease, at, limit)
-		if err != nil {
-			return nil, err
-		}
-		return scanActions(rows)
-	})
+	var acts []Action
+	if s.pg {
+		acts, err = s.claimPG(ctx, c.Owner, lease, at, limit) // postgres.go
+	} else {
+		acts, err = submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) ([]Action, error) {
+			rows, err := tx.StmtContext(ctx, s.wClaim).QueryContext(ctx, c.Owner, lease, at, limit)
+			if err != nil {
+				return nil, err
+			}
+			return scanActions(rows)
+		})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("store: claim actions: %w", err)
 	}

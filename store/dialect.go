@@ -19,8 +19,7 @@ import (
 // into Postgres' when the store is on Postgres: ?N and ? placeholders become
 // $N, SQLite's two-argument scalar max() becomes GREATEST(). The few
 // statements whose Postgres form differs in more than that (a parameter
-// whose type Postgres cannot infer, RETURNING where SQLite has
-// LastInsertId, row locks) have their Postgres text in pgOverrides, keyed by
+// whose type Postgres cannot infer, a column to qualify, row locks) have their Postgres text in pgOverrides, keyed by
 // the SQLite text. Times are BIGINT unix nanoseconds and booleans BIGINT 0/1
 // on both, so rows scan the same way.
 //
@@ -104,7 +103,6 @@ var pgOverrides = map[string]string{
 	// A write mark after the lease ended is refused: another owner may hold it.
 	markQuery: `UPDATE actions SET write_sent_at = $1, lease_until = GREATEST(lease_until, $2), updated_at = $3
 			WHERE id = $4 AND state = 'running' AND owner = $5 AND lease_until > $1`,
-	actionInsertQuery: actionInsertQueryPG,
 	insertScheduledQuery: `INSERT INTO actions (incident_id, kind, account_sid, state, attempts,
 				next_attempt_at, created_at, updated_at)
 			SELECT $1::BIGINT, $2::TEXT, CASE WHEN $3::BOOLEAN THEN account_sid ELSE '' END, 'available', 0, $4::BIGINT, $5::BIGINT, $6::BIGINT
@@ -115,14 +113,6 @@ var pgOverrides = map[string]string{
 			WHERE state = 'running' AND ($1::BOOLEAN OR lease_until <= $2)
 			FOR UPDATE SKIP LOCKED`,
 }
-
-// actionInsertQueryPG is actionInsertQuery returning the new row's id
-// (Postgres has no LastInsertId); no row when the kind existed.
-const actionInsertQueryPG = `INSERT INTO actions (incident_id, kind, account_sid, state, attempts,
-				next_attempt_at, owner, lease_until, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8, $9)
-			ON CONFLICT (incident_id, kind) DO NOTHING
-			RETURNING id`
 
 // Postgres error codes the store acts on.
 const (

@@ -371,15 +371,17 @@ var pgClaimQuery = `WITH cand AS (
 var pgActionCols = "actions." + strings.Join(strings.Split(strings.Join(strings.Fields(actionCols), " "), ", "), ", actions.")
 
 // claimPG is ClaimActions' work on Postgres: which accounts have due
-// actions, their locks, then the claim.
-func (s *DB) claimPG(ctx context.Context, tx *sql.Tx, owner string, lease, at int64, limit int) ([]Action, error) {
-	rows, err := tx.QueryContext(ctx, `SELECT DISTINCT account_sid FROM (
+// actions (outside a transaction: most looks find nothing, and the claim
+// checks everything again), then, in one transaction, their locks and the
+// claim.
+func (s *DB) claimPG(ctx context.Context, owner string, lease, at int64, limit int) ([]Action, error) {
+	rows, err := s.w.QueryContext(ctx, `SELECT DISTINCT account_sid FROM (
 			SELECT account_sid FROM actions WHERE state = 'available' AND next_attempt_at <= $1
 			ORDER BY kind <> 'trip', next_attempt_at, id LIMIT $2) d`, at, 8*limit)
 	if err != nil {
 		return nil, fmt.Errorf("due accounts: %w", err)
 	}
-	var accounts []string
+	accounts := []string{}
 	due := false
 	for rows.Next() {
 		var a string
@@ -401,17 +403,79 @@ func (s *DB) claimPG(ctx context.Context, tx *sql.Tx, owner string, lease, at in
 		return nil, nil
 	}
 	sort.Strings(accounts)
-	if err := lockAccounts(ctx, tx, accounts); err != nil {
-		return nil, err
+	return submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) ([]Action, error) {
+		if err := lockAccounts(ctx, tx, accounts); err != nil {
+			return nil, err
+		}
+		rows, err := tx.QueryContext(ctx, pgClaimQuery, owner, lease, at, limit, accounts, 8*limit)
+		if err != nil {
+			return nil, err
+		}
+		return scanActions(rows)
+	})
+}
+
+// insertActionsPG creates a new incident's actions in one statement (one
+// round trip): f.Actions, each kind once, the first trip claimed by claim
+// if set. It returns the trip as stored (zero ID: none).
+func insertActionsPG(ctx context.Context, tx *sql.Tx, f *Firing, incidentID int64, claim *Claim, received int64) (Action, error) {
+	var (
+		trip Action
+		vals []string
+		args []any
+		seen = map[ActionKind]bool{}
+	)
+	for _, kind := range f.Actions {
+		if seen[kind] {
+			continue
+		}
+		seen[kind] = true
+		a := Action{IncidentID: incidentID, Kind: kind, State: ActionAvailable, NextAttemptAt: f.ReceivedAt,
+			CreatedAt: f.ReceivedAt, UpdatedAt: f.ReceivedAt}
+		if kind.LocksAccount() {
+			a.AccountSID = f.AccountSID
+		}
+		if kind == ActionTrip {
+			if claim != nil {
+				a.State, a.Owner, a.LeaseUntil = ActionRunning, claim.Owner, claim.LeaseUntil
+			}
+			trip = a
+		}
+		n := len(args)
+		vals = append(vals, fmt.Sprintf("($%d, $%d, $%d, $%d, 0, $%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8, n+9))
+		args = append(args, a.IncidentID, string(a.Kind), a.AccountSID, string(a.State), received, a.Owner, timeCol(a.LeaseUntil), received, received)
 	}
-	if accounts == nil {
-		accounts = []string{}
+	if len(vals) == 0 {
+		return trip, nil
 	}
-	rows, err = tx.QueryContext(ctx, pgClaimQuery, owner, lease, at, limit, accounts, 8*limit)
+	rows, err := tx.QueryContext(ctx, `INSERT INTO actions (incident_id, kind, account_sid, state, attempts,
+			next_attempt_at, owner, lease_until, created_at, updated_at)
+		VALUES `+strings.Join(vals, ", ")+`
+		ON CONFLICT (incident_id, kind) DO NOTHING
+		RETURNING id, kind`, args...)
 	if err != nil {
-		return nil, err
+		return Action{}, fmt.Errorf("insert actions: %w", err)
 	}
-	return scanActions(rows)
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			id   int64
+			kind string
+		)
+		if err := rows.Scan(&id, &kind); err != nil {
+			return Action{}, fmt.Errorf("insert actions: %w", err)
+		}
+		if ActionKind(kind) == ActionTrip {
+			trip.ID = id
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return Action{}, fmt.Errorf("insert actions: %w", err)
+	}
+	if trip.ID == 0 {
+		return Action{}, nil // no trip among the kinds (or it existed)
+	}
+	return trip, nil
 }
 
 // AdmitSuspension is the blast-radius guard's admission on a store shared

@@ -495,6 +495,10 @@ func (s *DB) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, received
 			claim = nil
 		}
 	}
+	if s.pg {
+		res.Trip, err = insertActionsPG(ctx, tx, f, res.Incident.ID, claim, received) // one round trip
+		return res, err
+	}
 	ins := tx.StmtContext(ctx, s.wActionInsert)
 	for _, kind := range f.Actions {
 		a := Action{IncidentID: res.Incident.ID, Kind: kind, State: ActionAvailable, NextAttemptAt: f.ReceivedAt,
@@ -504,20 +508,6 @@ func (s *DB) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, received
 		}
 		if kind == ActionTrip && claim != nil && res.Trip.ID == 0 {
 			a.State, a.Owner, a.LeaseUntil = ActionRunning, claim.Owner, claim.LeaseUntil
-		}
-		if s.pg {
-			err := ins.QueryRowContext(ctx, a.IncidentID, a.Kind, a.AccountSID, a.State, received,
-				a.Owner, timeCol(a.LeaseUntil), received, received).Scan(&a.ID)
-			if errors.Is(err, sql.ErrNoRows) {
-				continue // the kind was there already
-			}
-			if err != nil {
-				return res, fmt.Errorf("insert action %q: %w", kind, err)
-			}
-			if kind == ActionTrip && res.Trip.ID == 0 {
-				res.Trip = a
-			}
-			continue
 		}
 		r, err := ins.ExecContext(ctx, a.IncidentID, a.Kind, a.AccountSID, a.State, received,
 			a.Owner, timeCol(a.LeaseUntil), received, received)
