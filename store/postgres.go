@@ -49,6 +49,9 @@ const (
 	lockNSGuard   = 0x7564 // the guard's holds
 )
 
+// pgPoolSize is how many connections a replica opens at most.
+var pgPoolSize = 16 // 48 drained a burst slower on 2 cores (232 against 274 suspensions/s)
+
 // OpenPostgres opens the store on the Postgres database of dsn (a URL or
 // key=value DSN, see pgx) and migrates its schema, in the DSN's search_path.
 // Replicas opening it at once migrate it once. ctx bounds the opening and
@@ -72,8 +75,8 @@ func openPostgres(ctx context.Context, dsn, name string) (_ *DB, err error) {
 	if s.w, err = sql.Open("pgx", dsn); err != nil {
 		return nil, err
 	}
-	s.w.SetMaxOpenConns(16)
-	s.w.SetMaxIdleConns(16)
+	s.w.SetMaxOpenConns(pgPoolSize)
+	s.w.SetMaxIdleConns(pgPoolSize)
 	s.w.SetConnMaxIdleTime(5 * time.Minute)
 	s.w.SetConnMaxLifetime(time.Hour)
 	s.r = s.w
