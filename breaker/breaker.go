@@ -69,6 +69,10 @@ type Options struct {
 	// Owner names this process in the claims of the action queue (default:
 	// a random name per process).
 	Owner string
+	// Lease is how long a claim on an action lasts (default 5m).
+	Lease time.Duration
+	// SharedQueue: other replicas work the same action queue (Postgres).
+	SharedQueue bool
 }
 
 // Breaker owns the account cache, the reconciler, the poller, reactivation
@@ -147,7 +151,7 @@ func New(o Options) *Breaker {
 	b.engine = NewEngine(EngineOptions{
 		Store: o.Store, Owner: o.Owner, Logger: o.Logger, Now: o.Now, Workers: o.Workers,
 		WriteLease: o.WriteLease, RetryMin: o.RetryMin, RetryMax: o.RetryMax,
-		Worker: b.worker, Finished: b.actionFinished,
+		Worker: b.worker, Finished: b.actionFinished, Lease: o.Lease, Shared: o.SharedQueue,
 	})
 	return b
 }

@@ -175,6 +175,13 @@ type EngineOptions struct {
 	Worker func(kind store.ActionKind) Worker
 	// Finished is called after an action's result is recorded.
 	Finished func(a store.Action, r Result)
+	// Shared: other processes claim from the same queue (Postgres). The
+	// engine then rescues only claims whose lease has passed, at start and
+	// every RescueEvery, instead of every claim at start.
+	Shared bool
+	// RescueEvery is how often a shared engine looks for expired claims
+	// (default a tenth of Lease, at least a second).
+	RescueEvery time.Duration
 }
 
 // Engine runs the actions of the store's queue with its workers.
@@ -210,6 +217,9 @@ func NewEngine(o EngineOptions) *Engine {
 	}
 	if o.RetryMax <= 0 {
 		o.RetryMax = 5 * time.Minute
+	}
+	if o.RescueEvery <= 0 {
+		o.RescueEvery = max(time.Second, o.Lease/10)
 	}
 	return &Engine{o: o, wake: make(chan struct{}, 1), sem: make(chan struct{}, o.Workers)}
 }
@@ -271,9 +281,18 @@ func (e *Engine) Run(ctx context.Context, drain time.Duration) {
 	e.mu.Unlock()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	var rescueC <-chan time.Time
+	if e.o.Shared {
+		rescue := time.NewTicker(e.o.RescueEvery)
+		defer rescue.Stop()
+		rescueC = rescue.C
+	}
 	for {
 		e.claimDue(ctx, actx)
 		select {
+		case <-rescueC:
+			e.rescue(ctx, false)
+			continue
 		case <-ctx.Done():
 			e.mu.Lock()
 			e.actx = nil // no Submit starts after this: wg.Wait below sees them all
@@ -295,12 +314,22 @@ func (e *Engine) Run(ctx context.Context, drain time.Duration) {
 }
 
 // start rescues the claims a stopped process left and resumes the queue.
-// The daemon owns the state alone (the state file's lock), so every running
-// action belongs to a process that is gone.
+// Alone on the state (SQLite: the state file's lock), every running action
+// belongs to a process that is gone; shared (Postgres), only those whose
+// lease has passed, and the others are rescued as their leases pass.
 func (e *Engine) start(ctx context.Context) {
+	now := e.rescue(ctx, !e.o.Shared)
+	if _, err := e.o.Store.ResumeAvailable(ctx, now); err != nil {
+		e.o.Logger.Error("cannot resume the queued actions", "err", err)
+	}
+}
+
+// rescue hands back the claims of stopped owners: all of them, or those
+// whose lease has passed. It returns the time it used as now.
+func (e *Engine) rescue(ctx context.Context, all bool) time.Time {
 	now := e.o.Now()
-	rescued, err := e.o.Store.RescueActions(ctx, now, e.o.WriteLease, true)
-	if err != nil {
+	rescued, err := e.o.Store.RescueActions(ctx, now, e.o.WriteLease, all)
+	if err != nil && ctx.Err() == nil {
 		e.o.Logger.Error("cannot rescue the actions a stopped process left", "err", err)
 	}
 	for _, a := range rescued {
@@ -310,9 +339,10 @@ func (e *Engine) start(ctx context.Context) {
 		}
 		e.o.Logger.Info("resuming an action a stopped process had claimed", attrs...)
 	}
-	if _, err := e.o.Store.ResumeAvailable(ctx, now); err != nil {
-		e.o.Logger.Error("cannot resume the queued actions", "err", err)
+	if len(rescued) > 0 {
+		e.Wake()
 	}
+	return now
 }
 
 // RunDueOnce claims and runs every due action to completion (tests and the

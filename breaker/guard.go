@@ -28,6 +28,13 @@ type GuardSettings struct {
 	Window         time.Duration
 }
 
+// sharedGuard is a store shared by several replicas that admits
+// suspensions itself (store.DB on Postgres).
+type sharedGuard interface {
+	Postgres() bool
+	AdmitSuspension(ctx context.Context, id int64, owner string, since, now time.Time, max int) (ok bool, suspended, held int, err error)
+}
+
 type guard struct {
 	b     *Breaker
 	mu    sync.Mutex
@@ -52,6 +59,19 @@ func (g *guard) admit(ctx context.Context, a store.Action) (guardSlot, *held, er
 	gs := g.b.settings.Load().Operator.Guard
 	if gs.MaxSuspensions <= 0 || a.Released {
 		return guardSlot{g: g}, nil, nil
+	}
+	if sg, ok := g.b.store.(sharedGuard); ok && sg.Postgres() {
+		// Several replicas: the places of admitted suspensions are in the
+		// database, so the limit holds across them.
+		now := g.b.now()
+		ok, n, nHeld, err := sg.AdmitSuspension(ctx, a.ID, a.Owner, now.Add(-gs.Window), now, gs.MaxSuspensions)
+		if err != nil {
+			return guardSlot{}, nil, fmt.Errorf("guard: %w", err)
+		}
+		if !ok {
+			return guardSlot{}, &held{suspended: n, before: nHeld}, nil
+		}
+		return guardSlot{g: g}, nil, nil // the completion ends the place
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()

@@ -55,6 +55,18 @@ func (b *Breaker) LastReconcile() (ReconcileResult, bool) {
 	return *r, true
 }
 
+// RefreshAccounts lists the subaccounts into the account cache, as a
+// reconcile does, and changes nothing at Twilio: a replica that does not
+// reconcile keeps the list its callbacks are verified against current.
+func (b *Breaker) RefreshAccounts(ctx context.Context) error {
+	subs, err := b.api.ListSubaccounts(ctx)
+	if err != nil {
+		return fmt.Errorf("list subaccounts: %w", err)
+	}
+	b.accounts.Replace(subs)
+	return nil
+}
+
 // Reconcile makes every active subaccount's owned triggers match the rules:
 // it creates what is missing, replaces what differs (create first, then delete,
 // so the account is never unguarded), updates callback URL or method in place

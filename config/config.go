@@ -71,10 +71,23 @@ type Server struct {
 	TrustedProxies         *TrustedProxies `yaml:"trusted_proxies,omitempty"`
 }
 
-// State is where the database lives.
+// State is where the database lives: a SQLite file (Path), or a Postgres
+// database several replicas share (Postgres). Exactly one is set.
 type State struct {
-	Path string `yaml:"path"` // default "data/usagebreaker.db", relative to the config file
+	Path     string    `yaml:"path,omitempty"` // default "data/usagebreaker.db", relative to the config file
+	Postgres *Postgres `yaml:"postgres,omitempty"`
 }
+
+// Postgres is the state on Postgres (docs/HA.md).
+type Postgres struct {
+	DSN Secret `yaml:"dsn"` // or dsn_file; a URL or key=value DSN (pgx), e.g. with sslmode=verify-full
+	// ClaimLease is how long a replica's claim on an action lasts; another
+	// replica runs the action again only after it (default 30s).
+	ClaimLease time.Duration `yaml:"claim_lease"`
+}
+
+// DefaultClaimLease is state.postgres.claim_lease's default.
+const DefaultClaimLease = 30 * time.Second
 
 // Reconcile is when the reconciler runs besides start and reload.
 type Reconcile struct {

@@ -96,7 +96,7 @@ func load(path string, data []byte, lookup func(string) (string, bool)) (*Config
 	instanceOK := l.instance(top.Get("instance"))
 	l.twilio(d.Map(top.Get("twilio"), twilioKeys))
 	l.server(d.Map(top.Get("server"), serverKeys, futureServer...))
-	l.state(d.Map(top.Get("state"), []string{"path"}))
+	l.state(d.Map(top.Get("state"), []string{"path", "postgres"}))
 	l.reconcile(d.Map(top.Get("reconcile"), reconcileKeys))
 	disarmV := top.Get("allow_disarm")
 	if b, ok := d.Bool(disarmV); ok {
@@ -315,6 +315,32 @@ func (l *loader) state(m *strict.Map) {
 	d := l.d
 	p := DefaultStatePath
 	v := m.Get("path")
+	if pv := m.Get("postgres"); pv.Present() {
+		if v.Present() {
+			d.Errorf(pv, "state.path and state.postgres are both set; use one (path: SQLite, one replica; postgres: several replicas)")
+			return
+		}
+		pm := d.Map(pv, []string{"dsn", "dsn_file", "claim_lease"})
+		dsn, used, st := l.secret(pm, "dsn", "dsn_file")
+		switch {
+		case st == secretAbsent:
+			d.Errorf(pv, "state.postgres needs dsn or dsn_file")
+		case st == secretOK && strings.TrimSpace(dsn.Reveal()) == "":
+			d.Errorf(used, "must not be empty")
+		}
+		pg := &Postgres{DSN: dsn, ClaimLease: DefaultClaimLease}
+		if cv := pm.Get("claim_lease"); cv.Present() {
+			if dur, ok := d.Duration(cv); ok {
+				if dur < time.Second {
+					d.Errorf(cv, "must be at least 1s")
+				} else {
+					pg.ClaimLease = dur
+				}
+			}
+		}
+		l.cfg.State.Postgres = pg
+		return
+	}
 	if s, ok := d.String(v); ok {
 		if s == "" {
 			d.Errorf(v, "must not be empty")

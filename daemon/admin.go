@@ -24,6 +24,10 @@ func (d *Daemon) adminMux() http.Handler {
 		text(w, http.StatusOK, "ok")
 	})
 	mux.HandleFunc("GET /-/ready", func(w http.ResponseWriter, r *http.Request) {
+		if !d.rep.backendUp.Load() {
+			text(w, http.StatusServiceUnavailable, "not ready: the state database cannot be reached")
+			return
+		}
 		if !d.Ready() {
 			text(w, http.StatusServiceUnavailable, "not ready: the first reconcile has not finished")
 			return

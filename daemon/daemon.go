@@ -61,6 +61,9 @@ type Options struct {
 	// AuthProbeInterval is how often the parent credentials are tried while
 	// running (default DefaultAuthProbeInterval).
 	AuthProbeInterval time.Duration
+	// Replica names this replica in logs, metrics and claims (--replica;
+	// default: the host name).
+	Replica string
 }
 
 // Daemon is a running usagebreaker.
@@ -91,6 +94,7 @@ type Daemon struct {
 	reconcileRuns *prometheus.CounterVec
 
 	rel reliability // polling fallback and file watcher
+	rep *replicas   // leases and the state database's health (replicas.go)
 }
 
 // New loads the config, opens the state and builds everything; it starts
@@ -119,17 +123,30 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	d.initReliability(d.reg)
 	d.remember(d.snapshot(cfg))
 
-	lock, err := lockState(cfg.State.Path)
-	if err != nil {
-		return nil, err
-	}
-	st, err := store.Open(ctx, cfg.State.Path)
-	if err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("state: %w", err)
+	var st *store.DB
+	if pg := cfg.State.Postgres; pg != nil {
+		// Several replicas share the database: no lock file.
+		if st, err = store.OpenPostgres(ctx, pg.DSN.Reveal()); err != nil {
+			return nil, fmt.Errorf("state: %w", err)
+		}
+		d.st = st
+	} else {
+		lock, err := lockState(cfg.State.Path)
+		if err != nil {
+			return nil, err
+		}
+		if st, err = store.Open(ctx, cfg.State.Path); err != nil {
+			lock.Close()
+			return nil, fmt.Errorf("state: %w", err)
+		}
+		d.st = &lockedStore{Store: st, lock: lock}
 	}
 	st.SetClock(o.Now) // the guard's window follows the daemon's clock
-	d.st = &lockedStore{Store: st, lock: lock}
+	d.rep = newReplicas(d.reg, o.Replica, st)
+	if d.rep.shared {
+		d.log = d.log.With("replica", d.rep.name)
+		o.Logger = d.log
+	}
 	api, err := twilioapi.New(twilioapi.Options{
 		AccountSID:     cfg.Twilio.AccountSID,
 		AuthToken:      cfg.Twilio.AuthToken.Reveal(),
@@ -163,6 +180,10 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		// A status write that got no answer may land up to about a request
 		// timeout later; none is repeated before twice that.
 		WriteLease: 2 * cfg.Twilio.Timeout,
+		Owner:      d.rep.holder,
+		Lease:      claimLease(cfg),
+		// On Postgres other replicas claim from the same queue.
+		SharedQueue: d.rep.shared,
 	})
 	d.br.SetReconcileRequester(d.RequestReconcile)
 	primeRuleSeries(d.bm, cfg.Rules)
@@ -177,6 +198,16 @@ func (d *Daemon) authProbeInterval() time.Duration {
 		return d.opts.AuthProbeInterval
 	}
 	return DefaultAuthProbeInterval
+}
+
+// claimLease is how long a claim on an action lasts: the engine's default
+// alone on SQLite (a restart rescues every claim at once), the configured
+// lease on Postgres, where only an expired claim is rescued.
+func claimLease(cfg *config.Config) time.Duration {
+	if cfg.State.Postgres == nil {
+		return 0
+	}
+	return max(cfg.State.Postgres.ClaimLease, 2*cfg.Twilio.Timeout)
 }
 
 func settingsOf(cfg *config.Config) breaker.Settings {
@@ -216,7 +247,7 @@ func (d *Daemon) Registry() *prometheus.Registry { return d.reg }
 func (d *Daemon) Config() *config.Config { return d.cfg.Load() }
 
 // Ready reports whether the first reconcile is done.
-func (d *Daemon) Ready() bool { return d.ready.Load() }
+func (d *Daemon) Ready() bool { return d.ready.Load() && d.rep.backendUp.Load() }
 
 // CallbackAddr and AdminAddr are the listeners' addresses once Run has started them.
 func (d *Daemon) CallbackAddr() net.Addr { return d.cbLn.Addr() }
@@ -313,6 +344,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	var wg sync.WaitGroup
+	leaseCtx, stopLeases := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopLeases()
+	info := func(msg string, args ...any) { d.log.Info(msg, args...) }
+	d.rep.renewAll(runCtx, info)                            // the loops below start as leaders or not
+	d.rep.leases[loopReconcile].gained = d.RequestReconcile // later: the previous leader may have stopped mid-way
+	leasesDone := make(chan struct{})
+	go func() { defer close(leasesDone); d.rep.runLeases(leaseCtx, info) }()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.rep.monitorBackend(runCtx, func(msg string, args ...any) { d.log.Warn(msg, args...) })
+	}()
 	wg.Add(4)
 	go func() { defer wg.Done(); d.br.RunExecutor(runCtx, d.opts.ShutdownTimeout) }()
 	go func() { defer wg.Done(); d.reconcileLoop(runCtx) }()
@@ -340,6 +383,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		runErr = err
 	}
 	d.log.Info("shutting down", "timeout", d.opts.ShutdownTimeout)
+	d.ready.Store(false) // /-/ready: 503 from now, so a load balancer stops sending callbacks here
 	shCtx, cancel := context.WithTimeout(context.Background(), d.opts.ShutdownTimeout)
 	defer cancel()
 	// Stop taking callbacks (a callback being recorded finishes) and, at the
@@ -356,6 +400,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	<-d.cron.Stop().Done()
 	stop()
 	wg.Wait()
+	stopLeases() // after the loops stopped: resign, so another replica takes over at once
+	<-leasesDone
 	<-cbDone
 	adminCtx, adminCancel := context.WithTimeout(context.Background(), time.Second)
 	defer adminCancel()
@@ -380,7 +426,7 @@ func serve(srv *http.Server, ln net.Listener, name string) error {
 // callbackMux is the callback listener's handler: the edge serves only
 // rules.CallbackPathPrefix (a bare 404 for anything else, never a redirect).
 func (d *Daemon) callbackMux() http.Handler {
-	return d.callbackEdge(webhook.New(d.br, d.bm, d.log.With("component", "webhook")))
+	return d.callbackEdge(d.rep.gateCallbacks(webhook.New(d.br, d.bm, d.log.With("component", "webhook"))))
 }
 
 // schedule (re)installs the reconcile schedule.
@@ -422,6 +468,16 @@ func (d *Daemon) reconcileLoop(ctx context.Context) {
 }
 
 func (d *Daemon) reconcileOnce(ctx context.Context) {
+	ctx, cancel, leading := d.rep.lead(ctx, loopReconcile)
+	defer cancel()
+	if !leading {
+		// Another replica reconciles; this one keeps its list of
+		// subaccounts current for the callbacks it verifies.
+		if err := d.br.RefreshAccounts(ctx); err != nil && ctx.Err() == nil {
+			d.log.Warn("cannot list the subaccounts", "err", err)
+		}
+		return
+	}
 	n := d.reconcileStarting()
 	res, err := d.br.Reconcile(ctx)
 	d.reconcileFinished(n, err)
@@ -524,6 +580,10 @@ func reloadable(old, cfg *config.Config) error {
 	check("server.listen", old.Server.Listen, cfg.Server.Listen)
 	check("server.admin_listen", old.Server.AdminListen, cfg.Server.AdminListen)
 	check("state.path", old.State.Path, cfg.State.Path)
+	if (old.State.Postgres == nil) != (cfg.State.Postgres == nil) ||
+		old.State.Postgres != nil && (old.State.Postgres.DSN != cfg.State.Postgres.DSN || old.State.Postgres.ClaimLease != cfg.State.Postgres.ClaimLease) {
+		errs = append(errs, errors.New("state.postgres cannot change on reload; restart usagebreaker to use it"))
+	}
 	check("twilio.account_sid", old.Twilio.AccountSID, cfg.Twilio.AccountSID)
 	check("twilio.api_base_url", old.Twilio.APIBaseURL, cfg.Twilio.APIBaseURL)
 	check("twilio.max_concurrency", strconv.Itoa(old.Twilio.MaxConcurrency), strconv.Itoa(cfg.Twilio.MaxConcurrency))

@@ -101,6 +101,11 @@ func (d *Daemon) pollLoop(ctx context.Context) {
 }
 
 func (d *Daemon) pollOnce(ctx context.Context) {
+	ctx, cancel, leading := d.rep.lead(ctx, loopPoll)
+	defer cancel()
+	if !leading {
+		return // another replica polls
+	}
 	p := d.rel.poll
 	res, err := d.br.Poll(ctx)
 	p.last.Store(&res)

@@ -70,7 +70,7 @@ func fromTimeCol(n int64) time.Time {
 	return fromUnixNano(n)
 }
 
-func (s *SQLite) accountLeased(ctx context.Context, tx *sql.Tx, accountSID string, now int64) (bool, error) {
+func (s *DB) accountLeased(ctx context.Context, tx *sql.Tx, accountSID string, now int64) (bool, error) {
 	var leased bool
 	if err := tx.StmtContext(ctx, s.wLeased).QueryRowContext(ctx, accountSID, now).Scan(&leased); err != nil {
 		return false, fmt.Errorf("read the account's leases: %w", err)
@@ -79,7 +79,7 @@ func (s *SQLite) accountLeased(ctx context.Context, tx *sql.Tx, accountSID strin
 }
 
 // ClaimActions implements ActionStore. A limit of 0 or less means 100.
-func (s *SQLite) ClaimActions(ctx context.Context, c Claim, now time.Time, limit int) ([]Action, error) {
+func (s *DB) ClaimActions(ctx context.Context, c Claim, now time.Time, limit int) ([]Action, error) {
 	if err := s.check("claim actions"); err != nil {
 		return nil, err
 	}
@@ -97,13 +97,18 @@ func (s *SQLite) ClaimActions(ctx context.Context, c Claim, now time.Time, limit
 	if err != nil {
 		return nil, fmt.Errorf("store: claim actions: lease: %w", err)
 	}
-	acts, err := submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) ([]Action, error) {
-		rows, err := tx.StmtContext(ctx, s.wClaim).QueryContext(ctx, c.Owner, lease, at, limit)
-		if err != nil {
-			return nil, err
-		}
-		return scanActions(rows)
-	})
+	var acts []Action
+	if s.pg {
+		acts, err = s.claimPG(ctx, c.Owner, lease, at, limit) // postgres.go
+	} else {
+		acts, err = submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) ([]Action, error) {
+			rows, err := tx.StmtContext(ctx, s.wClaim).QueryContext(ctx, c.Owner, lease, at, limit)
+			if err != nil {
+				return nil, err
+			}
+			return scanActions(rows)
+		})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("store: claim actions: %w", err)
 	}
@@ -122,7 +127,7 @@ func (s *SQLite) ClaimActions(ctx context.Context, c Claim, now time.Time, limit
 }
 
 // MarkWriteSent implements ActionStore.
-func (s *SQLite) MarkWriteSent(ctx context.Context, id int64, owner string, attempt int, at, leaseUntil time.Time) error {
+func (s *DB) MarkWriteSent(ctx context.Context, id int64, owner string, attempt int, at, leaseUntil time.Time) error {
 	if err := s.check("mark write sent"); err != nil {
 		return err
 	}
@@ -151,7 +156,7 @@ func (s *SQLite) MarkWriteSent(ctx context.Context, id int64, owner string, atte
 }
 
 // CompleteAction implements ActionStore.
-func (s *SQLite) CompleteAction(ctx context.Context, id int64, owner string, c Completion) (Completed, error) {
+func (s *DB) CompleteAction(ctx context.Context, id int64, owner string, c Completion) (Completed, error) {
 	if err := s.check("complete action"); err != nil {
 		return Completed{}, err
 	}
@@ -164,7 +169,7 @@ func (s *SQLite) CompleteAction(ctx context.Context, id int64, owner string, c C
 	return done, nil
 }
 
-func (s *SQLite) completeTx(ctx context.Context, tx *sql.Tx, id int64, owner string, c Completion) (Completed, error) {
+func (s *DB) completeTx(ctx context.Context, tx *sql.Tx, id int64, owner string, c Completion) (Completed, error) {
 	var out Completed
 	now, err := unixNano(s.now())
 	if err != nil {
@@ -183,7 +188,13 @@ func (s *SQLite) completeTx(ctx context.Context, tx *sql.Tx, id int64, owner str
 	}
 	others := 0
 	if c.State == ActionHeld {
-		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM actions WHERE state = 'held' AND id <> ?`, id).Scan(&others); err != nil {
+		if s.pg {
+			// One page per episode across replicas holding at once.
+			if err := lockGuard(ctx, tx); err != nil {
+				return out, err
+			}
+		}
+		if err := tx.QueryRowContext(ctx, s.q(`SELECT count(*) FROM actions WHERE state = 'held' AND id <> ?`), id).Scan(&others); err != nil {
 			return out, err
 		}
 	}
@@ -210,7 +221,7 @@ func (s *SQLite) completeTx(ctx context.Context, tx *sql.Tx, id int64, owner str
 		} else {
 			// An unfinished trip's outcome, if it has one, shows on the
 			// incident (awaiting_approval).
-			_, err = tx.ExecContext(ctx, `UPDATE incidents SET detail = ?, outcome = ?, updated_at = ? WHERE id = ?`,
+			_, err = tx.ExecContext(ctx, s.q(`UPDATE incidents SET detail = ?, outcome = ?, updated_at = ? WHERE id = ?`),
 				c.Detail, c.Outcome, now, incidentID)
 		}
 		if err != nil {
@@ -221,19 +232,14 @@ func (s *SQLite) completeTx(ctx context.Context, tx *sql.Tx, id int64, owner str
 	if c.State != ActionDone && c.State != ActionAvailable {
 		then = nil
 	}
-	if err := insertScheduled(ctx, tx, incidentID, then, now); err != nil {
+	if err := s.insertScheduled(ctx, tx, incidentID, then, now); err != nil {
 		return out, err
 	}
 	if c.State == ActionHeld && others == 0 && len(c.Pages) > 0 {
 		// A new episode pages again, also on an incident paged in an
 		// earlier one (a reopened trip): its page is sent anew.
 		for _, k := range c.Pages {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO actions (incident_id, kind, account_sid, state, attempts,
-					next_attempt_at, created_at, updated_at)
-				VALUES (?1, ?2, '', 'available', 0, ?3, ?3, ?3)
-				ON CONFLICT (incident_id, kind) DO UPDATE SET state = 'available', attempts = 0, next_attempt_at = ?3,
-					outcome = '', detail = '', progress = '', updated_at = ?3
-				WHERE actions.state IN ('done', 'failed')`, incidentID, k, now); err != nil {
+			if _, err := tx.ExecContext(ctx, s.q(pageUpsertQuery), incidentID, k, now); err != nil {
 				return out, fmt.Errorf("insert page %q: %w", k, err)
 			}
 		}
@@ -242,9 +248,18 @@ func (s *SQLite) completeTx(ctx context.Context, tx *sql.Tx, id int64, owner str
 	return out, nil
 }
 
+// pageUpsertQuery creates a guard page, or makes one sent in an earlier
+// episode available again.
+const pageUpsertQuery = `INSERT INTO actions (incident_id, kind, account_sid, state, attempts,
+		next_attempt_at, created_at, updated_at)
+	VALUES (?1, ?2, '', 'available', 0, ?3, ?3, ?3)
+	ON CONFLICT (incident_id, kind) DO UPDATE SET state = 'available', attempts = 0, next_attempt_at = ?3,
+		outcome = '', detail = '', progress = '', updated_at = ?3
+	WHERE actions.state IN ('done', 'failed')`
+
 // insertScheduled creates actions for an incident (kinds it has already are
 // left as they are).
-func insertScheduled(ctx context.Context, tx *sql.Tx, incidentID int64, then []Scheduled, now int64) error {
+func (s *DB) insertScheduled(ctx context.Context, tx *sql.Tx, incidentID int64, then []Scheduled, now int64) error {
 	for _, sc := range then {
 		if sc.Kind == "" {
 			return errors.New("scheduled action with an empty kind")
@@ -253,11 +268,7 @@ func insertScheduled(ctx context.Context, tx *sql.Tx, incidentID int64, then []S
 		if err != nil {
 			return fmt.Errorf("scheduled %s: %w", sc.Kind, err)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO actions (incident_id, kind, account_sid, state, attempts,
-				next_attempt_at, created_at, updated_at)
-			SELECT ?, ?, CASE WHEN ? THEN account_sid ELSE '' END, 'available', 0, ?, ?, ?
-			FROM incidents WHERE id = ?
-			ON CONFLICT (incident_id, kind) DO NOTHING`,
+		if _, err := tx.ExecContext(ctx, s.q(insertScheduledQuery),
 			incidentID, sc.Kind, sc.Kind.LocksAccount(), at, now, now, incidentID); err != nil {
 			return fmt.Errorf("insert action %q: %w", sc.Kind, err)
 		}
@@ -265,8 +276,17 @@ func insertScheduled(ctx context.Context, tx *sql.Tx, incidentID int64, then []S
 	return nil
 }
 
+const insertScheduledQuery = `INSERT INTO actions (incident_id, kind, account_sid, state, attempts,
+				next_attempt_at, created_at, updated_at)
+			SELECT ?, ?, CASE WHEN ? THEN account_sid ELSE '' END, 'available', 0, ?, ?, ?
+			FROM incidents WHERE id = ?
+			ON CONFLICT (incident_id, kind) DO NOTHING`
+
+const rescueSelectQuery = `SELECT ` + actionCols + ` FROM actions
+			WHERE state = 'running' AND (?1 OR lease_until <= ?2)`
+
 // RescueActions implements ActionStore.
-func (s *SQLite) RescueActions(ctx context.Context, now time.Time, writeLease time.Duration, all bool) ([]Action, error) {
+func (s *DB) RescueActions(ctx context.Context, now time.Time, writeLease time.Duration, all bool) ([]Action, error) {
 	if err := s.check("rescue actions"); err != nil {
 		return nil, err
 	}
@@ -279,8 +299,7 @@ func (s *SQLite) RescueActions(ctx context.Context, now time.Time, writeLease ti
 		return nil, fmt.Errorf("store: rescue actions: %w", err)
 	}
 	acts, err := submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) ([]Action, error) {
-		rows, err := tx.QueryContext(ctx, `SELECT `+actionCols+` FROM actions
-			WHERE state = 'running' AND (?1 OR lease_until <= ?2)`, all, at)
+		rows, err := tx.QueryContext(ctx, s.q(rescueSelectQuery), all, at)
 		if err != nil {
 			return nil, err
 		}
@@ -295,9 +314,9 @@ func (s *SQLite) RescueActions(ctx context.Context, now time.Time, writeLease ti
 				next, lease = hold, hold
 				detail += "; the account is held until a status write it may have sent can no longer land"
 			}
-			if _, err := tx.ExecContext(ctx, `UPDATE actions SET state = 'available', owner = '', next_attempt_at = ?,
+			if _, err := tx.ExecContext(ctx, s.q(`UPDATE actions SET state = 'available', owner = '', next_attempt_at = ?,
 					lease_until = ?, rescued = 1, detail = ?, updated_at = ?
-				WHERE id = ? AND state = 'running' AND owner = ?`, next, lease, detail, at, a.ID, a.Owner); err != nil {
+				WHERE id = ? AND state = 'running' AND owner = ?`), next, lease, detail, at, a.ID, a.Owner); err != nil {
 				return nil, fmt.Errorf("hand back action %d: %w", a.ID, err)
 			}
 			if a.Kind == ActionTrip {
@@ -315,14 +334,14 @@ func (s *SQLite) RescueActions(ctx context.Context, now time.Time, writeLease ti
 }
 
 // ResumeAvailable implements ActionStore.
-func (s *SQLite) ResumeAvailable(ctx context.Context, now time.Time) (int, error) {
+func (s *DB) ResumeAvailable(ctx context.Context, now time.Time) (int, error) {
 	at, err := unixNano(now)
 	if err != nil {
 		return 0, fmt.Errorf("store: resume actions: %w", err)
 	}
 	n, err := submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) (int, error) {
-		r, err := tx.ExecContext(ctx, `UPDATE actions SET next_attempt_at = ?1
-			WHERE state = 'available' AND next_attempt_at > ?1 AND kind <> 'reactivate' AND lease_until <= ?1`, at)
+		r, err := tx.ExecContext(ctx, s.q(`UPDATE actions SET next_attempt_at = ?1
+			WHERE state = 'available' AND next_attempt_at > ?1 AND kind <> 'reactivate' AND lease_until <= ?1`), at)
 		if err != nil {
 			return 0, err
 		}
@@ -336,19 +355,19 @@ func (s *SQLite) ResumeAvailable(ctx context.Context, now time.Time) (int, error
 }
 
 // ReleaseHeld implements ActionStore.
-func (s *SQLite) ReleaseHeld(ctx context.Context, now time.Time, detail string) (n int, err error) {
+func (s *DB) ReleaseHeld(ctx context.Context, now time.Time, detail string) (n int, err error) {
 	at, err := unixNano(now)
 	if err != nil {
 		return 0, fmt.Errorf("store: release held: %w", err)
 	}
 	err = s.write(ctx, "release held", func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `UPDATE incidents SET detail = ?, updated_at = ?
-			WHERE id IN (SELECT incident_id FROM actions WHERE state = 'held')`, detail, at); err != nil {
+		if _, err := tx.ExecContext(ctx, s.q(`UPDATE incidents SET detail = ?, updated_at = ?
+			WHERE id IN (SELECT incident_id FROM actions WHERE state = 'held')`), detail, at); err != nil {
 			return err
 		}
-		res, err := tx.ExecContext(ctx, `UPDATE actions SET state = 'available', released = 1, next_attempt_at = ?,
+		res, err := tx.ExecContext(ctx, s.q(`UPDATE actions SET state = 'available', released = 1, next_attempt_at = ?,
 				detail = ?, updated_at = ?
-			WHERE state = 'held'`, at, detail, at)
+			WHERE state = 'held'`), at, detail, at)
 		if err != nil {
 			return err
 		}
@@ -360,12 +379,12 @@ func (s *SQLite) ReleaseHeld(ctx context.Context, now time.Time, detail string) 
 }
 
 // CountHeld implements ActionStore.
-func (s *SQLite) CountHeld(ctx context.Context) (int, error) {
+func (s *DB) CountHeld(ctx context.Context) (int, error) {
 	return s.count(ctx, "count held actions", `SELECT count(*) FROM actions WHERE state = 'held'`)
 }
 
 // CountSuspensions implements ActionStore.
-func (s *SQLite) CountSuspensions(ctx context.Context, since time.Time) (int, error) {
+func (s *DB) CountSuspensions(ctx context.Context, since time.Time) (int, error) {
 	at, err := unixNano(since)
 	if err != nil {
 		return 0, fmt.Errorf("store: count suspensions: %w", err)
@@ -375,7 +394,7 @@ func (s *SQLite) CountSuspensions(ctx context.Context, since time.Time) (int, er
 }
 
 // SuspendedSince implements ActionStore.
-func (s *SQLite) SuspendedSince(ctx context.Context, accountSID string, exceptIncident int64, since time.Time) (bool, error) {
+func (s *DB) SuspendedSince(ctx context.Context, accountSID string, exceptIncident int64, since time.Time) (bool, error) {
 	at, err := unixNano(since)
 	if err != nil {
 		return false, fmt.Errorf("store: suspended since: %w", err)
@@ -387,7 +406,7 @@ func (s *SQLite) SuspendedSince(ctx context.Context, accountSID string, exceptIn
 }
 
 // CountPendingActions implements ActionStore.
-func (s *SQLite) CountPendingActions(ctx context.Context) (int, error) {
+func (s *DB) CountPendingActions(ctx context.Context) (int, error) {
 	if err := s.check("count pending actions"); err != nil {
 		return 0, err
 	}
@@ -399,7 +418,7 @@ func (s *SQLite) CountPendingActions(ctx context.Context) (int, error) {
 }
 
 // IncidentActions implements ActionStore.
-func (s *SQLite) IncidentActions(ctx context.Context, incidentIDs []int64) (map[int64][]Action, error) {
+func (s *DB) IncidentActions(ctx context.Context, incidentIDs []int64) (map[int64][]Action, error) {
 	if err := s.check("incident actions"); err != nil {
 		return nil, err
 	}
@@ -407,8 +426,8 @@ func (s *SQLite) IncidentActions(ctx context.Context, incidentIDs []int64) (map[
 	for len(incidentIDs) > 0 {
 		chunk := incidentIDs[:min(len(incidentIDs), 500)]
 		incidentIDs = incidentIDs[len(chunk):]
-		rows, err := s.r.QueryContext(ctx, `SELECT `+actionCols+` FROM actions WHERE incident_id IN `+
-			inList(len(chunk))+` ORDER BY id`, int64Args(chunk)...)
+		rows, err := s.r.QueryContext(ctx, s.q(`SELECT `+actionCols+` FROM actions WHERE incident_id IN `+
+			inList(len(chunk))+` ORDER BY id`), int64Args(chunk)...)
 		if err != nil {
 			return nil, fmt.Errorf("store: incident actions: %w", err)
 		}

@@ -3,11 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
-
-	"modernc.org/sqlite"
-	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // Decide implements OperatorStore.
@@ -24,22 +20,24 @@ func (s *SQLite) Decide(ctx context.Context, a Approval) (Approval, error) {
 	}
 	err = s.write(ctx, fmt.Sprintf("decide incident %d", a.IncidentID), func(tx *sql.Tx) error {
 		var n int
-		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM incidents WHERE id = ?`, a.IncidentID).Scan(&n); err != nil {
+		if err := tx.QueryRowContext(ctx, s.q(`SELECT count(*) FROM incidents WHERE id = ?`), a.IncidentID).Scan(&n); err != nil {
 			return err
 		}
 		if n == 0 {
 			return ErrNotFound
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO approvals (incident_id, decision, actor, reason, created_at)
-			VALUES (?, ?, ?, ?, ?)`, a.IncidentID, a.Decision, a.Actor, a.Reason, at); err != nil {
-			var se *sqlite.Error
-			if errors.As(err, &se) && (se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY || se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE) {
-				return ErrExists
-			}
+		r, err := tx.ExecContext(ctx, s.q(`INSERT INTO approvals (incident_id, decision, actor, reason, created_at)
+			VALUES (?, ?, ?, ?, ?) ON CONFLICT (incident_id) DO NOTHING`), a.IncidentID, a.Decision, a.Actor, a.Reason, at)
+		if err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, `UPDATE actions SET next_attempt_at = ?, updated_at = ?
-			WHERE incident_id = ? AND kind = 'trip' AND state = 'available' AND next_attempt_at > ?`, at, at, a.IncidentID, at)
+		if n, err := r.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return ErrExists
+		}
+		_, err = tx.ExecContext(ctx, s.q(`UPDATE actions SET next_attempt_at = ?, updated_at = ?
+			WHERE incident_id = ? AND kind = 'trip' AND state = 'available' AND next_attempt_at > ?`), at, at, a.IncidentID, at)
 		return err
 	})
 	if err != nil {
@@ -57,8 +55,8 @@ func (s *SQLite) Approvals(ctx context.Context, incidentIDs []int64) (map[int64]
 	for len(incidentIDs) > 0 {
 		chunk := incidentIDs[:min(len(incidentIDs), 500)]
 		incidentIDs = incidentIDs[len(chunk):]
-		rows, err := s.r.QueryContext(ctx, `SELECT incident_id, decision, actor, reason, created_at FROM approvals
-			WHERE incident_id IN `+inList(len(chunk)), int64Args(chunk)...)
+		rows, err := s.r.QueryContext(ctx, s.q(`SELECT incident_id, decision, actor, reason, created_at FROM approvals
+			WHERE incident_id IN `+inList(len(chunk))), int64Args(chunk)...)
 		if err != nil {
 			return nil, fmt.Errorf("store: approvals: %w", err)
 		}

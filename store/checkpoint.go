@@ -24,7 +24,7 @@ const (
 )
 
 // commit commits tx and tells the checkpointer.
-func (s *SQLite) commit(tx *sql.Tx) error {
+func (s *DB) commit(tx *sql.Tx) error {
 	if err := tx.Commit(); err != nil {
 		return err
 	}
@@ -33,7 +33,7 @@ func (s *SQLite) commit(tx *sql.Tx) error {
 }
 
 // wrote tells the checkpointer that a transaction was committed.
-func (s *SQLite) wrote() {
+func (s *DB) wrote() {
 	if s.dirty.Add(1)%checkpointBatches == 0 {
 		select {
 		case s.ckNow <- struct{}{}:
@@ -42,7 +42,7 @@ func (s *SQLite) wrote() {
 	}
 }
 
-func (s *SQLite) checkpointLoop() {
+func (s *DB) checkpointLoop() {
 	defer close(s.ckDone)
 	t := time.NewTicker(checkpointEvery)
 	defer t.Stop()

@@ -61,10 +61,13 @@ func (o *writeOp) finish(res any, err error) {
 }
 
 // submit hands run to the writer and waits until it is committed (or failed).
-func (s *SQLite) submit(ctx context.Context, run func(ctx context.Context, tx *sql.Tx) (any, error)) (any, error) {
+func (s *DB) submit(ctx context.Context, run func(ctx context.Context, tx *sql.Tx) (any, error)) (any, error) {
 	// Checked first because select picks at random among ready cases.
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if s.pg {
+		return s.runTx(ctx, run) // no group commit on Postgres (dialect.go)
 	}
 	op := &writeOp{run: run, done: make(chan struct{})}
 	select {
@@ -86,7 +89,7 @@ func (s *SQLite) submit(ctx context.Context, run func(ctx context.Context, tx *s
 }
 
 // submitAs is submit for an op whose result is a T.
-func submitAs[T any](ctx context.Context, s *SQLite, run func(ctx context.Context, tx *sql.Tx) (T, error)) (T, error) {
+func submitAs[T any](ctx context.Context, s *DB, run func(ctx context.Context, tx *sql.Tx) (T, error)) (T, error) {
 	res, err := s.submit(ctx, func(ctx context.Context, tx *sql.Tx) (any, error) { return run(ctx, tx) })
 	if err != nil {
 		var zero T
@@ -98,7 +101,7 @@ func submitAs[T any](ctx context.Context, s *SQLite, run func(ctx context.Contex
 // writeLoop is the writer goroutine: it runs until Close closes s.stop.
 // s.ops is unbuffered, so every op it receives is answered, and a caller
 // never blocks on a writer that has gone.
-func (s *SQLite) writeLoop() {
+func (s *DB) writeLoop() {
 	defer close(s.writerDone)
 	batch := make([]*writeOp, 0, maxBatch)
 	for {
@@ -124,7 +127,7 @@ func (s *SQLite) writeLoop() {
 
 // runBatch runs batch in one transaction and answers every op in it that was
 // not abandoned.
-func (s *SQLite) runBatch(batch []*writeOp) {
+func (s *DB) runBatch(batch []*writeOp) {
 	// Not a caller's ctx: one caller giving up must not abort the others.
 	// Close waits for the batch; busy_timeout bounds a wait for another
 	// process's write lock.

@@ -90,19 +90,19 @@ type OperatorStore interface {
 	Reactivations(ctx context.Context, incidentIDs []int64) (map[int64]Reactivation, error)
 }
 
-var _ OperatorStore = (*SQLite)(nil)
+var _ OperatorStore = (*DB)(nil)
 
 // SetClock sets the clock of the times the store stamps itself (updated_at
 // of actions, for the guard's window). The daemon gives it its own clock, so
 // that a simulated clock moves both together. Call it before use.
-func (s *SQLite) SetClock(now func() time.Time) {
+func (s *DB) SetClock(now func() time.Time) {
 	if now != nil {
 		s.now = now
 	}
 }
 
 // write runs fn in one IMMEDIATE transaction on the write connection.
-func (s *SQLite) write(ctx context.Context, op string, fn func(tx *sql.Tx) error) (err error) {
+func (s *DB) write(ctx context.Context, op string, fn func(tx *sql.Tx) error) (err error) {
 	if err := s.check(op); err != nil {
 		return err
 	}
@@ -111,6 +111,10 @@ func (s *SQLite) write(ctx context.Context, op string, fn func(tx *sql.Tx) error
 			err = fmt.Errorf("store: %s: %w", op, err)
 		}
 	}()
+	if s.pg {
+		_, err = s.runTx(ctx, func(_ context.Context, tx *sql.Tx) (any, error) { return nil, fn(tx) })
+		return err
+	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -135,12 +139,12 @@ func int64Args(ids []int64) []any {
 	return out
 }
 
-func (s *SQLite) count(ctx context.Context, op, q string, args ...any) (int, error) {
+func (s *DB) count(ctx context.Context, op, q string, args ...any) (int, error) {
 	if err := s.check(op); err != nil {
 		return 0, err
 	}
 	var n int
-	if err := s.r.QueryRowContext(ctx, q, args...).Scan(&n); err != nil {
+	if err := s.r.QueryRowContext(ctx, s.q(q), args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("store: %s: %w", op, err)
 	}
 	return n, nil
@@ -165,8 +169,17 @@ func scanRearm(row scanner) (Rearm, error) {
 	return r, nil
 }
 
+const rearmUpsertQuery = `INSERT INTO rearms (account_sid, rule, period,
+				generation, allowance, expires_at, created_at, updated_at)
+			VALUES (?, ?, ?, 2, ?, ?, ?, ?)
+			ON CONFLICT (account_sid, rule, period) DO UPDATE
+				SET generation = generation + 1, allowance = excluded.allowance, trigger_sid = '',
+					trigger_value = '', expires_at = excluded.expires_at, restored_at = 0,
+					updated_at = excluded.updated_at
+			RETURNING ` + rearmCols
+
 // BeginRearm implements OperatorStore.
-func (s *SQLite) BeginRearm(ctx context.Context, accountSID, rule, period, allowance string, expiresAt time.Time) (r Rearm, err error) {
+func (s *DB) BeginRearm(ctx context.Context, accountSID, rule, period, allowance string, expiresAt time.Time) (r Rearm, err error) {
 	if accountSID == "" || rule == "" || period == "" || allowance == "" {
 		return Rearm{}, errors.New("store: begin re-arm: empty account, rule, period or allowance")
 	}
@@ -180,28 +193,21 @@ func (s *SQLite) BeginRearm(ctx context.Context, accountSID, rule, period, allow
 		if err != nil {
 			return err
 		}
-		r, err = scanRearm(tx.QueryRowContext(ctx, `INSERT INTO rearms (account_sid, rule, period,
-				generation, allowance, expires_at, created_at, updated_at)
-			VALUES (?, ?, ?, 2, ?, ?, ?, ?)
-			ON CONFLICT (account_sid, rule, period) DO UPDATE
-				SET generation = generation + 1, allowance = excluded.allowance, trigger_sid = '',
-					trigger_value = '', expires_at = excluded.expires_at, restored_at = 0,
-					updated_at = excluded.updated_at
-			RETURNING `+rearmCols, accountSID, rule, period, allowance, exp, now, now))
+		r, err = scanRearm(tx.QueryRowContext(ctx, s.q(rearmUpsertQuery), accountSID, rule, period, allowance, exp, now, now))
 		return err
 	})
 	return r, err
 }
 
 // CompleteRearm implements OperatorStore.
-func (s *SQLite) CompleteRearm(ctx context.Context, accountSID, rule, period string, generation int, triggerSID, triggerValue string) error {
+func (s *DB) CompleteRearm(ctx context.Context, accountSID, rule, period string, generation int, triggerSID, triggerValue string) error {
 	return s.write(ctx, "complete re-arm", func(tx *sql.Tx) error {
 		now, err := unixNano(s.now())
 		if err != nil {
 			return err
 		}
-		res, err := tx.ExecContext(ctx, `UPDATE rearms SET trigger_sid = ?, trigger_value = ?, updated_at = ?
-			WHERE account_sid = ? AND rule = ? AND period = ? AND generation = ?`,
+		res, err := tx.ExecContext(ctx, s.q(`UPDATE rearms SET trigger_sid = ?, trigger_value = ?, updated_at = ?
+			WHERE account_sid = ? AND rule = ? AND period = ? AND generation = ?`),
 			triggerSID, triggerValue, now, accountSID, rule, period, generation)
 		if err != nil {
 			return err
@@ -214,15 +220,15 @@ func (s *SQLite) CompleteRearm(ctx context.Context, accountSID, rule, period str
 }
 
 // RearmFor implements OperatorStore.
-func (s *SQLite) RearmFor(ctx context.Context, accountSID, rule, period string) (Rearm, error) {
+func (s *DB) RearmFor(ctx context.Context, accountSID, rule, period string) (Rearm, error) {
 	if err := s.check("re-arm"); err != nil {
 		return Rearm{}, err
 	}
-	if _, ok := s.rearmed.Load(accountSID); !ok {
+	if _, ok := s.rearmed.Load(accountSID); !ok && !s.pg { // on Postgres other replicas re-arm too
 		return Rearm{}, ErrNotFound // no re-arm ever: no read on the callback's path
 	}
-	r, err := scanRearm(s.r.QueryRowContext(ctx, `SELECT `+rearmCols+` FROM rearms
-		WHERE account_sid = ? AND rule = ? AND period = ?`, accountSID, rule, period))
+	r, err := scanRearm(s.r.QueryRowContext(ctx, s.q(`SELECT `+rearmCols+` FROM rearms
+		WHERE account_sid = ? AND rule = ? AND period = ?`), accountSID, rule, period))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Rearm{}, ErrNotFound
 	}
@@ -233,7 +239,7 @@ func (s *SQLite) RearmFor(ctx context.Context, accountSID, rule, period string) 
 }
 
 // OpenRearms implements OperatorStore.
-func (s *SQLite) OpenRearms(ctx context.Context, accountSID string, now time.Time) ([]Rearm, error) {
+func (s *DB) OpenRearms(ctx context.Context, accountSID string, now time.Time) ([]Rearm, error) {
 	if err := s.check("open re-arms"); err != nil {
 		return nil, err
 	}
@@ -241,8 +247,8 @@ func (s *SQLite) OpenRearms(ctx context.Context, accountSID string, now time.Tim
 	if err != nil {
 		return nil, fmt.Errorf("store: open re-arms: %w", err)
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT `+rearmCols+` FROM rearms
-		WHERE account_sid = ? AND expires_at > ? ORDER BY rule, period`, accountSID, at)
+	rows, err := s.r.QueryContext(ctx, s.q(`SELECT `+rearmCols+` FROM rearms
+		WHERE account_sid = ? AND expires_at > ? ORDER BY rule, period`), accountSID, at)
 	if err != nil {
 		return nil, fmt.Errorf("store: open re-arms: %w", err)
 	}
@@ -262,7 +268,7 @@ func (s *SQLite) OpenRearms(ctx context.Context, accountSID string, now time.Tim
 }
 
 // CountExpiredRearms implements OperatorStore.
-func (s *SQLite) CountExpiredRearms(ctx context.Context, now time.Time) (int, error) {
+func (s *DB) CountExpiredRearms(ctx context.Context, now time.Time) (int, error) {
 	at, err := unixNano(now)
 	if err != nil {
 		return 0, fmt.Errorf("store: count expired re-arms: %w", err)
@@ -271,14 +277,14 @@ func (s *SQLite) CountExpiredRearms(ctx context.Context, now time.Time) (int, er
 }
 
 // MarkRearmsRestored implements OperatorStore.
-func (s *SQLite) MarkRearmsRestored(ctx context.Context, now time.Time) (n int, err error) {
+func (s *DB) MarkRearmsRestored(ctx context.Context, now time.Time) (n int, err error) {
 	err = s.write(ctx, "mark re-arms restored", func(tx *sql.Tx) error {
 		at, err := unixNano(now)
 		if err != nil {
 			return err
 		}
-		res, err := tx.ExecContext(ctx, `UPDATE rearms SET restored_at = ?, updated_at = ?
-			WHERE restored_at = 0 AND expires_at <= ?`, at, at, at)
+		res, err := tx.ExecContext(ctx, s.q(`UPDATE rearms SET restored_at = ?, updated_at = ?
+			WHERE restored_at = 0 AND expires_at <= ?`), at, at, at)
 		if err != nil {
 			return err
 		}
@@ -292,7 +298,7 @@ func (s *SQLite) MarkRearmsRestored(ctx context.Context, now time.Time) (n int, 
 const reactivationCols = `id, incident_id, account_sid, account_name, via, actor, reason, rearmed, detail, created_at`
 
 // RecordReactivation implements OperatorStore.
-func (s *SQLite) RecordReactivation(ctx context.Context, r Reactivation) (out Reactivation, err error) {
+func (s *DB) RecordReactivation(ctx context.Context, r Reactivation) (out Reactivation, err error) {
 	if r.Via != ViaManual && r.Via != ViaScheduled {
 		return Reactivation{}, fmt.Errorf("store: record reactivation: via %q, want %q or %q", r.Via, ViaManual, ViaScheduled)
 	}
@@ -304,12 +310,12 @@ func (s *SQLite) RecordReactivation(ctx context.Context, r Reactivation) (out Re
 		if err != nil {
 			return err
 		}
-		err = tx.QueryRowContext(ctx, `INSERT INTO reactivations (incident_id, account_sid, account_name,
+		err = tx.QueryRowContext(ctx, s.q(`INSERT INTO reactivations (incident_id, account_sid, account_name,
 				via, actor, reason, rearmed, detail, created_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
 			r.IncidentID, r.AccountSID, r.AccountName, r.Via, r.Actor, r.Reason, r.Rearmed, r.Detail, at).Scan(&r.ID)
 		var se *sqlite.Error
-		if errors.As(err, &se) && se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE {
+		if errors.As(err, &se) && se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE || pgCode(err) == pgUniqueViolation {
 			return ErrExists
 		}
 		return err
@@ -322,7 +328,7 @@ func (s *SQLite) RecordReactivation(ctx context.Context, r Reactivation) (out Re
 }
 
 // Reactivations implements OperatorStore.
-func (s *SQLite) Reactivations(ctx context.Context, incidentIDs []int64) (map[int64]Reactivation, error) {
+func (s *DB) Reactivations(ctx context.Context, incidentIDs []int64) (map[int64]Reactivation, error) {
 	if err := s.check("reactivations"); err != nil {
 		return nil, err
 	}
@@ -330,8 +336,8 @@ func (s *SQLite) Reactivations(ctx context.Context, incidentIDs []int64) (map[in
 	for len(incidentIDs) > 0 {
 		chunk := incidentIDs[:min(len(incidentIDs), 500)]
 		incidentIDs = incidentIDs[len(chunk):]
-		rows, err := s.r.QueryContext(ctx, `SELECT `+reactivationCols+` FROM reactivations WHERE incident_id IN `+
-			inList(len(chunk)), int64Args(chunk)...)
+		rows, err := s.r.QueryContext(ctx, s.q(`SELECT `+reactivationCols+` FROM reactivations WHERE incident_id IN `+
+			inList(len(chunk))), int64Args(chunk)...)
 		if err != nil {
 			return nil, fmt.Errorf("store: reactivations: %w", err)
 		}

@@ -18,11 +18,14 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 )
 
-// ErrClosed is returned by every method of a closed SQLite.
+// ErrClosed is returned by every method of a closed DB.
 var ErrClosed = errors.New("store closed")
 
-// Compile-time check that SQLite implements Store.
-var _ Store = (*SQLite)(nil)
+// Compile-time check that DB implements Store.
+var _ Store = (*DB)(nil)
+
+// SQLite is the former name of DB, from when SQLite was its only database.
+type SQLite = DB
 
 const (
 	defaultListLimit = 100
@@ -30,7 +33,9 @@ const (
 	busyTimeoutMS    = 5000
 )
 
-// SQLite is the Store on a SQLite file (modernc.org/sqlite, pure Go).
+// DB is the Store on a SQL database: a SQLite file (Open; modernc.org/sqlite,
+// pure Go), or Postgres (OpenPostgres, postgres.go), through the same code.
+// What differs between the two is in dialect.go; with SQLite:
 //
 // It holds two pools on the same file:
 //
@@ -55,8 +60,9 @@ const (
 // it closed: journal_mode=WAL, synchronous=FULL (the WAL is fsynced at every
 // commit: a write that returned nil survives power loss), busy_timeout and
 // foreign_keys=1.
-type SQLite struct {
-	path string // as given to Open, for messages
+type DB struct {
+	path string // as given to Open, for messages (a Postgres DSN without its password)
+	pg   bool   // Postgres (dialect.go, postgres.go); false: SQLite
 	w, r *sql.DB
 	now  func() time.Time // updated_at of RetryAction and FinishAction
 
@@ -112,13 +118,30 @@ const incidentCols = `id, rule, account_sid, account_name, period, source, idemp
 	usage_trigger_sid, usage_category, trigger_by, recurring, trigger_value, current_value,
 	date_fired, action, dry_run, state, outcome, detail, firings, created_at, updated_at`
 
+const incidentUpsertQuery = `INSERT INTO incidents (rule, account_sid, account_name, period,
+				source, idempotency_token, usage_trigger_sid, usage_category, trigger_by,
+				recurring, trigger_value, current_value, date_fired, action, dry_run,
+				state, detail, firings, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, 1, ?, ?)
+			ON CONFLICT (rule, account_sid, period) DO UPDATE
+				SET firings = firings + 1, updated_at = max(updated_at, excluded.updated_at)
+			RETURNING ` + incidentCols
+
+const actionInsertQuery = `INSERT INTO actions (incident_id, kind, account_sid, state, attempts,
+				next_attempt_at, owner, lease_until, created_at, updated_at)
+			VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?)
+			ON CONFLICT (incident_id, kind) DO NOTHING`
+
+const markQuery = `UPDATE actions SET write_sent_at = ?, lease_until = max(lease_until, ?), updated_at = ?
+			WHERE id = ? AND state = 'running' AND owner = ? AND attempts = ?`
+
 const actionCols = `id, incident_id, kind, account_sid, state, attempts, next_attempt_at, owner,
 	lease_until, write_sent_at, released, rescued, outcome, detail, progress, created_at, updated_at, step_token`
 
 // Open opens (creating if needed) the database at path, creating its parent
 // directory with mode 0700 if it is missing, and migrates the schema to the
 // current version. ctx bounds the opening and the migration only.
-func Open(ctx context.Context, path string) (*SQLite, error) {
+func Open(ctx context.Context, path string) (*DB, error) {
 	if path == "" {
 		return nil, errors.New("store: open: empty path")
 	}
@@ -129,7 +152,7 @@ func Open(ctx context.Context, path string) (*SQLite, error) {
 	return s, nil
 }
 
-func open(ctx context.Context, path string) (_ *SQLite, err error) {
+func open(ctx context.Context, path string) (_ *DB, err error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, err
@@ -145,7 +168,7 @@ func open(ctx context.Context, path string) (_ *SQLite, err error) {
 		return nil, err
 	}
 
-	s := &SQLite{path: path, now: time.Now}
+	s := &DB{path: path, now: time.Now}
 	defer func() {
 		if err != nil {
 			s.closeDBs()
@@ -259,7 +282,7 @@ func explain(err error) error {
 	return err
 }
 
-func (s *SQLite) prepare(ctx context.Context) error {
+func (s *DB) prepare(ctx context.Context) error {
 	stmts := []struct {
 		db   *sql.DB
 		dst  **sql.Stmt
@@ -267,27 +290,16 @@ func (s *SQLite) prepare(ctx context.Context) error {
 	}{
 		{s.w, &s.wFiringLookup, `SELECT incident_id FROM firings WHERE idempotency_token = ?`},
 		{s.w, &s.wIncidentByID, `SELECT ` + incidentCols + ` FROM incidents WHERE id = ?`},
-		{s.w, &s.wIncidentUpsrt, `INSERT INTO incidents (rule, account_sid, account_name, period,
-				source, idempotency_token, usage_trigger_sid, usage_category, trigger_by,
-				recurring, trigger_value, current_value, date_fired, action, dry_run,
-				state, detail, firings, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, 1, ?, ?)
-			ON CONFLICT (rule, account_sid, period) DO UPDATE
-				SET firings = firings + 1, updated_at = max(updated_at, excluded.updated_at)
-			RETURNING ` + incidentCols},
+		{s.w, &s.wIncidentUpsrt, incidentUpsertQuery},
 		{s.w, &s.wFiringInsert, `INSERT INTO firings (idempotency_token, incident_id, source,
 				rule, account_sid, account_name, period, usage_trigger_sid, usage_category,
 				trigger_by, recurring, trigger_value, current_value, date_fired, action,
 				dry_run, received_at)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
-		{s.w, &s.wActionInsert, `INSERT INTO actions (incident_id, kind, account_sid, state, attempts,
-				next_attempt_at, owner, lease_until, created_at, updated_at)
-			VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?)
-			ON CONFLICT (incident_id, kind) DO NOTHING`},
+		{s.w, &s.wActionInsert, actionInsertQuery},
 		{s.w, &s.wLeased, leasedQuery},
 		{s.w, &s.wClaim, claimQuery},
-		{s.w, &s.wMark, `UPDATE actions SET write_sent_at = ?, lease_until = max(lease_until, ?), updated_at = ?
-			WHERE id = ? AND state = 'running' AND owner = ? AND attempts = ?`},
+		{s.w, &s.wMark, markQuery},
 		{s.w, &s.wComplete, completeQuery},
 		{s.w, &s.wIncidentNote, `UPDATE incidents SET detail = ?, updated_at = ? WHERE id = ?`},
 		{s.w, &s.wIncidentEnd, `UPDATE incidents SET state = ?, outcome = ?, detail = ?, updated_at = ? WHERE id = ?`},
@@ -314,7 +326,10 @@ func (s *SQLite) prepare(ctx context.Context) error {
 		{s.r, &s.rActions, `SELECT ` + actionCols + ` FROM actions WHERE incident_id = ? ORDER BY id`},
 	}
 	for _, st := range stmts {
-		p, err := st.db.PrepareContext(ctx, st.text)
+		if s.pg && st.text == claimQuery {
+			continue // claimPG (postgres.go)
+		}
+		p, err := st.db.PrepareContext(ctx, s.q(st.text))
 		if err != nil {
 			return fmt.Errorf("prepare %q: %w", strings.Join(strings.Fields(st.text), " "), err)
 		}
@@ -324,7 +339,7 @@ func (s *SQLite) prepare(ctx context.Context) error {
 }
 
 // loadRearmed fills s.rearmed from the rearms table (at open).
-func (s *SQLite) loadRearmed(ctx context.Context) error {
+func (s *DB) loadRearmed(ctx context.Context) error {
 	rows, err := s.r.QueryContext(ctx, `SELECT DISTINCT account_sid FROM rearms`)
 	if err != nil {
 		return fmt.Errorf("read re-arms: %w", err)
@@ -342,7 +357,7 @@ func (s *SQLite) loadRearmed(ctx context.Context) error {
 
 // Close closes the database. In-flight calls finish first; later calls
 // return ErrClosed. Closing twice is not an error.
-func (s *SQLite) Close() error {
+func (s *DB) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		close(s.stop)
@@ -356,7 +371,7 @@ func (s *SQLite) Close() error {
 	return s.closeErr
 }
 
-func (s *SQLite) closeDBs() error {
+func (s *DB) closeDBs() error {
 	var errs []error
 	for _, st := range []*sql.Stmt{
 		s.wFiringLookup, s.wIncidentByID, s.wIncidentUpsrt, s.wFiringInsert, s.wActionInsert,
@@ -371,7 +386,7 @@ func (s *SQLite) closeDBs() error {
 	}
 	// Readers first: the last connection to close checkpoints the WAL into
 	// the database file and removes it, and that is the writer's job.
-	if s.r != nil {
+	if s.r != nil && s.r != s.w { // one pool on Postgres
 		errs = append(errs, s.r.Close())
 	}
 	if s.ck != nil {
@@ -383,7 +398,7 @@ func (s *SQLite) closeDBs() error {
 	return errors.Join(errs...)
 }
 
-func (s *SQLite) check(op string) error {
+func (s *DB) check(op string) error {
 	if s.closed.Load() {
 		return fmt.Errorf("store: %s: %w", op, ErrClosed)
 	}
@@ -401,7 +416,7 @@ func (s *SQLite) check(op string) error {
 // Concurrent calls are group-committed by the writer goroutine (batch.go):
 // each firing is its own savepoint, so it is atomic on its own, and the batch
 // shares one commit (one fsync). Nil is returned only after that commit.
-func (s *SQLite) RecordFiring(ctx context.Context, f Firing) (RecordResult, error) {
+func (s *DB) RecordFiring(ctx context.Context, f Firing) (RecordResult, error) {
 	if err := s.check("record firing"); err != nil {
 		return RecordResult{}, err
 	}
@@ -426,7 +441,7 @@ func (s *SQLite) RecordFiring(ctx context.Context, f Firing) (RecordResult, erro
 
 // recordFiringTx does RecordFiring's work inside tx. f is valid and received
 // is f.ReceivedAt in unix nanoseconds.
-func (s *SQLite) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, received int64) (res RecordResult, err error) {
+func (s *DB) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, received int64) (res RecordResult, err error) {
 	var incidentID int64
 	err = tx.StmtContext(ctx, s.wFiringLookup).QueryRowContext(ctx, f.IdempotencyToken).Scan(&incidentID)
 	switch {
@@ -465,6 +480,12 @@ func (s *SQLite) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, rece
 	// The trip is claimed by the recording process unless another action
 	// holds the account.
 	claim := f.ClaimBy
+	if claim != nil && s.pg {
+		// Other replicas claim actions of this account too (postgres.go).
+		if err := lockAccounts(ctx, tx, []string{f.AccountSID}); err != nil {
+			return res, err
+		}
+	}
 	if claim != nil {
 		leased, err := s.accountLeased(ctx, tx, f.AccountSID, received)
 		if err != nil {
@@ -473,6 +494,10 @@ func (s *SQLite) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, rece
 		if leased {
 			claim = nil
 		}
+	}
+	if s.pg {
+		res.Trip, err = insertActionsPG(ctx, tx, f, res.Incident.ID, claim, received) // one round trip
+		return res, err
 	}
 	ins := tx.StmtContext(ctx, s.wActionInsert)
 	for _, kind := range f.Actions {
@@ -513,7 +538,7 @@ func (s *SQLite) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, rece
 // The breaker then verifies the incident afresh, on this firing's values.
 //
 // Notifications already sent are not repeated (see RecordResult.Reopened).
-func (s *SQLite) reopenTx(ctx context.Context, tx *sql.Tx, f *Firing, received int64, res RecordResult) (RecordResult, error) {
+func (s *DB) reopenTx(ctx context.Context, tx *sql.Tx, f *Firing, received int64, res RecordResult) (RecordResult, error) {
 	var (
 		tripID                         int64
 		state, outcome, detailAsBefore string
@@ -582,7 +607,7 @@ func validateFiring(f Firing) error {
 }
 
 // Incident implements Store.
-func (s *SQLite) Incident(ctx context.Context, id int64) (Incident, error) {
+func (s *DB) Incident(ctx context.Context, id int64) (Incident, error) {
 	if err := s.check("incident"); err != nil {
 		return Incident{}, err
 	}
@@ -598,7 +623,7 @@ func (s *SQLite) Incident(ctx context.Context, id int64) (Incident, error) {
 
 // ListIncidents implements Store: newest CreatedAt first (ties: highest ID
 // first). A Limit of 0 or less means 100; more than 1000 means 1000.
-func (s *SQLite) ListIncidents(ctx context.Context, f IncidentFilter) ([]Incident, error) {
+func (s *DB) ListIncidents(ctx context.Context, f IncidentFilter) ([]Incident, error) {
 	if err := s.check("list incidents"); err != nil {
 		return nil, err
 	}
@@ -620,7 +645,7 @@ func (s *SQLite) ListIncidents(ctx context.Context, f IncidentFilter) ([]Inciden
 	q += " ORDER BY created_at DESC, id DESC LIMIT ?"
 	args = append(args, limit)
 
-	rows, err := s.r.QueryContext(ctx, q, args...)
+	rows, err := s.r.QueryContext(ctx, s.q(q), args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: list incidents: %w", err)
 	}
@@ -652,7 +677,7 @@ func listLimit(n int) int {
 // Actions returns every action of an incident, in creation order (none, not
 // ErrNotFound, for an unknown incident). Not part of Store: for
 // tests, the status page and the CLI.
-func (s *SQLite) Actions(ctx context.Context, incidentID int64) ([]Action, error) {
+func (s *DB) Actions(ctx context.Context, incidentID int64) ([]Action, error) {
 	if err := s.check("actions"); err != nil {
 		return nil, err
 	}
@@ -663,7 +688,7 @@ func (s *SQLite) Actions(ctx context.Context, incidentID int64) ([]Action, error
 	return acts, nil
 }
 
-func (s *SQLite) queryActions(ctx context.Context, st *sql.Stmt, args ...any) ([]Action, error) {
+func (s *DB) queryActions(ctx context.Context, st *sql.Stmt, args ...any) ([]Action, error) {
 	rows, err := st.QueryContext(ctx, args...)
 	if err != nil {
 		return nil, err

@@ -73,9 +73,9 @@ func (s *SQLite) RecordStep(ctx context.Context, f StepFiring) (StepResult, erro
 		return StepResult{}, fmt.Errorf("store: record step: received at: %w", err)
 	}
 	res, err := submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) (StepResult, error) {
-		r, err := tx.ExecContext(ctx, `INSERT INTO velocity_steps (`+stepCols+`)
+		r, err := tx.ExecContext(ctx, s.q(`INSERT INTO velocity_steps (`+stepCols+`)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-			ON CONFLICT (idempotency_token) DO NOTHING`,
+			ON CONFLICT (idempotency_token) DO NOTHING`),
 			f.IdempotencyToken, f.Rule, f.AccountSID, f.AccountName, f.UsageTriggerSID, f.UsageCategory,
 			f.TriggerBy, f.TriggerValue, f.CurrentValue, f.DateFired, fired, recv, boolInt(f.Stale))
 		if err != nil {
@@ -86,10 +86,10 @@ func (s *SQLite) RecordStep(ctx context.Context, f StepFiring) (StepResult, erro
 		} else if n == 0 {
 			return StepResult{Duplicate: true}, nil
 		}
-		rows, err := tx.QueryContext(ctx, `INSERT INTO actions (step_token, kind, account_sid, state, attempts,
+		rows, err := tx.QueryContext(ctx, s.q(`INSERT INTO actions (step_token, kind, account_sid, state, attempts,
 				next_attempt_at, created_at, updated_at)
 			VALUES (?, ?, '', 'available', 0, ?, ?, ?)
-			RETURNING `+actionCols, f.IdempotencyToken, ActionRearmStep, recv, recv, recv)
+			RETURNING `+actionCols), f.IdempotencyToken, ActionRearmStep, recv, recv, recv)
 		if err != nil {
 			return StepResult{}, fmt.Errorf("insert rearm action: %w", err)
 		}
@@ -110,7 +110,7 @@ func (s *SQLite) Step(ctx context.Context, token string) (StepFiring, error) {
 	if err := s.check("step"); err != nil {
 		return StepFiring{}, err
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT `+stepCols+` FROM velocity_steps WHERE idempotency_token = ?`, token)
+	rows, err := s.r.QueryContext(ctx, s.q(`SELECT `+stepCols+` FROM velocity_steps WHERE idempotency_token = ?`), token)
 	if err != nil {
 		return StepFiring{}, fmt.Errorf("store: step %s: %w", token, err)
 	}
@@ -139,9 +139,9 @@ func (s *SQLite) Steps(ctx context.Context, rule, accountSID string, after time.
 			return nil, fmt.Errorf("store: steps: %w", err)
 		}
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT `+stepCols+` FROM velocity_steps
+	rows, err := s.r.QueryContext(ctx, s.q(`SELECT `+stepCols+` FROM velocity_steps
 		WHERE rule = ? AND account_sid = ? AND fired_at > ? AND stale = 0
-		ORDER BY fired_at DESC, idempotency_token DESC LIMIT ?`, rule, accountSID, since, limit)
+		ORDER BY fired_at DESC, idempotency_token DESC LIMIT ?`), rule, accountSID, since, limit)
 	if err != nil {
 		return nil, fmt.Errorf("store: steps: %w", err)
 	}

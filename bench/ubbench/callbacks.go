@@ -207,6 +207,10 @@ func (e *env) receiptToWrite() (total, own []time.Duration, err error) {
 func valid(e *env, count, conc int) error {
 	var next, ok, other atomic.Int64
 	lat := make([][]time.Duration, conc)
+	st0, err := e.state(context.Background())
+	if err != nil {
+		return err
+	}
 	start := time.Now()
 	var wg sync.WaitGroup
 	for w := 0; w < conc; w++ {
@@ -243,7 +247,24 @@ func valid(e *env, count, conc int) error {
 	fmt.Printf("  accepted (200, durable): %d, other: %d, in %s = %.0f/s\n", ok.Load(), other.Load(), el.Round(time.Millisecond), float64(ok.Load())/el.Seconds())
 	percentiles("callback latency", all)
 	fmt.Printf("  daemon RSS %.1f MiB (peak %.1f MiB)\n", float64(rss)/1024, float64(hwm)/1024)
-	return nil
+	// The burst drains: every subaccount that got a firing is suspended
+	// (one status write each).
+	want := min(count, len(e.accounts))
+	for {
+		st, err := e.state(context.Background())
+		if err != nil {
+			return err
+		}
+		if n := st.Requests["accounts.update"] - st0.Requests["accounts.update"]; n >= want {
+			d := time.Since(start)
+			fmt.Printf("  burst drained: %d suspensions %s after the first firing = %.0f suspensions/s\n", n, d.Round(time.Millisecond), float64(n)/d.Seconds())
+			return nil
+		}
+		if time.Since(start) > 10*time.Minute {
+			return fmt.Errorf("the burst did not drain: %d of %d suspensions", st.Requests["accounts.update"]-st0.Requests["accounts.update"], want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func forged(e *env, dur time.Duration, conc int) error {

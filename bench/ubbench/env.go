@@ -217,14 +217,13 @@ server:
   listen: "127.0.0.1:%d"
   public_url: %s
   admin_listen: "127.0.0.1:%d"
-state:
-  path: state/usagebreaker.db
+%s
 reconcile:
   schedule: "@every 24h"
 rule_files: ["rules/*.yaml"]
 poll:
   schedule: ""
-`, e.parentSID, e.parentToken, e.simURL, maxConcurrency, cbPort, e.publicURL, adminPort)
+`, e.parentSID, e.parentToken, e.simURL, maxConcurrency, cbPort, e.publicURL, adminPort, stateSection())
 	cfgPath := filepath.Join(e.dir, "config.yaml")
 	os.WriteFile(cfgPath, []byte(cfg), 0o600)
 	log, _ := os.OpenFile(e.logPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -244,6 +243,15 @@ func (e *env) daemonCommand(cfgPath string) *exec.Cmd {
 		args = append(append([]string{}, e.wrap...), args...)
 	}
 	return exec.Command(args[0], args[1:]...)
+}
+
+// stateSection is the config's state: SQLite in the temporary directory,
+// or -postgres.
+func stateSection() string {
+	if postgresDSN != "" {
+		return fmt.Sprintf("state:\n  postgres:\n    dsn: %q", postgresDSN)
+	}
+	return "state:\n  path: state/usagebreaker.db"
 }
 
 // logPath is where the daemon's stdout and stderr go: in e.dir, or, with

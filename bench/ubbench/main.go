@@ -22,10 +22,15 @@ import (
 // logDir is -log-dir.
 var logDir string
 
+// postgresDSN is -postgres: the daemon's state in this Postgres database
+// (state.postgres) instead of a SQLite file.
+var postgresDSN string
+
 func main() {
 	fs := flag.NewFlagSet("ubbench", flag.ExitOnError)
 	bin := fs.String("bin", "", "path to a built usagebreaker binary (required)")
 	keep := fs.Bool("keep", false, "keep the temporary directory (config, state, logs)")
+	fs.StringVar(&postgresDSN, "postgres", "", "put the daemon's state in this Postgres `DSN` (an empty database or schema) instead of SQLite")
 	fs.StringVar(&logDir, "log-dir", "", "write the daemon's log here instead of the temporary directory (e.g. a tmpfs: /dev/shm)")
 	fs.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: ubbench -bin PATH (reconcile|callbacks|sidebyside) [flags]")

@@ -19,6 +19,8 @@ commands:
   test rules FILE...         run rule unit tests offline
   backtest --config FILE --from DAY --to DAY [--format table|csv|json]
                              replay Twilio's daily usage history against the rules (read-only)
+  migrate --config FILE --from-sqlite PATH
+                             move a SQLite state into the config's Postgres (docs/HA.md)
   demo [--once]              the whole loop against the built-in Twilio simulator
   sim --listen ADDR          the Twilio API simulator on its own
   version                    print version, commit and Go version
@@ -58,6 +60,8 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return cmdTest(rest, stdout, stderr)
 	case "backtest":
 		return cmdBacktest(rest, stdout, stderr)
+	case "migrate":
+		return cmdMigrate(rest, stdout, stderr)
 	case "demo":
 		return cmdDemo(rest, stdout, stderr)
 	case "sim":

@@ -53,6 +53,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	shutdown := fs.Duration("shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
 	dryRun := fs.Bool("dry-run", false, "every rule is a dry run: record and report what would be done, suspend nothing (as dry_run: true in the config)")
 	watch := fs.Duration("watch-interval", 5*time.Second, "how often to check the config, rule and secret files for changes and reload them; 0 turns it off")
+	replica := fs.String("replica", "", "this replica's name in logs, metrics and claims (default: the host name); with state.postgres, replicas must have different names")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -72,7 +73,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	d, err := daemon.New(ctx, daemon.Options{ConfigPath: *cfgPath, Logger: log, ShutdownTimeout: *shutdown, WatchInterval: *watch, DryRun: *dryRun})
+	d, err := daemon.New(ctx, daemon.Options{ConfigPath: *cfgPath, Logger: log, ShutdownTimeout: *shutdown, WatchInterval: *watch, DryRun: *dryRun, Replica: *replica})
 	if err != nil {
 		printStartError(stderr, err)
 		return 1

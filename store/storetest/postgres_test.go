@@ -1,0 +1,422 @@
+package storetest
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/usagebreaker/usagebreaker/store"
+)
+
+// Replicas that start together migrate the schema once.
+func TestPostgresMigrateTogether(t *testing.T) {
+	dsn := Schema(t)
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := store.OpenPostgres(context.Background(), dsn)
+			if err == nil {
+				s.Close()
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Two OS processes claim the same actions at once: each action has exactly
+// one winner, and no two actions of one account run at the same time.
+func TestPostgresTwoProcessesClaim(t *testing.T) {
+	if os.Getenv("UB_CLAIMER_DSN") != "" {
+		t.Skip("helper process")
+	}
+	dsn := Schema(t)
+	ctx := context.Background()
+	s, err := store.OpenPostgres(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	// running: a row per account while a claimer runs an action of it. Its
+	// primary key makes a second concurrent claim of the account visible.
+	if _, err := db.ExecContext(ctx, `CREATE TABLE running (account_sid TEXT PRIMARY KEY, action_id BIGINT NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	const rounds, perRound = 5, 40
+	for round := range rounds {
+		for i := range perRound {
+			f := Firing(fmt.Sprintf("r%d-%d", round, i), fmt.Sprintf("rule-%d", i/10), fmt.Sprintf("AC%02d", i%10))
+			f.Period = fmt.Sprintf("daily:round-%d", round)
+			f.ReceivedAt = time.Now()
+			if _, err := s.RecordFiring(ctx, f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		claimed := map[int64]string{}
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		errs := make(chan error, 2)
+		for p := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				cmd := exec.Command(os.Args[0], "-test.run=^TestPostgresClaimerProcess$", "-test.count=1")
+				cmd.Env = append(os.Environ(), "UB_CLAIMER_DSN="+dsn, "UB_CLAIMER_OWNER="+fmt.Sprintf("proc-%d", p))
+				out, err := cmd.StdoutPipe()
+				if err != nil {
+					errs <- err
+					return
+				}
+				var stderr strings.Builder
+				cmd.Stderr = &stderr
+				if err := cmd.Start(); err != nil {
+					errs <- err
+					return
+				}
+				sc := bufio.NewScanner(out)
+				var lines []string
+				for sc.Scan() {
+					lines = append(lines, sc.Text())
+				}
+				if err := cmd.Wait(); err != nil {
+					errs <- fmt.Errorf("claimer %d: %v\n%s\n%s", p, err, strings.Join(lines, "\n"), stderr.String())
+					return
+				}
+				for _, l := range lines {
+					if id, ok := strings.CutPrefix(l, "CLAIMED "); ok {
+						n, _ := strconv.ParseInt(id, 10, 64)
+						mu.Lock()
+						if prev, dup := claimed[n]; dup {
+							errs <- fmt.Errorf("action %d claimed by %s and proc-%d", n, prev, p)
+						}
+						claimed[n] = fmt.Sprintf("proc-%d", p)
+						mu.Unlock()
+					}
+					if strings.HasPrefix(l, "OVERLAP") {
+						errs <- fmt.Errorf("proc-%d: %s", p, l)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		if len(claimed) != 3*perRound {
+			t.Fatalf("round %d: %d actions claimed, want %d", round, len(claimed), 3*perRound)
+		}
+		byProc := map[string]int{}
+		for _, p := range claimed {
+			byProc[p]++
+		}
+		t.Logf("round %d: %d actions, each claimed once: %v", round, len(claimed), byProc)
+	}
+}
+
+// TestPostgresClaimerProcess is the claimer of TestPostgresTwoProcessesClaim,
+// in a process of its own: it claims and completes until nothing is left.
+func TestPostgresClaimerProcess(t *testing.T) {
+	dsn, owner := os.Getenv("UB_CLAIMER_DSN"), os.Getenv("UB_CLAIMER_OWNER")
+	if dsn == "" {
+		t.Skip("run by TestPostgresTwoProcessesClaim")
+	}
+	ctx := context.Background()
+	s, err := store.OpenPostgres(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for idle := 0; idle < 20; {
+		now := time.Now()
+		got, err := s.ClaimActions(ctx, store.Claim{Owner: owner, LeaseUntil: now.Add(time.Minute)}, now, 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) == 0 {
+			idle++
+			time.Sleep(5 * time.Millisecond) // polling a queue another process drains
+			continue
+		}
+		idle = 0
+		for _, a := range got {
+			fmt.Printf("CLAIMED %d\n", a.ID)
+			if a.AccountSID != "" {
+				if _, err := db.ExecContext(ctx, `INSERT INTO running VALUES ($1, $2)`, a.AccountSID, a.ID); err != nil {
+					fmt.Printf("OVERLAP account %s action %d: %v\n", a.AccountSID, a.ID, err)
+				}
+			}
+		}
+		for _, a := range got {
+			if a.AccountSID != "" {
+				if _, err := db.ExecContext(ctx, `DELETE FROM running WHERE account_sid = $1 AND action_id = $2`, a.AccountSID, a.ID); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := s.CompleteAction(ctx, a.ID, owner, store.Completion{State: store.ActionDone, Outcome: store.OutcomeSent}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// The leader of a loop loses its connection (pg_terminate_backend) and is cut
+// off: another replica takes the lease over once it expires, with the next
+// epoch, and the old leader's writes are refused.
+func TestPostgresLeaderLeaseTakeover(t *testing.T) {
+	dsn := Schema(t)
+	ctx := context.Background()
+	openAs := func(app string) *store.DB {
+		s, err := store.OpenPostgres(ctx, withParam(dsn, "application_name", app))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	a, b := openAs("replica-a"), openAs("replica-b")
+	const ttl = 2 * time.Second
+	fa, ok, err := a.Lead(ctx, "reconcile", "a", ttl)
+	if err != nil || !ok {
+		t.Fatalf("a leads: %v %v", ok, err)
+	}
+	if _, ok, err := b.Lead(ctx, "reconcile", "b", ttl); err != nil || ok {
+		t.Fatalf("b leads while a's lease lasts: %v %v", ok, err)
+	}
+	if _, err := a.MarkRearmsRestored(store.WithFence(ctx, fa), time.Now()); err != nil {
+		t.Fatalf("a's fenced write while it leads: %v", err)
+	}
+
+	// a's connections are killed; a is cut off and renews no more.
+	admin, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	var killed int
+	if err := admin.QueryRowContext(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE application_name = 'replica-a'`).Scan(&killed); err != nil {
+		t.Fatal(err)
+	}
+	if killed == 0 {
+		t.Fatal("no connection of replica-a to terminate")
+	}
+	cut := time.Now()
+
+	var fb store.Fence
+	for {
+		f, ok, err := b.Lead(ctx, "reconcile", "b", ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			fb = f
+			break
+		}
+		if time.Since(cut) > ttl+5*time.Second {
+			t.Fatalf("b did not take over within the lease (%s)", ttl)
+		}
+		time.Sleep(50 * time.Millisecond) // b's renewal period, shortened
+	}
+	took := time.Since(cut)
+	if fb.Epoch != fa.Epoch+1 {
+		t.Fatalf("b's epoch %d, want %d", fb.Epoch, fa.Epoch+1)
+	}
+	// a comes back with its old epoch: refused, whatever connection it uses.
+	if _, err := a.MarkRearmsRestored(store.WithFence(ctx, fa), time.Now()); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("a's stale write: %v, want ErrFenced", err)
+	}
+	if _, err := a.RecordFiring(store.WithFence(ctx, fa), Firing("stale", "spend", "AC1")); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("a's stale firing: %v, want ErrFenced", err)
+	}
+	if _, ok, err := a.Lead(ctx, "reconcile", "a", ttl); err != nil || ok {
+		t.Fatalf("a leads again while b's lease lasts: %v %v", ok, err)
+	}
+	if _, err := b.MarkRearmsRestored(store.WithFence(ctx, fb), time.Now()); err != nil {
+		t.Fatalf("b's fenced write: %v", err)
+	}
+	// b resigns: a takes over at once, with the next epoch.
+	if err := b.Resign(ctx, fb); err != nil {
+		t.Fatal(err)
+	}
+	fa2, ok, err := a.Lead(ctx, "reconcile", "a", ttl)
+	if err != nil || !ok || fa2.Epoch != fb.Epoch+1 {
+		t.Fatalf("a after b resigned: %+v %v %v", fa2, ok, err)
+	}
+	t.Logf("killed %d connection(s) of the leader; takeover after %s (lease %s)", killed, took.Round(time.Millisecond), ttl)
+}
+
+func withParam(dsn, k, v string) string {
+	if strings.Contains(dsn, "://") {
+		sep := "?"
+		if strings.Contains(dsn, "?") {
+			sep = "&"
+		}
+		return dsn + sep + k + "=" + v
+	}
+	return dsn + " " + k + "=" + v
+}
+
+// usagebreaker migrate: a SQLite state moves into Postgres with its ids,
+// and the replicas go on from it.
+func TestPostgresCopyFromSQLite(t *testing.T) {
+	ctx := context.Background()
+	src := openSQLite(t)
+	var incidents []int64
+	for i := range 5 {
+		f := Firing(fmt.Sprintf("tok-%d", i), "spend", fmt.Sprintf("AC%d", i%2))
+		f.Period = fmt.Sprintf("daily:%d", i)
+		r, err := src.RecordFiring(ctx, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		incidents = append(incidents, r.Incident.ID)
+	}
+	got, err := src.ClaimActions(ctx, store.Claim{Owner: "old", LeaseUntil: T0.Add(time.Minute)}, T0, 10)
+	if err != nil || len(got) == 0 {
+		t.Fatalf("claim: %v %v", got, err)
+	}
+	if _, err := src.CompleteAction(ctx, got[0].ID, "old", store.Completion{State: store.ActionDone, Outcome: store.OutcomeSuspended}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.BeginRearm(ctx, "AC1", "spend", "daily:1", "5", T0.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.RecordReactivation(ctx, store.Reactivation{IncidentID: incidents[0], AccountSID: "AC0", Via: store.ViaManual, Actor: "me", Reason: "r", CreatedAt: T0}); err != nil {
+		t.Fatal(err)
+	}
+	dst := openPostgres(t)
+	counts, err := src.CopyTo(ctx, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts["incidents"] != 5 || counts["firings"] != 5 || counts["actions"] != 15 || counts["rearms"] != 1 || counts["reactivations"] != 1 {
+		t.Fatalf("copied %v", counts)
+	}
+	for _, id := range incidents {
+		a, _ := src.Incident(ctx, id)
+		b, err := dst.Incident(ctx, id)
+		if err != nil || a != b {
+			t.Fatalf("incident %d: %+v, copied %+v (%v)", id, a, b, err)
+		}
+		aa, _ := src.Actions(ctx, id)
+		ba, _ := dst.Actions(ctx, id)
+		if fmt.Sprint(aa) != fmt.Sprint(ba) {
+			t.Fatalf("actions of %d differ:\n%+v\n%+v", id, aa, ba)
+		}
+	}
+	if _, err := src.CopyTo(ctx, dst); err == nil {
+		t.Fatal("a second copy into a non-empty state was not refused")
+	}
+	// New rows get new ids.
+	f := Firing("tok-new", "spend", "AC9")
+	r, err := dst.RecordFiring(ctx, f)
+	if err != nil || r.Incident.ID <= incidents[len(incidents)-1] {
+		t.Fatalf("a new incident after the copy: %+v %v", r.Incident, err)
+	}
+}
+
+// The guard counts across replicas in the database: two stores (replicas)
+// admitting at once never let more than max suspensions through, and a
+// completed suspension counts once, from the record.
+func TestPostgresGuardAdmission(t *testing.T) {
+	ctx := context.Background()
+	dsn := Schema(t)
+	a, err := store.OpenPostgres(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := store.OpenPostgres(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	a.SetClock(func() time.Time { return T0 })
+	b.SetClock(func() time.Time { return T0 })
+	for i := range 10 {
+		if _, err := a.RecordFiring(ctx, Firing(fmt.Sprintf("tok-%d", i), "spend", fmt.Sprintf("AC%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	trips, err := a.ClaimActions(ctx, store.Claim{Owner: "w", LeaseUntil: T0.Add(time.Minute)}, T0, 10)
+	if err != nil || len(trips) != 10 {
+		t.Fatalf("claim: %d %v", len(trips), err)
+	}
+	const max = 3
+	var wg sync.WaitGroup
+	admitted := make([]bool, len(trips))
+	for i, tr := range trips {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := a
+			if i%2 == 1 {
+				s = b
+			}
+			ok, _, _, err := s.AdmitSuspension(ctx, tr.ID, "w", T0.Add(-time.Hour), T0, max)
+			if err != nil {
+				t.Error(err)
+			}
+			admitted[i] = ok
+		}()
+	}
+	wg.Wait()
+	var in []store.Action
+	for i, ok := range admitted {
+		if ok {
+			in = append(in, trips[i])
+		}
+	}
+	if len(in) != max {
+		t.Fatalf("%d admitted at once, want %d", len(in), max)
+	}
+	// One suspension recorded, one given up: two places, one free.
+	if _, err := a.CompleteAction(ctx, in[0].ID, "w", store.Completion{State: store.ActionDone, Outcome: store.OutcomeSuspended}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CompleteAction(ctx, in[1].ID, "w", store.Completion{State: store.ActionAvailable, NextAttemptAt: T0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	var rest []store.Action
+	for i, ok := range admitted {
+		if !ok {
+			rest = append(rest, trips[i])
+		}
+	}
+	ok, n, _, err := b.AdmitSuspension(ctx, rest[0].ID, "w", T0.Add(-time.Hour), T0, max)
+	if err != nil || !ok || n != 2 {
+		t.Fatalf("after a suspension and a retry: admitted %v with %d counted (%v), want admitted with 2", ok, n, err)
+	}
+	ok, n, _, err = a.AdmitSuspension(ctx, rest[1].ID, "w", T0.Add(-time.Hour), T0, max)
+	if err != nil || ok || n != 3 {
+		t.Fatalf("at the limit: admitted %v with %d counted (%v), want refused at 3", ok, n, err)
+	}
+}

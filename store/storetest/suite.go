@@ -1,0 +1,440 @@
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/usagebreaker/usagebreaker/store"
+)
+
+// Opener opens a fresh, empty store for one test.
+type Opener func(t *testing.T) *store.DB
+
+// T0 is the suite's clock origin.
+var T0 = time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+
+// Firing is a callback firing of rule on account, with the trip and one notification.
+func Firing(token, rule, account string) store.Firing {
+	return store.Firing{
+		Source: store.SourceCallback, IdempotencyToken: token, Rule: rule, AccountSID: account,
+		Period: "daily:2026-11-24", Action: "suspend", CurrentValue: "12.50", ReceivedAt: T0,
+		Actions: []store.ActionKind{store.ActionTrip, store.ActionEndCalls, store.NotifyKind("ops")},
+	}
+}
+
+// Run runs the store suite: the behaviour every backend must have, the
+// contract of store.Store as the action engine and the daemon rely on it.
+func Run(t *testing.T, open Opener) {
+	ctx := context.Background()
+	claim := func(owner string, at time.Time) store.Claim {
+		return store.Claim{Owner: owner, LeaseUntil: at.Add(time.Minute)}
+	}
+
+	t.Run("RecordFiringOpensOneIncidentPerKey", func(t *testing.T) {
+		s := open(t)
+		r1, err := s.RecordFiring(ctx, Firing("tok-1", "spend", "AC1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !r1.NewIncident || r1.Trip.ID == 0 || r1.Trip.State != store.ActionAvailable {
+			t.Fatalf("first firing: %+v", r1)
+		}
+		r2, err := s.RecordFiring(ctx, Firing("tok-1", "spend", "AC1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !r2.DuplicateToken || r2.Incident.ID != r1.Incident.ID {
+			t.Fatalf("same token: %+v", r2)
+		}
+		r3, err := s.RecordFiring(ctx, Firing("tok-2", "spend", "AC1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r3.NewIncident || r3.DuplicateToken || r3.Incident.ID != r1.Incident.ID || r3.Incident.Firings != 2 {
+			t.Fatalf("second token: %+v", r3)
+		}
+		acts, err := s.Actions(ctx, r1.Incident.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(acts) != 3 || acts[0].Kind != store.ActionTrip || acts[0].AccountSID != "AC1" || acts[2].AccountSID != "" {
+			t.Fatalf("actions: %+v", acts)
+		}
+		inc, err := s.Incident(ctx, r1.Incident.ID)
+		if err != nil || inc.State != store.StatePending || inc.CurrentValue != "12.50" {
+			t.Fatalf("incident: %+v %v", inc, err)
+		}
+		if _, err := s.Incident(ctx, 9999); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("unknown incident: %v", err)
+		}
+		list, err := s.ListIncidents(ctx, store.IncidentFilter{AccountSID: "AC1"})
+		if err != nil || len(list) != 1 {
+			t.Fatalf("list: %v %v", list, err)
+		}
+	})
+
+	t.Run("ConcurrentFiringsOneIncident", func(t *testing.T) {
+		s := open(t)
+		var wg sync.WaitGroup
+		res := make([]store.RecordResult, 16)
+		errs := make([]error, 16)
+		for i := range res {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				res[i], errs[i] = s.RecordFiring(ctx, Firing(fmt.Sprintf("tok-%d", i%4), "spend", "AC1"))
+			}()
+		}
+		wg.Wait()
+		news, dups := 0, 0
+		for i := range res {
+			if errs[i] != nil {
+				t.Fatal(errs[i])
+			}
+			if res[i].NewIncident {
+				news++
+			}
+			if res[i].DuplicateToken {
+				dups++
+			}
+		}
+		if news != 1 || dups != 12 {
+			t.Fatalf("new incidents %d (want 1), duplicate tokens %d (want 12)", news, dups)
+		}
+	})
+
+	t.Run("FiringClaimedByItsRecorder", func(t *testing.T) {
+		s := open(t)
+		f := Firing("tok-1", "spend", "AC1")
+		f.ClaimBy = &store.Claim{Owner: "a", LeaseUntil: T0.Add(time.Minute)}
+		r, err := s.RecordFiring(ctx, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Trip.State != store.ActionRunning || r.Trip.Owner != "a" {
+			t.Fatalf("trip %+v, want running for a", r.Trip)
+		}
+		// Another incident of the account: its trip cannot be claimed while a's holds the account.
+		g := Firing("tok-2", "other", "AC1")
+		g.ClaimBy = &store.Claim{Owner: "b", LeaseUntil: T0.Add(time.Minute)}
+		r2, err := s.RecordFiring(ctx, g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r2.Trip.State != store.ActionAvailable || r2.Trip.Owner != "" {
+			t.Fatalf("second trip %+v, want available (the account is leased)", r2.Trip)
+		}
+		got, err := s.ClaimActions(ctx, claim("b", T0), T0, 10)
+		if err != nil || len(got) != 0 {
+			t.Fatalf("claimed %+v (%v), want nothing while a holds the account", got, err)
+		}
+	})
+
+	t.Run("ClaimOnePerAccountTripsFirst", func(t *testing.T) {
+		s := open(t)
+		for i, acct := range []string{"AC1", "AC1", "AC2"} {
+			if _, err := s.RecordFiring(ctx, Firing(fmt.Sprintf("tok-%d", i), fmt.Sprintf("rule-%d", i), acct)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := s.ClaimActions(ctx, claim("w", T0), T0, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 2 || got[0].Kind != store.ActionTrip || got[1].Kind != store.ActionTrip ||
+			got[0].AccountSID == got[1].AccountSID || got[0].Owner != "w" || got[0].State != store.ActionRunning {
+			t.Fatalf("claimed %+v, want the first trip of each account", got)
+		}
+		again, err := s.ClaimActions(ctx, claim("x", T0), T0, 10)
+		if err != nil || len(again) != 0 {
+			t.Fatalf("second claimer got %+v (%v), want nothing", again, err)
+		}
+		n, err := s.CountPendingActions(ctx)
+		if err != nil || n != 9 {
+			t.Fatalf("pending %d (%v), want 9", n, err)
+		}
+	})
+
+	t.Run("CompleteFencedByOwnerThenFollowers", func(t *testing.T) {
+		s := open(t)
+		r, err := s.RecordFiring(ctx, Firing("tok-1", "spend", "AC1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.ClaimActions(ctx, claim("w", T0), T0, 10)
+		if err != nil || len(got) != 1 {
+			t.Fatalf("claim: %+v %v", got, err)
+		}
+		trip := got[0]
+		if err := s.MarkWriteSent(ctx, trip.ID, "intruder", trip.Attempts, T0, T0.Add(time.Minute)); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("mark by another owner: %v, want ErrNotFound", err)
+		}
+		if err := s.MarkWriteSent(ctx, trip.ID, "w", trip.Attempts, T0.Add(time.Second), T0.Add(2*time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.CompleteAction(ctx, trip.ID, "intruder", store.Completion{State: store.ActionDone, Outcome: store.OutcomeSuspended}); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("complete by another owner: %v, want ErrNotFound", err)
+		}
+		if _, err := s.CompleteAction(ctx, trip.ID, "w", store.Completion{State: store.ActionDone, Outcome: store.OutcomeSuspended, Attempted: true}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.CompleteAction(ctx, trip.ID, "w", store.Completion{State: store.ActionDone}); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("second completion: %v, want ErrNotFound", err)
+		}
+		inc, err := s.Incident(ctx, r.Incident.ID)
+		if err != nil || inc.State != store.StateDone || inc.Outcome != store.OutcomeSuspended {
+			t.Fatalf("incident %+v %v", inc, err)
+		}
+		// The end_calls and notification now follow, one per account.
+		next, err := s.ClaimActions(ctx, claim("w", T0), T0, 10)
+		if err != nil || len(next) != 2 {
+			t.Fatalf("followers: %+v %v", next, err)
+		}
+		n, err := s.CountSuspensions(ctx, T0.Add(-time.Hour))
+		if err != nil || n != 1 {
+			t.Fatalf("suspensions %d %v", n, err)
+		}
+		ok, err := s.SuspendedSince(ctx, "AC1", 0, T0.Add(-time.Hour))
+		if err != nil || !ok {
+			t.Fatalf("suspended since: %v %v", ok, err)
+		}
+	})
+
+	t.Run("RetryHoldsAccount", func(t *testing.T) {
+		s := open(t)
+		for i := range 2 {
+			if _, err := s.RecordFiring(ctx, Firing(fmt.Sprintf("tok-%d", i), fmt.Sprintf("rule-%d", i), "AC1")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := s.ClaimActions(ctx, claim("w", T0), T0, 10)
+		if err != nil || len(got) != 1 {
+			t.Fatalf("claim: %+v %v", got, err)
+		}
+		first := got[0]
+		if _, err := s.CompleteAction(ctx, first.ID, "w", store.Completion{State: store.ActionAvailable, Attempted: true,
+			NextAttemptAt: T0.Add(20 * time.Second), HoldAccountUntil: T0.Add(10 * time.Second), WriteSentAt: T0}); err != nil {
+			t.Fatal(err)
+		}
+		at := T0.Add(2 * time.Second)
+		if got, _ := s.ClaimActions(ctx, claim("w", at), at, 10); len(got) != 0 {
+			t.Fatalf("claimed %+v while the account is held", got)
+		}
+		at = T0.Add(11 * time.Second)
+		got, err = s.ClaimActions(ctx, claim("w", at), at, 10)
+		if err != nil || len(got) != 1 || got[0].ID == first.ID {
+			t.Fatalf("after the hold: %+v %v, want the other trip", got, err)
+		}
+		if _, err := s.CompleteAction(ctx, got[0].ID, "w", store.Completion{State: store.ActionDone, Outcome: store.OutcomeAlreadySuspended}); err != nil {
+			t.Fatal(err)
+		}
+		at = T0.Add(21 * time.Second)
+		got, err = s.ClaimActions(ctx, claim("w", at), at, 10)
+		if err != nil || len(got) != 2 || got[0].ID != first.ID || got[0].Attempts != 1 || got[0].WriteSentAt.IsZero() {
+			t.Fatalf("the retry: %+v %v", got, err)
+		}
+	})
+
+	t.Run("RescueExpiredOnly", func(t *testing.T) {
+		s := open(t)
+		for i, acct := range []string{"AC1", "AC2"} {
+			if _, err := s.RecordFiring(ctx, Firing(fmt.Sprintf("tok-%d", i), "spend", acct)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got, err := s.ClaimActions(ctx, store.Claim{Owner: "short", LeaseUntil: T0.Add(time.Second)}, T0, 1); err != nil || len(got) != 1 {
+			t.Fatalf("claim: %v %v", got, err)
+		}
+		if got, err := s.ClaimActions(ctx, store.Claim{Owner: "long", LeaseUntil: T0.Add(time.Hour)}, T0, 1); err != nil || len(got) != 1 {
+			t.Fatalf("claim: %v %v", got, err)
+		}
+		rescued, err := s.RescueActions(ctx, T0.Add(time.Minute), 20*time.Second, false)
+		if err != nil || len(rescued) != 1 || rescued[0].Owner != "short" {
+			t.Fatalf("rescued %+v %v, want short's claim only", rescued, err)
+		}
+		// The account stays held for the write lease, then the trip runs again.
+		if got, _ := s.ClaimActions(ctx, claim("x", T0.Add(time.Minute)), T0.Add(time.Minute), 10); len(got) != 0 {
+			t.Fatalf("claimed %+v during the write lease", got)
+		}
+		at := T0.Add(time.Minute + 21*time.Second)
+		got, err := s.ClaimActions(ctx, claim("x", at), at, 10)
+		if err != nil || len(got) != 1 || !got[0].Rescued {
+			t.Fatalf("after the write lease: %+v %v", got, err)
+		}
+		all, err := s.RescueActions(ctx, at, 0, true)
+		if err != nil || len(all) != 2 {
+			t.Fatalf("rescue all: %+v %v", all, err)
+		}
+	})
+
+	t.Run("HoldReleaseAndResume", func(t *testing.T) {
+		s := open(t)
+		if _, err := s.RecordFiring(ctx, Firing("tok-1", "spend", "AC1")); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := s.ClaimActions(ctx, claim("w", T0), T0, 10)
+		done, err := s.CompleteAction(ctx, got[0].ID, "w", store.Completion{State: store.ActionHeld, Detail: "guard",
+			Pages: []store.ActionKind{store.GuardPageKind("ops")}})
+		if err != nil || !done.Paged {
+			t.Fatalf("hold: %+v %v", done, err)
+		}
+		if n, err := s.CountHeld(ctx); err != nil || n != 1 {
+			t.Fatalf("held %d %v", n, err)
+		}
+		n, err := s.ReleaseHeld(ctx, T0, "released by test")
+		if err != nil || n != 1 {
+			t.Fatalf("release %d %v", n, err)
+		}
+		got, err = s.ClaimActions(ctx, claim("w", T0), T0, 10)
+		if err != nil || len(got) != 2 {
+			t.Fatalf("after release: %+v %v (want the trip and the page)", got, err)
+		}
+		for _, a := range got {
+			if a.Kind == store.ActionTrip && !a.Released {
+				t.Fatalf("released trip not marked: %+v", a)
+			}
+		}
+		if _, err := s.CompleteAction(ctx, got[0].ID, "w", store.Completion{State: store.ActionAvailable, NextAttemptAt: T0.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := s.ResumeAvailable(ctx, T0); err != nil || n != 1 {
+			t.Fatalf("resume %d %v", n, err)
+		}
+	})
+
+	t.Run("ReopenSkipped", func(t *testing.T) {
+		s := open(t)
+		if _, err := s.RecordFiring(ctx, Firing("tok-1", "spend", "AC1")); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := s.ClaimActions(ctx, claim("w", T0), T0, 10)
+		if _, err := s.CompleteAction(ctx, got[0].ID, "w", store.Completion{State: store.ActionDone, Outcome: store.OutcomeSkipped}); err != nil {
+			t.Fatal(err)
+		}
+		f := Firing("tok-2", "spend", "AC1")
+		f.CurrentValue = "20.00"
+		r, err := s.RecordFiring(ctx, f)
+		if err != nil || !r.Reopened || r.Incident.State != store.StatePending || r.Incident.CurrentValue != "20.00" {
+			t.Fatalf("reopen: %+v %v", r, err)
+		}
+	})
+
+	t.Run("RearmsAndReactivations", func(t *testing.T) {
+		s := open(t)
+		r, err := s.RecordFiring(ctx, Firing("tok-1", "spend", "AC1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ra, err := s.BeginRearm(ctx, "AC1", "spend", "daily:2026-11-24", "5", T0.Add(time.Hour))
+		if err != nil || ra.Generation != 2 {
+			t.Fatalf("begin re-arm: %+v %v", ra, err)
+		}
+		if ra, err = s.BeginRearm(ctx, "AC1", "spend", "daily:2026-11-24", "5", T0.Add(time.Hour)); err != nil || ra.Generation != 3 {
+			t.Fatalf("second re-arm: %+v %v", ra, err)
+		}
+		if err := s.CompleteRearm(ctx, "AC1", "spend", "daily:2026-11-24", 3, "UT1", "17.50"); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.CompleteRearm(ctx, "AC1", "spend", "daily:2026-11-24", 2, "UT1", "17.50"); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("stale generation: %v", err)
+		}
+		got, err := s.RearmFor(ctx, "AC1", "spend", "daily:2026-11-24")
+		if err != nil || got.TriggerSID != "UT1" {
+			t.Fatalf("re-arm for: %+v %v", got, err)
+		}
+		if open, err := s.OpenRearms(ctx, "AC1", T0); err != nil || len(open) != 1 {
+			t.Fatalf("open: %+v %v", open, err)
+		}
+		if n, err := s.CountExpiredRearms(ctx, T0.Add(2*time.Hour)); err != nil || n != 1 {
+			t.Fatalf("expired %d %v", n, err)
+		}
+		if n, err := s.MarkRearmsRestored(ctx, T0.Add(2*time.Hour)); err != nil || n != 1 {
+			t.Fatalf("restored %d %v", n, err)
+		}
+		re := store.Reactivation{IncidentID: r.Incident.ID, AccountSID: "AC1", Via: store.ViaManual, Actor: "me", Reason: "test", CreatedAt: T0}
+		if _, err := s.RecordReactivation(ctx, re); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.RecordReactivation(ctx, re); !errors.Is(err, store.ErrExists) {
+			t.Fatalf("second reactivation: %v, want ErrExists", err)
+		}
+		m, err := s.Reactivations(ctx, []int64{r.Incident.ID})
+		if err != nil || m[r.Incident.ID].Actor != "me" {
+			t.Fatalf("reactivations: %+v %v", m, err)
+		}
+	})
+
+	t.Run("ConcurrentClaimersNeverShareAnAccount", func(t *testing.T) {
+		s := open(t)
+		// 20 accounts, 3 incidents each: 60 trips, of which one per account may run at a time.
+		for i := range 60 {
+			if _, err := s.RecordFiring(ctx, Firing(fmt.Sprintf("tok-%d", i), fmt.Sprintf("rule-%d", i/20), fmt.Sprintf("AC%02d", i%20))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var (
+			mu      sync.Mutex
+			running = map[string]int64{} // account -> trip
+			claimed = map[int64]string{}
+			wg      sync.WaitGroup
+			fail    error
+		)
+		for w := range 6 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				owner := fmt.Sprintf("w%d", w)
+				for idle := 0; idle < 50; {
+					got, err := s.ClaimActions(ctx, claim(owner, T0), T0, 3)
+					if err != nil {
+						mu.Lock()
+						fail = err
+						mu.Unlock()
+						return
+					}
+					if len(got) == 0 {
+						idle++
+						continue
+					}
+					idle = 0
+					for _, a := range got {
+						mu.Lock()
+						if prev, ok := claimed[a.ID]; ok {
+							fail = fmt.Errorf("action %d claimed by %s and %s", a.ID, prev, owner)
+						}
+						claimed[a.ID] = owner
+						if a.AccountSID != "" {
+							if other, ok := running[a.AccountSID]; ok {
+								fail = fmt.Errorf("account %s: action %d claimed while %d runs", a.AccountSID, a.ID, other)
+							}
+							running[a.AccountSID] = a.ID
+						}
+						mu.Unlock()
+					}
+					for _, a := range got {
+						mu.Lock()
+						delete(running, a.AccountSID)
+						mu.Unlock()
+						if _, err := s.CompleteAction(ctx, a.ID, owner, store.Completion{State: store.ActionDone, Outcome: store.OutcomeSent}); err != nil {
+							mu.Lock()
+							fail = err
+							mu.Unlock()
+							return
+						}
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if fail != nil {
+			t.Fatal(fail)
+		}
+		if len(claimed) != 180 {
+			t.Fatalf("%d actions claimed, want 180", len(claimed))
+		}
+	})
+}
