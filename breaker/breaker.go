@@ -98,6 +98,7 @@ type Breaker struct {
 	// write (time.Now, monotonic); a read that started before is stale.
 	lastWrite sync.Map
 	trigGens  sync.Map // account SID -> *atomic.Uint64: re-arms that changed its triggers (reconcile.go)
+	shared    bool     // other replicas act on the same accounts (Options.SharedQueue)
 
 	velocityLocks keyedMutex       // one per subaccount: a velocity rule's trip check and its record (velocity.go)
 	velReadings   velocityReadings // the poller's recent readings for velocity rules (velocity.go)
@@ -144,6 +145,7 @@ func New(o Options) *Breaker {
 		accounts: NewAccounts(o.API, o.Now),
 	}
 	b.guard = &guard{b: b, slots: map[int64]bool{}}
+	b.shared = o.SharedQueue
 	b.callbacks = newCallbackMemo(o.API)
 	b.api = b.callbacks
 	s := o.Settings

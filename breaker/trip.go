@@ -99,7 +99,9 @@ func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Acco
 	// firing is committed; the worker that runs the claimed trip uses it.
 	var pre chan accountRead
 	claim := b.engine.Claim()
-	if claim != nil && Suspends(r, b.settings.Load().DryRun) && !b.tokens.has(cb.IdempotencyToken) {
+	// Not with a shared queue: another replica's write to the account could
+	// postdate the read unseen (readAfterWrites knows this process's only).
+	if claim != nil && !b.shared && Suspends(r, b.settings.Load().DryRun) && !b.tokens.has(cb.IdempotencyToken) {
 		if cached, ok := b.accounts.Cached(acct.SID); !ok || cached.Status == twilioapi.StatusActive {
 			pre = make(chan accountRead, 1)
 			go func() {
