@@ -2,7 +2,6 @@ package breaker
 
 import (
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -352,5 +351,3 @@ func TestReconcileNeverRunsTwiceAtOnce(t *testing.T) {
 		t.Fatalf("creates = %d, want 40", got)
 	}
 }
-
-var errBoom = errors.New("boom")
