@@ -158,7 +158,7 @@ func TestReconcileCreatesExactlyTheDesiredTriggers(t *testing.T) {
 		}
 	}
 	// A suspended subaccount's triggers are listed once after a start (to
-	// bring their callback URLs up to date, issue 14.2), then only when the
+	// bring their callback URLs up to date), then only when the
 	// URLs change.
 	if f.api.count("triggers.list") != 4 {
 		t.Errorf("%d lists, want 3 active + 1 suspended", f.api.count("triggers.list"))
