@@ -6,7 +6,7 @@
 #     --build-arg VERSION=$(git describe --tags --always --dirty) \
 #     --build-arg REVISION=$(git rev-parse HEAD) .
 #
-# README.md ("Deploy") shows how to run it. deploy/dockerfile_test.go parses
+# docs/DEPLOY.md shows how to run it. deploy/dockerfile_test.go parses
 # this file: it builds the binary with exactly the go build line below, checks
 # that it is static, and runs ENTRYPOINT + CMD, HEALTHCHECK and USER in an
 # empty root. Keep the go build a RUN of its own (no && or ;).

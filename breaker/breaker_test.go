@@ -2,7 +2,6 @@ package breaker
 
 import (
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -159,7 +158,7 @@ func TestReconcileCreatesExactlyTheDesiredTriggers(t *testing.T) {
 		}
 	}
 	// A suspended subaccount's triggers are listed once after a start (to
-	// bring their callback URLs up to date, issue 14.2), then only when the
+	// bring their callback URLs up to date), then only when the
 	// URLs change.
 	if f.api.count("triggers.list") != 4 {
 		t.Errorf("%d lists, want 3 active + 1 suspended", f.api.count("triggers.list"))
@@ -352,5 +351,3 @@ func TestReconcileNeverRunsTwiceAtOnce(t *testing.T) {
 		t.Fatalf("creates = %d, want 40", got)
 	}
 }
-
-var errBoom = errors.New("boom")

@@ -1,6 +1,6 @@
 package breaker
 
-// Failing loudly in the reconciler (issue 14): a reconcile that would delete
+// Failing loudly in the reconciler: a reconcile that would delete
 // many owned triggers at once (reconcile.max_deletes), or every one while the
 // rules match no subaccount (without allow_disarm), holds those deletions,
 // names the rules, pages every notifier once and shows the count in

@@ -29,7 +29,7 @@ func spendRules(t *testing.T, include string) *rules.Set {
 	return loadRules(t, strings.Replace(spendOnly, "%s", include, 1))
 }
 
-// Issue 14.4: one edit that deletes more than max_deletes owned triggers is
+// One edit that deletes more than max_deletes owned triggers is
 // held: the metric shows it, every notifier is paged once, and a release
 // lets them go.
 func TestReconcileHoldsMassDeletions(t *testing.T) {
@@ -75,7 +75,7 @@ func TestReconcileHoldsMassDeletions(t *testing.T) {
 	}
 }
 
-// Issue 14.4: rules that match no subaccount hold every deletion, however
+// Rules that match no subaccount hold every deletion, however
 // few, unless AllowDisarm.
 func TestReconcileHoldsDisarmUnlessAllowed(t *testing.T) {
 	f := newOpFixture(t, GuardSettings{})
@@ -101,7 +101,7 @@ func TestReconcileHoldsDisarmUnlessAllowed(t *testing.T) {
 	}
 }
 
-// Issue 14.8: usagebreaker_rule_matched_subaccounts per rule.
+// Usagebreaker_rule_matched_subaccounts per rule.
 func TestRuleMatchedSubaccounts(t *testing.T) {
 	f := newFixture(t, baseRules)
 	f.api.addAccount("tenant-a", "active")
@@ -116,7 +116,7 @@ func TestRuleMatchedSubaccounts(t *testing.T) {
 	}
 }
 
-// Issue 14.2: a password change reaches the owned triggers of suspended
+// A password change reaches the owned triggers of suspended
 // subaccounts too (in place, nothing created or deleted), so that a
 // reactivation after the grace period does not leave triggers whose
 // callbacks get 401.

@@ -234,7 +234,7 @@ func TestPollIncidentIsVerifiedBeforeActing(t *testing.T) {
 	}
 }
 
-// Issue 14.6: the duration reached neither the log nor the histogram (a
+// The duration reached neither the log nor the histogram (a
 // deferred assignment to an unnamed result).
 func TestPollReportsItsDuration(t *testing.T) {
 	f := newFixture(t, baseRules)

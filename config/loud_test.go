@@ -33,7 +33,7 @@ func loudRules(include, exclude string) string {
 	return strings.Replace(strings.Replace(loudRule, "%s", include, 1), "%s", exclude, 1)
 }
 
-// Issue 14.4: `rules: []` (or rules that can match nothing) would disarm
+// `rules: []` (or rules that can match nothing) would disarm
 // every subaccount: refused unless allow_disarm: true.
 func TestNoRulesIsRefusedUnlessAllowDisarm(t *testing.T) {
 	for name, c := range map[string]struct {
@@ -71,8 +71,8 @@ func TestNoRulesIsRefusedUnlessAllowDisarm(t *testing.T) {
 	}
 }
 
-// Issue 14.8: a rule that can match nothing is a warning (FILE:LINE), and a
-// lower-case SID is an error, as the README says of a mistyped SID.
+// A rule that can match nothing is a warning (FILE:LINE), and a
+// lower-case SID is an error, as docs/RULES.md says of a mistyped SID.
 func TestRuleThatMatchesNothingWarns(t *testing.T) {
 	dir := writeTree(t, map[string]string{"config.yaml": loudConfig(""),
 		"rules/a.yaml": loudRules(`["tenant-a"]`, `["tenant-*"]`) + strings.Replace(strings.TrimPrefix(loudRules(`["*"]`, `[]`), "rules:\n"), "name: a", "name: b", 1)})

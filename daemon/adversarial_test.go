@@ -191,7 +191,7 @@ func TestAdversarialCallbacks(t *testing.T) {
 		t.Fatalf("accepted %v, duplicate %v", got["accepted"], got["duplicate"])
 	}
 	if got["bad_signature"] != want["bad_signature"] || got["bad_request"] != want["bad_request"] ||
-		got["unknown_account"] != want["unknown_account"] || got["error"] != 0 { // issue 14.3: never an error, which pages
+		got["unknown_account"] != want["unknown_account"] || got["error"] != 0 { // never an error, which pages
 		t.Errorf("metrics counted %v, want %v", got, want)
 	}
 	if incs := e.incidents(""); len(incs) != 0 {

@@ -28,7 +28,7 @@ func (b *badCredentials) RoundTrip(r *http.Request) (*http.Response, error) {
 	return b.next.RoundTrip(r)
 }
 
-// Issue 14.5: parent credentials refused while running show in
+// Parent credentials refused while running show in
 // usagebreaker_twilio_auth_ok (and the log) within the probe interval, even
 // with no reconcile or poll due.
 func TestTwilioAuthRefusedWhileRunning(t *testing.T) {
@@ -75,7 +75,7 @@ func (e *env) ownedTriggers() int {
 	return n
 }
 
-// Issue 14.4 and 14.8 end to end: a reload whose rules match no subaccount
+// End to end: a reload whose rules match no subaccount
 // is refused, saying how many triggers it would delete; an edit that would
 // delete more than reconcile.max_deletes is held (metric, log) until
 // POST /api/v1/reconcile/release; usagebreaker_rule_matched_subaccounts.

@@ -443,7 +443,7 @@ func TestSecureEndToEnd(t *testing.T) {
 		if code, body := se.post(se.admin, "/-/reload", nil, nil); code != 200 {
 			t.Fatalf("reload: %d %s", code, body)
 		}
-		// Suspended tenants (a, b) get the new URL too (issue 14.2): else,
+		// Suspended tenants (a, b) get the new URL too: else,
 		// reactivated after the grace period, their callbacks would get 401.
 		se.waitFor("URLs re-registered", func() bool {
 			for _, tr := range se.owned() {
@@ -609,7 +609,7 @@ func grepLines(s, sub string) string {
 	return strings.Join(out, "\n")
 }
 
-// Issue 14.1: the certificate files are checked in the background, so a
+// The certificate files are checked in the background, so a
 // broken rotation shows in the metric (and the log) although no client
 // connects.
 func TestTLSBrokenRotationNoticedWithoutAConnection(t *testing.T) {

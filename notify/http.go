@@ -222,7 +222,7 @@ func Sign(secret []byte, timestamp string, body []byte) string {
 
 // Verify checks a webhook request as a receiver should: the signature over
 // the exact body bytes, in constant time, and a timestamp within tolerance
-// of now (which bounds replays). It is what the README's receiver snippet does.
+// of now (which bounds replays). It is what the receiver snippet in docs/CONFIG.md does.
 func Verify(secret []byte, timestamp, signature string, body []byte, now time.Time, tolerance time.Duration) error {
 	sec, err := strconv.ParseInt(timestamp, 10, 64)
 	if err != nil {

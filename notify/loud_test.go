@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// Issue 14.4: the page about held trigger deletions renders for every
+// The page about held trigger deletions renders for every
 // notifier type (it has no incident) and the webhook carries its facts.
 func TestDeletesPage(t *testing.T) {
 	ev := &Event{Kind: KindDeletes, ID: "prod-deletes-1", Instance: "prod", At: time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC),
@@ -37,7 +37,7 @@ func TestDeletesPage(t *testing.T) {
 	}
 }
 
-// Issue 14.13: the threshold and value as the rule writes them, not as
+// The threshold and value as the rule writes them, not as
 // Twilio echoes them, in the text and in the webhook's JSON.
 func TestThresholdAsTheRuleWritesIt(t *testing.T) {
 	ev := SampleEvent(KindIncident)

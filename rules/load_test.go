@@ -432,7 +432,7 @@ func FuzzLoadRules(f *testing.F) {
 	})
 }
 
-// Issue 14.15: Twilio keeps adding usage categories and no longer publishes
+// Twilio keeps adding usage categories and no longer publishes
 // the list. A typo still gets its did-you-mean; a category newer than the
 // list is usable with unlisted_category: true (its form is still checked).
 func TestUnlistedUsageCategory(t *testing.T) {

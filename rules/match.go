@@ -97,9 +97,6 @@ func isHex(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
 }
 
-// isSID reports whether s is AC followed by exactly 32 hex digits.
-func isSID(s string) bool { return len(s) == 34 && isHexAfterAC(s) }
-
 func compileGlob(p string) ([]tok, error) {
 	var toks []tok
 	for i := 0; i < len(p); {

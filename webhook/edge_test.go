@@ -387,7 +387,7 @@ func TestEdgeLoopbackNotLimited(t *testing.T) {
 	}
 }
 
-// Issue 14.3: a flood of unknown AccountSids past the lookup budget counts
+// A flood of unknown AccountSids past the lookup budget counts
 // toward the per-client limit on rejected requests.
 func TestEdgeRateLimitsUnknownAccountsPastTheLookupBudget(t *testing.T) {
 	f := newEdgeFixture(AuthPolicy{}, RejectLimit{Burst: 3, Every: time.Minute, MaxClients: 100})

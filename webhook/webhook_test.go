@@ -305,7 +305,7 @@ func TestCallbackCannotRecord(t *testing.T) {
 	}
 }
 
-// Issue 14.3: an unknown account whose lookup is rate-limited is 403
+// An unknown account whose lookup is rate-limited is 403
 // unknown_account (never error, which pages).
 func TestCallbackLookupLimited(t *testing.T) {
 	fb := newFake()
@@ -322,7 +322,7 @@ func TestCallbackLookupLimited(t *testing.T) {
 	}
 }
 
-// Issue 14.12: a wrong public_url looked like an attack. The sampled
+// A wrong public_url looked like an attack. The sampled
 // rejection line names the URL that was checked (no credentials), and
 // Twilio-shaped callbacks that keep failing say public_url is probably wrong.
 func TestWrongPublicURLIsSaidPlainly(t *testing.T) {

@@ -25,7 +25,7 @@ import (
 
 // sidebysideCmd runs usagebreaker, a Node script on Twilio's official library
 // (bench/node) and a minimal Go breaker (bench/ceiling) against the same
-// simulator, interleaved, for issue 12's comparison:
+// simulator, interleaved, to compare them:
 //
 //   - burst: N new firings for N distinct subaccounts, sent at once by
 //     -concurrency senders; measured from the first callback sent to the last
@@ -595,7 +595,7 @@ func (sb *sideBySide) summary(names []string, results map[string][]result) {
 		}
 		fmt.Printf("  fsync/firing of usagebreaker: from one more burst per round under strace (%s suspend/s there, %d writes), not from the timed one\n", med(rate, "%.0f"), writes)
 	}
-	fmt.Println("  goals for usagebreaker (issue 12): suspend/s >= 2x node; CPU/firing <= 1.5x node; fsync/firing <= 0.5; p99 <= 1.1x node")
+	fmt.Println("  goals for usagebreaker: suspend/s >= 2x node; CPU/firing <= 1.5x node; fsync/firing <= 0.5; p99 <= 1.1x node")
 	fmt.Printf("  writes: suspend writes recorded for the burst's subaccounts over all rounds (one per firing: %d)\n", sb.n*len(results[names[0]]))
 }
 

@@ -15,7 +15,7 @@ import (
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 )
 
-// Issue 14.13: `incidents` showed the threshold as Twilio's echo.
+// `incidents` showed the threshold as Twilio's echo.
 func TestIncidentsTableShowsTheRulesThreshold(t *testing.T) {
 	var b strings.Builder
 	printIncidents(&b, []daemon.IncidentJSON{{ID: 1, Rule: "sms", AccountSID: "AC" + strings.Repeat("0", 32),
@@ -57,7 +57,7 @@ func fakeAdmin(t *testing.T) (string, func() []string) {
 	}
 }
 
-// Issue 14.11: USAGEBREAKER_ADMIN_URL on every command, the release command,
+// USAGEBREAKER_ADMIN_URL on every command, the release command,
 // a wrong address said plainly, and a malformed SID as bad usage.
 func TestCLIAdminURLFromTheEnvironment(t *testing.T) {
 	base, seen := fakeAdmin(t)
@@ -131,7 +131,7 @@ func TestCLIReactivateMalformedSIDIsBadUsage(t *testing.T) {
 	}
 }
 
-// Issue 14.5: `run` with parent credentials Twilio refuses exits 1, naming
+// `run` with parent credentials Twilio refuses exits 1, naming
 // the keys to fix.
 func TestRunRefusedCredentialsExit1(t *testing.T) {
 	sim := twiliosim.New(twiliosim.Options{RetryDelay: -1})
@@ -171,7 +171,7 @@ rule_files: ["rules/*.yaml"]
 	}
 }
 
-// Issues 14.4 and 14.8 through `check`: no rules is refused (exit 1, saying
+// Through `check`: no rules is refused (exit 1, saying
 // how to disarm on purpose); a rule that can match nothing is a FILE:LINE
 // warning and check still passes.
 func TestCheckDisarmAndMatchNothing(t *testing.T) {

@@ -87,7 +87,7 @@ func TestRunBadConfig(t *testing.T) {
 	}
 }
 
-// Issue 14.10: JSON logs gave durations as raw nanoseconds.
+// JSON logs gave durations as raw nanoseconds.
 func TestLogDurationsReadable(t *testing.T) {
 	for _, format := range []string{"json", "text"} {
 		var b strings.Builder

@@ -14,7 +14,7 @@ import (
 )
 
 // TestSimCommand runs `usagebreaker sim` as a process and uses it the way the
-// README's curl examples do: a subaccount through /sim/accounts, the Twilio
+// curl examples in docs/SIMULATOR.md do: a subaccount through /sim/accounts, the Twilio
 // API with the parent's Basic auth (and 401 without it), usage, the state;
 // SIGTERM ends it with exit status 0.
 func TestSimCommand(t *testing.T) {

@@ -68,7 +68,7 @@ func TestSuggest(t *testing.T) {
 	}
 }
 
-// Issue 14.9: a YAML syntax error names the broken line, not the first line
+// A YAML syntax error names the broken line, not the first line
 // of the list item (or mapping) around it.
 func TestParseErrorLine(t *testing.T) {
 	cases := []struct{ text, want string }{

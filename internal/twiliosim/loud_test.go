@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-// Issue 14.14: the README's example (/sim/usage with Count and Price) must
+// The documented example (/sim/usage with Count and Price, docs/SIMULATOR.md) must
 // trip a rule left on the default trigger_by, usage: without Usage, a count
 // category's usage is its count.
 func TestSimUsageDefaultsToCount(t *testing.T) {
@@ -17,7 +17,7 @@ func TestSimUsageDefaultsToCount(t *testing.T) {
 	sid := acct["sid"].(string)
 	form := triggerForm(rc.srv.URL+"/cb", "sms", "usage", "daily", "100")
 	e.createTrigger(sid, form)
-	// The README's command, as written there.
+	// The documented command, as written in docs/SIMULATOR.md.
 	a := e.control(http.MethodPost, "/sim/usage", url.Values{"AccountSid": {sid}, "UsageCategory": {"sms"},
 		"Count": {"100"}, "Price": {"7.90"}, "Wait": {"true"}})
 	wantStatus(t, a, http.StatusOK)
