@@ -35,7 +35,7 @@ type Settings struct {
 	// CallbackAuth, when set, is embedded in every owned trigger's CallbackUrl
 	// (callbackauth.go); build specs with Settings.Spec.
 	CallbackAuth *CallbackAuth
-	Operator     OperatorSettings // notifiers, guard (operator.go)
+	Operator     OperatorSettings // notifiers, guard (notifications.go, guard.go)
 	// DryRun makes every rule a dry run (config dry_run: true, run --dry-run).
 	DryRun bool
 	// MaxDeletes: a reconcile that would delete more owned triggers than

@@ -30,14 +30,14 @@ const DefaultMaxDeletes = 50
 // ReleaseDeletesHint is how a person lets held deletions go.
 const ReleaseDeletesHint = "usagebreaker release deletes (POST /api/v1/reconcile/release on the admin listener)"
 
-// LoudMetrics are the reconciler's "fail loudly" metrics.
-type LoudMetrics struct {
+// RuleMetrics are the reconciler's "fail loudly" metrics.
+type RuleMetrics struct {
 	RuleMatched *prometheus.GaugeVec // rule: active subaccounts the rule matches, as of the last reconcile
 	DeletesHeld prometheus.Gauge     // owned triggers a reconcile would delete and holds
 }
 
-func newLoudMetrics(reg prometheus.Registerer) *LoudMetrics {
-	m := &LoudMetrics{
+func newRuleMetrics(reg prometheus.Registerer) *RuleMetrics {
+	m := &RuleMetrics{
 		RuleMatched: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "usagebreaker_rule_matched_subaccounts",
 			Help: "Active subaccounts each rule matches, as of the last reconcile (0: the rule guards nothing).",

@@ -25,7 +25,7 @@ type Metrics struct {
 	SuspendWriteLatency prometheus.Histogram
 
 	*OperatorMetrics // notifications, reactivations, guard
-	*LoudMetrics     // rules' matches, held deletions (deletehold.go)
+	*RuleMetrics     // rules' matches, held deletions (deletehold.go)
 }
 
 // Callback outcomes for usagebreaker_callbacks_total.
@@ -91,7 +91,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	m.OperatorMetrics = newOperatorMetrics(reg)
-	m.LoudMetrics = newLoudMetrics(reg)
+	m.RuleMetrics = newRuleMetrics(reg)
 	if reg != nil {
 		reg.MustRegister(m.Callbacks, m.Suspensions, m.Incidents, m.Skipped, m.ManagedTriggers,
 			m.ReconcileDuration, m.ReconcileLastOK, m.ReconcileErrors, m.ActionsPending, m.ActionAttemptErrors,

@@ -29,7 +29,7 @@ type Config struct {
 	Poll      Poll      `yaml:"poll"`
 	Admin     Admin     `yaml:"admin"`
 
-	// People in the loop (operator.go).
+	// People in the loop (notifiers.go).
 	Notifiers        []Notifier `yaml:"notifiers"`
 	DefaultNotifiers []string   `yaml:"default_notifiers"` // nil when not written
 	Guard            Guard      `yaml:"guard"`

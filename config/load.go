@@ -72,7 +72,7 @@ type loader struct {
 	dir    string // the config file's directory as given (relative stays relative)
 	absDir string
 
-	badNotifiers []string // names of notifiers with problems (operator.go)
+	badNotifiers []string // names of notifiers with problems (notifiers.go)
 }
 
 func load(path string, data []byte, lookup func(string) (string, bool)) (*Config, error) {

@@ -73,7 +73,7 @@ func (c *Config) Redacted() ([]byte, error) {
 		RuleFiles []string  `yaml:"rule_files"`
 		Poll      Poll      `yaml:"poll"`
 		Admin     Admin     `yaml:"admin"`
-		// People in the loop (operator.go).
+		// People in the loop (notifiers.go).
 		Notifiers        []redactedNotifier `yaml:"notifiers"`
 		DefaultNotifiers []string           `yaml:"default_notifiers"`
 		Guard            redactedGuard      `yaml:"guard"`

@@ -60,7 +60,7 @@ func (d *Daemon) adminMux() http.Handler {
 		// allow_disarm); the reconcile that deletes them starts now.
 		writeJSON(w, http.StatusOK, map[string]int{"released": d.br.ReleaseDeletes()})
 	}))
-	d.operatorRoutes(mux) // reactivate, guard release (operator.go)
+	d.operatorRoutes(mux) // reactivate, guard release (reactivation.go)
 	d.consoleRoutes(mux)  // the operator console at /ui/ (console.go)
 	mux.Handle("POST /api/v1/poll", d.authed(func(w http.ResponseWriter, r *http.Request) {
 		d.RequestPoll()
@@ -113,7 +113,7 @@ type IncidentJSON struct {
 	CreatedAt    time.Time     `json:"created_at"`
 	UpdatedAt    time.Time     `json:"updated_at"`
 
-	// People in the loop (operator.go).
+	// People in the loop (reactivation.go).
 	Held         bool              `json:"held"` // the guard holds its suspension
 	Actions      []ActionJSON      `json:"actions"`
 	Reactivation *ReactivationJSON `json:"reactivation"`

@@ -76,7 +76,7 @@ func (b *consoleBackend) Overview(ctx context.Context) (console.Overview, error)
 		}
 		ov.LastReconcile = run
 	}
-	if p := d.rel.poll.last.Load(); p != nil {
+	if p := d.bg.poll.last.Load(); p != nil {
 		run := &console.Run{Started: p.Started, Duration: p.Duration, Summary: fmt.Sprintf(
 			"%d subaccounts, %d polled with %d reads: %d over a threshold, %d incidents opened, %d already open",
 			p.Subaccounts, p.Polled, p.Reads, p.Over, p.Opened, p.Known)}

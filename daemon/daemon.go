@@ -93,8 +93,8 @@ type Daemon struct {
 	reloadOKTime  prometheus.Gauge
 	reconcileRuns *prometheus.CounterVec
 
-	rel reliability // polling fallback and file watcher
-	rep *replicas   // leases and the state database's health (replicas.go)
+	bg  background // polling fallback and file watcher
+	rep *replicas  // leases and the state database's health (replicas.go)
 }
 
 // New loads the config, opens the state and builds everything; it starts
@@ -120,7 +120,7 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	if err := d.setupEdge(cfg); err != nil {
 		return nil, err
 	}
-	d.initReliability(d.reg)
+	d.initBackground(d.reg)
 	d.remember(d.snapshot(cfg))
 
 	var st *store.DB
@@ -162,7 +162,7 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		return nil, fmt.Errorf("twilio client: %w", err)
 	}
 	d.api = api
-	settings, err := d.fullSettings(cfg) // with the notifiers (operator.go)
+	settings, err := d.fullSettings(cfg) // with the notifiers (reactivation.go)
 	if err != nil {
 		d.st.Close()
 		return nil, err

@@ -57,14 +57,14 @@ func newPoller(reg prometheus.Registerer) *poller {
 // RequestPoll asks for a usage poll soon, even when poll.schedule is off.
 func (d *Daemon) RequestPoll() {
 	select {
-	case d.rel.poll.req <- struct{}{}:
+	case d.bg.poll.req <- struct{}{}:
 	default:
 	}
 }
 
 // schedulePoll (re)installs the poll.schedule entry; "" removes it.
 func (d *Daemon) schedulePoll(cfg *config.Config) error {
-	p := d.rel.poll
+	p := d.bg.poll
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var id cron.EntryID
@@ -94,7 +94,7 @@ func (d *Daemon) pollLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-d.rel.poll.req:
+		case <-d.bg.poll.req:
 			d.pollOnce(ctx)
 		}
 	}
@@ -106,7 +106,7 @@ func (d *Daemon) pollOnce(ctx context.Context) {
 	if !leading {
 		return // another replica polls
 	}
-	p := d.rel.poll
+	p := d.bg.poll
 	res, err := d.br.Poll(ctx)
 	p.last.Store(&res)
 	p.duration.Observe(res.Duration.Seconds())

@@ -97,14 +97,14 @@ func (d *Daemon) snapshot(cfg *config.Config) (string, map[string]string) {
 
 // remember sets the checksum the watcher compares against.
 func (d *Daemon) remember(sum string, parts map[string]string) {
-	w := d.rel.watch
+	w := d.bg.watch
 	w.mu.Lock()
 	w.sum, w.parts = sum, parts
 	w.mu.Unlock()
 }
 
 func (d *Daemon) remembered() (string, map[string]string) {
-	w := d.rel.watch
+	w := d.bg.watch
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.sum, w.parts

@@ -33,7 +33,7 @@ type Rule struct {
 	Action        string          // suspend | notify
 	DryRun        bool
 
-	// People in the loop (operator.go).
+	// People in the loop (reactivate.go, approval.go).
 	Notify         []string    // notifier names; meaningful when NotifySet
 	NotifySet      bool        // notify was written: Notify replaces default_notifiers ([] means none)
 	NotifyLines    []int       // the line of each Notify entry

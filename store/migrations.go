@@ -102,7 +102,7 @@ var migrations = []migration{
 		},
 	},
 	{
-		// Issue 5 (operator.go): the guard's holds, multi-part progress,
+		// People in the loop: the guard's holds, multi-part progress,
 		// re-arm exceptions and the reactivation audit.
 		name: "guard, progress, re-arms, reactivations",
 		stmts: []string{

@@ -693,7 +693,7 @@ func (s *DB) queryActions(ctx context.Context, st *sql.Stmt, args ...any) ([]Act
 	if err != nil {
 		return nil, err
 	}
-	return scanActions(rows) // operator.go
+	return scanActions(rows) // actions.go
 }
 
 type scanner interface{ Scan(dest ...any) error }
