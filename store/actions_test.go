@@ -850,7 +850,23 @@ func TestCountPendingActions(t *testing.T) {
 // trip look-ups are index searches.
 func TestClaimQueryPlan(t *testing.T) {
 	s, _ := openTest(t)
-	rows, err := s.w.Query("EXPLAIN QUERY PLAN "+claimQuery, "w", int64(1), int64(0), 10)
+	plan := queryPlan(t, s, claimQuery, "w", int64(1), int64(0), 10)
+	text := strings.Join(plan, "\n")
+	if !strings.Contains(text, "USING INDEX actions_due (next_attempt_at<?)") || !strings.Contains(text, "actions_leased") {
+		t.Errorf("query plan:\n%s", text)
+	}
+	for _, line := range plan {
+		if strings.HasPrefix(line, "SCAN ") && !strings.HasPrefix(line, "SCAN (subquery") {
+			t.Errorf("table scan in the claim: %s\n%s", line, text)
+		}
+	}
+	t.Logf("query plan:\n%s", text)
+}
+
+// queryPlan is SQLite's EXPLAIN QUERY PLAN of q, one line a step.
+func queryPlan(t *testing.T, s *SQLite, q string, args ...any) []string {
+	t.Helper()
+	rows, err := s.w.Query("EXPLAIN QUERY PLAN "+q, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -869,16 +885,7 @@ func TestClaimQueryPlan(t *testing.T) {
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
-	text := strings.Join(plan, "\n")
-	if !strings.Contains(text, "USING INDEX actions_due (next_attempt_at<?)") || !strings.Contains(text, "actions_leased") {
-		t.Errorf("query plan:\n%s", text)
-	}
-	for _, line := range plan {
-		if strings.HasPrefix(line, "SCAN ") && !strings.HasPrefix(line, "SCAN (subquery") {
-			t.Errorf("table scan in the claim: %s\n%s", line, text)
-		}
-	}
-	t.Logf("query plan:\n%s", text)
+	return plan
 }
 
 // A hold after a release is a new episode: it pages again, also when it is
@@ -947,23 +954,7 @@ func TestClearWriteSentAndTheAttemptFence(t *testing.T) {
 // actions, not the table (it once scanned every action per firing).
 func TestLeasedQueryPlan(t *testing.T) {
 	s, _ := openTest(t)
-	rows, err := s.w.Query("EXPLAIN QUERY PLAN "+leasedQuery, "AC1", int64(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var plan []string
-	for rows.Next() {
-		var (
-			id, parent, notused int
-			detail              string
-		)
-		if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
-			t.Fatal(err)
-		}
-		plan = append(plan, detail)
-	}
-	text := strings.Join(plan, "\n")
+	text := strings.Join(queryPlan(t, s, leasedQuery, "AC1", int64(1)), "\n")
 	if !strings.Contains(text, "actions_leased") || strings.Contains(text, "SCAN actions") {
 		t.Errorf("query plan:\n%s", text)
 	}
