@@ -197,9 +197,15 @@ type Spec struct {
 	CAPEM    []byte // extra roots to trust for the SMTP server's certificate (besides the system's)
 }
 
+// MessageSender sends an SMS from the parent account: all that the
+// twilio_sms notifier needs of Twilio (twilioapi.API has it).
+type MessageSender interface {
+	SendMessage(ctx context.Context, msg twilioapi.Message) (string, error)
+}
+
 // Deps are what notifiers need from the daemon.
 type Deps struct {
-	API        twilioapi.API // for twilio_sms
+	API        MessageSender // for twilio_sms
 	HTTPClient *http.Client  // for slack and webhook; default: no redirects, no cookies
 	Now        func() time.Time
 }

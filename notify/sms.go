@@ -17,7 +17,7 @@ const MaxSMSBody = 1600
 // retry after a partial failure does not text the others twice.
 type sms struct {
 	base
-	api        twilioapi.API
+	api        MessageSender
 	from, msid string
 	to         []string
 }
