@@ -44,14 +44,36 @@ func (c *Client) UsageRecords(ctx context.Context, accountSID string, period Per
 		out   []UsageRecord
 		index = map[string]int{} // category -> position in out
 	)
+	err := c.readRecordPages(k, rawURL, q, maxRecordPages, "usage records", func(r usageRecordJSON) {
+		rec := r.record(accountSID)
+		if i, seen := index[r.Category]; seen {
+			if rec.StartDate >= out[i].StartDate {
+				out[i] = rec
+			}
+			return
+		}
+		index[r.Category] = len(out)
+		out = append(out, rec)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// readRecordPages reads every page of a Usage Records listing (rawURL with
+// q, then each next_page_uri, which carries the whole query: PageSize, Page,
+// PageToken...), at most maxPages, and hands each record with a category to
+// each.
+func (c *Client) readRecordPages(k *call, rawURL string, q url.Values, maxPages int, what string, each func(usageRecordJSON)) error {
 	for page := 0; ; page++ {
-		if page == maxRecordPages {
-			return nil, &Error{Operation: OpRecordsRead, Status: http.StatusOK,
-				Message: fmt.Sprintf("more than %d pages of usage records; giving up", maxRecordPages)}
+		if page == maxPages {
+			return &Error{Operation: OpRecordsRead, Status: http.StatusOK,
+				Message: fmt.Sprintf("more than %d pages of %s; giving up", maxPages, what)}
 		}
 		resp, err := k.bc.SendRequest(http.MethodGet, rawURL, q, nil)
 		if err != nil {
-			return nil, k.fail(c, err)
+			return k.fail(c, err)
 		}
 		var body struct {
 			UsageRecords []usageRecordJSON `json:"usage_records"`
@@ -60,42 +82,37 @@ func (c *Client) UsageRecords(ctx context.Context, accountSID string, period Per
 		err = json.NewDecoder(resp.Body).Decode(&body)
 		resp.Body.Close()
 		if err != nil {
-			return nil, k.fail(c, err)
+			return k.fail(c, err)
 		}
 		for _, r := range body.UsageRecords {
-			if r.Category == "" {
-				continue
+			if r.Category != "" {
+				each(r)
 			}
-			rec := UsageRecord{
-				AccountSID: orDefault(r.AccountSID, accountSID),
-				Category:   r.Category,
-				StartDate:  r.StartDate,
-				EndDate:    r.EndDate,
-				Count:      r.Count.Decimal,
-				Usage:      r.Usage.Decimal,
-				Price:      r.Price.Decimal,
-				AsOf:       parseAsOf(r.AsOf),
-				PriceUnit:  r.PriceUnit,
-			}
-			if i, seen := index[r.Category]; seen {
-				if rec.StartDate >= out[i].StartDate {
-					out[i] = rec
-				}
-				continue
-			}
-			index[r.Category] = len(out)
-			out = append(out, rec)
 		}
 		if body.NextPageURI == nil || *body.NextPageURI == "" {
-			return out, nil
+			return nil
 		}
 		next, err := url.Parse(*body.NextPageURI)
 		if err != nil || next.IsAbs() || next.Path == "" || next.Path[0] != '/' {
-			return nil, &Error{Operation: OpRecordsRead, Status: http.StatusOK,
+			return &Error{Operation: OpRecordsRead, Status: http.StatusOK,
 				Message: fmt.Sprintf("unusable next_page_uri %q", *body.NextPageURI)}
 		}
-		// next_page_uri carries the whole query (PageSize, Page, PageToken...).
 		rawURL = twilioBase + next.Path + "?" + next.RawQuery
 		q = nil
+	}
+}
+
+// record is a usage record as the API gives it back, with exact decimals.
+func (r usageRecordJSON) record(accountSID string) UsageRecord {
+	return UsageRecord{
+		AccountSID: orDefault(r.AccountSID, accountSID),
+		Category:   r.Category,
+		StartDate:  r.StartDate,
+		EndDate:    r.EndDate,
+		Count:      r.Count.Decimal,
+		Usage:      r.Usage.Decimal,
+		Price:      r.Price.Decimal,
+		AsOf:       parseAsOf(r.AsOf),
+		PriceUnit:  r.PriceUnit,
 	}
 }

@@ -2,9 +2,6 @@ package twilioapi
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
-	"net/http"
 	"net/url"
 	"strconv"
 	"time"
@@ -50,48 +47,13 @@ func (c *Client) DailyUsageRecords(ctx context.Context, accountSID, category, st
 
 	k := c.begin(ctx, OpRecordsRead, idempotent, c.maxAttempts)
 	var out []UsageRecord
-	for page := 0; ; page++ {
-		if page == maxDailyPages {
-			return nil, &Error{Operation: OpRecordsRead, Status: http.StatusOK,
-				Message: fmt.Sprintf("more than %d pages of daily usage records; giving up", maxDailyPages)}
+	err := c.readRecordPages(k, rawURL, q, maxDailyPages, "daily usage records", func(r usageRecordJSON) {
+		if category == "" || r.Category == category {
+			out = append(out, r.record(accountSID))
 		}
-		resp, err := k.bc.SendRequest(http.MethodGet, rawURL, q, nil)
-		if err != nil {
-			return nil, k.fail(c, err)
-		}
-		var body struct {
-			UsageRecords []usageRecordJSON `json:"usage_records"`
-			NextPageURI  *string           `json:"next_page_uri"`
-		}
-		err = json.NewDecoder(resp.Body).Decode(&body)
-		resp.Body.Close()
-		if err != nil {
-			return nil, k.fail(c, err)
-		}
-		for _, r := range body.UsageRecords {
-			if r.Category == "" || category != "" && r.Category != category {
-				continue
-			}
-			out = append(out, UsageRecord{
-				AccountSID: orDefault(r.AccountSID, accountSID),
-				Category:   r.Category,
-				StartDate:  r.StartDate,
-				EndDate:    r.EndDate,
-				Count:      r.Count.Decimal,
-				Usage:      r.Usage.Decimal,
-				Price:      r.Price.Decimal,
-				PriceUnit:  r.PriceUnit,
-			})
-		}
-		if body.NextPageURI == nil || *body.NextPageURI == "" {
-			return out, nil
-		}
-		next, err := url.Parse(*body.NextPageURI)
-		if err != nil || next.IsAbs() || next.Path == "" || next.Path[0] != '/' {
-			return nil, &Error{Operation: OpRecordsRead, Status: http.StatusOK,
-				Message: fmt.Sprintf("unusable next_page_uri %q", *body.NextPageURI)}
-		}
-		rawURL = twilioBase + next.Path + "?" + next.RawQuery
-		q = nil
+	})
+	if err != nil {
+		return nil, err
 	}
+	return out, nil
 }
