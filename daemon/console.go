@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -58,13 +57,50 @@ var _ console.Backend = (*consoleBackend)(nil)
 // find held suspensions (the store's largest page).
 const consoleIncidentScan = 1000
 
+// replicas is this replica, and on Postgres the replicas that lead a loop
+// (from the leader leases: a replica that leads none is not known here).
+func (b *consoleBackend) replicas(ctx context.Context) []console.Replica {
+	r := b.d.rep
+	me := console.Replica{Name: r.name, Started: b.started}
+	if !r.shared {
+		me.Role = "this process (the only replica, on SQLite)"
+		return []console.Replica{me}
+	}
+	var mine []string
+	others := map[string][]string{}
+	var order []string
+	for _, loop := range []string{loopReconcile, loopPoll} {
+		f, live, err := r.db.Leader(ctx, loop)
+		if err != nil || !live {
+			continue
+		}
+		if f.Holder == r.holder {
+			mine = append(mine, loop)
+			continue
+		}
+		if _, seen := others[f.Holder]; !seen {
+			order = append(order, f.Holder)
+		}
+		others[f.Holder] = append(others[f.Holder], fmt.Sprintf("%s (epoch %d)", loop, f.Epoch))
+	}
+	me.Role = "this process"
+	if len(mine) > 0 {
+		me.Role += "; leads " + strings.Join(mine, ", ")
+	}
+	out := []console.Replica{me}
+	for _, h := range order {
+		name, _, _ := strings.Cut(h, "/")
+		out = append(out, console.Replica{Name: name, Role: "leads " + strings.Join(others[h], ", ")})
+	}
+	return out
+}
+
 func (b *consoleBackend) Overview(ctx context.Context) (console.Overview, error) {
 	d := b.d
 	cfg := d.cfg.Load()
-	host, _ := os.Hostname()
 	ov := console.Overview{
 		Instance: cfg.Instance, Version: version.Version, Ready: d.Ready(),
-		Replicas:     []console.Replica{{Name: host, Role: "this process (the only replica)", Started: b.started}},
+		Replicas:     b.replicas(ctx),
 		PollSchedule: cfg.Poll.Schedule,
 	}
 	if r, ok := d.br.LastReconcile(); ok {
