@@ -307,6 +307,29 @@ type plan struct {
 	keep           []twilioapi.Trigger
 }
 
+// settle plans one wanted trigger among the owned candidates of its name:
+// cands[idx] is kept (its callback updated in place if it differs) and the
+// others deleted; with idx < 0 none will do, so a new one is created and
+// replaces them all once it exists.
+func (p *plan) settle(spec twilioapi.TriggerSpec, cands []twilioapi.Trigger, idx int) {
+	if idx < 0 {
+		p.creates = append(p.creates, spec)
+		p.replaces[spec.FriendlyName] = cands
+		return
+	}
+	t := cands[idx]
+	if t.CallbackURL != spec.CallbackURL || !strings.EqualFold(t.CallbackMethod, spec.CallbackMethod) {
+		p.updates = append(p.updates, triggerUpdate{t, twilioapi.TriggerUpdate{CallbackURL: spec.CallbackURL, CallbackMethod: spec.CallbackMethod}})
+	} else {
+		p.keep = append(p.keep, t)
+	}
+	for i, other := range cands {
+		if i != idx {
+			p.deleteUnwanted = append(p.deleteUnwanted, other) // a duplicate, or a spent velocity step
+		}
+	}
+}
+
 type triggerUpdate struct {
 	old twilioapi.Trigger
 	upd twilioapi.TriggerUpdate
@@ -336,22 +359,7 @@ func planAccount(existing []twilioapi.Trigger, desired []twilioapi.TriggerSpec, 
 				break
 			}
 		}
-		if idx < 0 {
-			p.creates = append(p.creates, spec)
-			p.replaces[spec.FriendlyName] = cands
-			continue
-		}
-		t := cands[idx]
-		if t.CallbackURL != spec.CallbackURL || !strings.EqualFold(t.CallbackMethod, spec.CallbackMethod) {
-			p.updates = append(p.updates, triggerUpdate{t, twilioapi.TriggerUpdate{CallbackURL: spec.CallbackURL, CallbackMethod: spec.CallbackMethod}})
-		} else {
-			p.keep = append(p.keep, t)
-		}
-		for i, dup := range cands {
-			if i != idx {
-				p.deleteUnwanted = append(p.deleteUnwanted, dup) // a duplicate of a kept trigger
-			}
-		}
+		p.settle(spec, cands, idx)
 	}
 	names := make([]string, 0, len(owned))
 	for name := range owned {

@@ -383,22 +383,7 @@ func planVelocity(p *plan, cands []twilioapi.Trigger, spec twilioapi.TriggerSpec
 			idx = i
 		}
 	}
-	if idx < 0 {
-		p.creates = append(p.creates, spec)
-		p.replaces[spec.FriendlyName] = cands
-		return
-	}
-	t := cands[idx]
-	if t.CallbackURL != spec.CallbackURL || !strings.EqualFold(t.CallbackMethod, spec.CallbackMethod) {
-		p.updates = append(p.updates, triggerUpdate{t, twilioapi.TriggerUpdate{CallbackURL: spec.CallbackURL, CallbackMethod: spec.CallbackMethod}})
-	} else {
-		p.keep = append(p.keep, t)
-	}
-	for i, other := range cands {
-		if i != idx {
-			p.deleteUnwanted = append(p.deleteUnwanted, other) // spent steps and duplicates
-		}
-	}
+	p.settle(spec, cands, idx)
 }
 
 // isStepSpec reports whether spec is a velocity step ("+N", non-recurring).
