@@ -2,6 +2,7 @@ package breaker
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sort"
@@ -76,11 +77,12 @@ func (b *Breaker) RefreshAccounts(ctx context.Context) error {
 // in place (a basic_auth password change must reach them before they are
 // reactivated); closed ones are left alone.
 //
-// It works in two passes over the accounts, each holding its account's lock
-// from the first to the second: list and plan, then act. Between them it
-// counts the owned triggers the plans would delete as no longer wanted: more
-// than MaxDeletes, or any while the rules match no active subaccount (unless
-// AllowDisarm), and those deletions are held (deletehold.go), the rest done.
+// It lists and plans each account, and acts on it at once unless its plan
+// deletes owned triggers as no longer wanted. Those plans wait for a second
+// pass, after the first has counted their deletions: more than MaxDeletes, or
+// any while the rules match no active subaccount (unless AllowDisarm), and
+// those deletions are held (deletehold.go), the rest done. No account's lock
+// is held between the passes.
 //
 // Calls are serialised: a Reconcile waits for one in progress to finish. A
 // failure to list subaccounts is returned as the error; per-account problems
@@ -119,18 +121,28 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	for _, r := range s.Rules.Rules {
 		specs[r.Name] = s.Spec(r)
 	}
+	wants := map[string][]twilioapi.TriggerSpec{} // the rules an account matches -> their specs, shared
+	var matched []byte
 	for _, a := range subs {
 		if a.Status != twilioapi.StatusActive && a.Status != twilioapi.StatusSuspended {
 			continue
 		}
-		var want []twilioapi.TriggerSpec
-		for _, r := range s.Rules.Rules {
+		matched = matched[:0]
+		for i, r := range s.Rules.Rules {
 			if r.Matches(a.SID, a.FriendlyName) {
-				want = append(want, specs[r.Name])
+				matched = binary.AppendUvarint(matched, uint64(i))
 				if a.Status == twilioapi.StatusActive {
 					res.Matched[r.Name]++
 				}
 			}
+		}
+		want, ok := wants[string(matched)]
+		if !ok && len(matched) > 0 {
+			for rest := matched; len(rest) > 0; {
+				i, n := binary.Uvarint(rest)
+				want, rest = append(want, specs[s.Rules.Rules[i].Name]), rest[n:]
+			}
+			wants[string(matched)] = want
 		}
 		if a.Status == twilioapi.StatusSuspended {
 			if len(want) > 0 && a.SID != b.api.ParentSID() {
@@ -148,14 +160,44 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 		res.Active++
 	}
 
-	// The first pass: each account's lock, its triggers, its plan.
+	prefix := rules.OwnedPrefix(s.Instance)
+	// collect adds one account's result (under mu).
+	var mu sync.Mutex
+	collect := func(pa *preparedAccount, ar accountResult, err error) {
+		res.Created += ar.created
+		res.Updated += ar.updated
+		res.Deleted += ar.deleted
+		res.Unchanged += ar.unchanged
+		if pa.suspended {
+			res.Suspended++
+		} else {
+			for name, n := range ar.managed {
+				res.Managed[strings.TrimPrefix(name, prefix)] += n
+			}
+			cov.add(pa.acct.SID, ar, err)
+		}
+		if err == nil && pa.suspended {
+			b.suspendedURLs.Store(pa.acct.SID, pa.urls)
+		}
+		if err != nil {
+			if pa.suspended && refusedForSuspended(err) {
+				b.log.Warn("cannot update the callback URLs of a suspended subaccount's triggers; "+
+					"the first reconcile after it is reactivated does", "account", pa.acct.SID, "account_name", pa.acct.FriendlyName, "err", err)
+			} else {
+				res.Errors = append(res.Errors, err)
+			}
+		}
+	}
+
+	// The first pass: each account's triggers and its plan. A plan that
+	// deletes no trigger as no longer wanted does not wait for the hold
+	// decision: it is carried out at once and not kept (10,000 plans kept
+	// until the second pass were most of a cold reconcile's memory).
 	var (
-		mu       sync.Mutex
 		wg       sync.WaitGroup
 		next     = make(chan job)
 		prepared []*preparedAccount
 	)
-	prefix := rules.OwnedPrefix(s.Instance)
 	workers := min(b.fanout, max(len(jobs), 1))
 	for i := 0; i < workers; i++ {
 		wg.Add(1)
@@ -163,13 +205,23 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 			defer wg.Done()
 			for j := range next {
 				pa, err := b.prepareAccount(ctx, j.acct, j.desired, prefix, j.suspended)
+				var ar accountResult
+				acted := err == nil && pa != nil && len(pa.plan.disarm) == 0
+				if acted {
+					// holdDisarm: a deletion that appears on a re-plan waits
+					// for the next reconcile's decision.
+					ar, err = b.executeAccount(ctx, pa, prefix, true)
+				}
 				mu.Lock()
-				if err != nil {
+				switch {
+				case acted:
+					collect(pa, ar, err)
+				case err != nil:
 					res.Errors = append(res.Errors, err)
 					if !j.suspended {
 						cov.add(j.acct.SID, accountResult{}, err)
 					}
-				} else if pa != nil {
+				case pa != nil:
 					prepared = append(prepared, pa)
 				}
 				mu.Unlock()
@@ -199,7 +251,7 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 		res.HeldDeletes, res.HeldRules, res.HeldWhy = disarm, ruleNamesOf(disarmNames, prefix), why
 	}
 
-	// The second pass: act, then let the account go.
+	// The second pass: the plans that delete, with the hold decided.
 	pending := make(chan *preparedAccount)
 	for i := 0; i < min(b.fanout, max(len(prepared), 1)); i++ {
 		wg.Add(1)
@@ -208,29 +260,7 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 			for pa := range pending {
 				ar, err := b.executeAccount(ctx, pa, prefix, hold)
 				mu.Lock()
-				res.Created += ar.created
-				res.Updated += ar.updated
-				res.Deleted += ar.deleted
-				res.Unchanged += ar.unchanged
-				if pa.suspended {
-					res.Suspended++
-				} else {
-					for name, n := range ar.managed {
-						res.Managed[strings.TrimPrefix(name, prefix)] += n
-					}
-					cov.add(pa.acct.SID, ar, err)
-				}
-				if err == nil && pa.suspended {
-					b.suspendedURLs.Store(pa.acct.SID, pa.urls)
-				}
-				if err != nil {
-					if pa.suspended && refusedForSuspended(err) {
-						b.log.Warn("cannot update the callback URLs of a suspended subaccount's triggers; "+
-							"the first reconcile after it is reactivated does", "account", pa.acct.SID, "account_name", pa.acct.FriendlyName, "err", err)
-					} else {
-						res.Errors = append(res.Errors, err)
-					}
-				}
+				collect(pa, ar, err)
 				mu.Unlock()
 			}
 		}()
@@ -304,7 +334,16 @@ type plan struct {
 	updates        []triggerUpdate
 	creates        []twilioapi.TriggerSpec
 	replaces       map[string][]twilioapi.Trigger // FriendlyName -> old triggers deleted once the new one exists
-	keep           []twilioapi.Trigger
+	keep           []string                       // FriendlyNames of owned triggers already as wanted
+}
+
+// countKept counts the triggers the plan keeps as they are.
+func (p *plan) countKept(res *accountResult) {
+	for _, name := range p.keep {
+		res.managed[name]++
+		res.unchanged++
+		res.covered(name, CoverGuarded)
+	}
 }
 
 // settle plans one wanted trigger among the owned candidates of its name:
@@ -314,14 +353,19 @@ type plan struct {
 func (p *plan) settle(spec twilioapi.TriggerSpec, cands []twilioapi.Trigger, idx int) {
 	if idx < 0 {
 		p.creates = append(p.creates, spec)
-		p.replaces[spec.FriendlyName] = cands
+		if len(cands) > 0 {
+			if p.replaces == nil {
+				p.replaces = map[string][]twilioapi.Trigger{}
+			}
+			p.replaces[spec.FriendlyName] = cands
+		}
 		return
 	}
 	t := cands[idx]
 	if t.CallbackURL != spec.CallbackURL || !strings.EqualFold(t.CallbackMethod, spec.CallbackMethod) {
 		p.updates = append(p.updates, triggerUpdate{t, twilioapi.TriggerUpdate{CallbackURL: spec.CallbackURL, CallbackMethod: spec.CallbackMethod}})
 	} else {
-		p.keep = append(p.keep, t)
+		p.keep = append(p.keep, t.FriendlyName)
 	}
 	for i, other := range cands {
 		if i != idx {
@@ -337,7 +381,7 @@ type triggerUpdate struct {
 
 // planAccount compares an account's triggers with the desired specs.
 func planAccount(existing []twilioapi.Trigger, desired []twilioapi.TriggerSpec, prefix string) plan {
-	p := plan{replaces: map[string][]twilioapi.Trigger{}}
+	p := plan{creates: make([]twilioapi.TriggerSpec, 0, len(desired))}
 	owned := map[string][]twilioapi.Trigger{}
 	for _, t := range existing {
 		if strings.HasPrefix(t.FriendlyName, prefix) {
@@ -451,14 +495,6 @@ func (b *Breaker) planAccount(ctx context.Context, pa *preparedAccount, prefix s
 	} else {
 		pa.plan = planAccount(b.callbacks.adopt(existing, desired), desired, prefix)
 	}
-	// Until the second pass only the kept triggers' names are needed: a
-	// reconcile of 10,000 accounts keeps 30,000 of them.
-	for i, t := range pa.plan.keep {
-		pa.plan.keep[i] = twilioapi.Trigger{FriendlyName: t.FriendlyName}
-	}
-	if len(pa.plan.replaces) == 0 {
-		pa.plan.replaces = nil
-	}
 	return nil
 }
 
@@ -479,7 +515,7 @@ func planURLs(existing []twilioapi.Trigger, desired []twilioapi.TriggerSpec, pre
 		if t.CallbackURL != spec.CallbackURL || !strings.EqualFold(t.CallbackMethod, spec.CallbackMethod) {
 			p.updates = append(p.updates, triggerUpdate{t, twilioapi.TriggerUpdate{CallbackURL: spec.CallbackURL, CallbackMethod: spec.CallbackMethod}})
 		} else {
-			p.keep = append(p.keep, t)
+			p.keep = append(p.keep, t.FriendlyName)
 		}
 	}
 	return p
@@ -518,11 +554,7 @@ func (b *Breaker) executeAccount(ctx context.Context, pa *preparedAccount, prefi
 		res.deleted++
 		log.Info("trigger deleted", "trigger", t.SID, "name", t.FriendlyName, "why", "no longer wanted")
 	}
-	for _, t := range p.keep {
-		res.managed[t.FriendlyName]++
-		res.unchanged++
-		res.covered(t.FriendlyName, CoverGuarded)
-	}
+	p.countKept(&res)
 	for _, u := range p.updates {
 		if _, err := b.api.UpdateTrigger(ctx, acct.SID, u.old.SID, u.upd); err != nil {
 			errs = append(errs, fmt.Errorf("update trigger %s (%s): %w", u.old.SID, u.old.FriendlyName, err))
