@@ -107,7 +107,7 @@ func (d *Daemon) pollOnce(ctx context.Context) {
 		return // another replica polls
 	}
 	p := d.bg.poll
-	res, err := d.br.Poll(ctx)
+	res, err := d.br.Poller().Poll(ctx)
 	p.last.Store(&res)
 	p.duration.Observe(res.Duration.Seconds())
 	attrs := []any{"subaccounts", res.Subaccounts, "polled", res.Polled, "reads", res.Reads, "over_threshold", res.Over,
