@@ -1,13 +1,21 @@
-// Package breaker is usagebreaker's core: the reconciler that keeps each
-// subaccount's Usage Triggers as the rules want them, and the trip pipeline
-// that turns a verified firing into exactly one action:
+// Package breaker is usagebreaker's core. Its heart is the trip pipeline
+// (Breaker), which turns a verified firing into exactly one action:
 //
 //	record (store.RecordFiring, the trip claimed) -> verify (rule, account,
 //	value) -> act (suspend, notify or dry-run at Twilio) -> record the result
 //	(the engine: store.CompleteAction) -> metrics/logs
 //
-// It depends only on twilioapi.API and store.Store, so tests run it against an
-// in-memory fake or the simulator.
+// New builds it with the three other parts, each a type of its own:
+//
+//   - Reconciler (reconcile.go): keeps each subaccount's Usage Triggers as
+//     the rules want them;
+//   - Poller (poll.go): opens the incidents whose callbacks never came;
+//   - Reactivator (reactivate.go): reactivates a suspended subaccount and
+//     re-arms its spent triggers.
+//
+// The parts share the account cache, the per-account locks and the settings
+// (common). Each declares the small part of twilioapi.API and store.Store it
+// uses, so tests run them against an in-memory fake or the simulator.
 package breaker
 
 import (
