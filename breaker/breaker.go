@@ -131,7 +131,7 @@ type reconcileRequester struct {
 	f  func()
 }
 
-// New builds a Breaker and its parts; nothing runs until Reconcile or
+// New builds a Breaker and its parts; nothing runs until a Reconcile or
 // RunExecutor is called.
 func New(o Options) *Breaker {
 	if o.Logger == nil {

@@ -13,7 +13,7 @@ import (
 	"github.com/usagebreaker/usagebreaker/config"
 )
 
-// poller runs the usage polling fallback (breaker.Poll): after the first
+// poller runs the usage polling fallback (breaker.Poller): after the first
 // reconcile, on poll.schedule, and on POST /api/v1/poll. Requests made while a
 // poll runs coalesce into one more poll afterwards.
 type poller struct {
