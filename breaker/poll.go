@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/usagebreaker/usagebreaker/internal/decimal"
 	"sort"
 	"sync"
 	"time"
 
+	"github.com/usagebreaker/usagebreaker/internal/decimal"
 	"github.com/usagebreaker/usagebreaker/rules"
 	"github.com/usagebreaker/usagebreaker/store"
 	"github.com/usagebreaker/usagebreaker/twilioapi"
