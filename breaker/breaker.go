@@ -1,13 +1,21 @@
-// Package breaker is usagebreaker's core: the reconciler that keeps each
-// subaccount's Usage Triggers as the rules want them, and the trip pipeline
-// that turns a verified firing into exactly one action:
+// Package breaker is usagebreaker's core. Its heart is the trip pipeline
+// (Breaker), which turns a verified firing into exactly one action:
 //
 //	record (store.RecordFiring, the trip claimed) -> verify (rule, account,
 //	value) -> act (suspend, notify or dry-run at Twilio) -> record the result
 //	(the engine: store.CompleteAction) -> metrics/logs
 //
-// It depends only on twilioapi.API and store.Store, so tests run it against an
-// in-memory fake or the simulator.
+// New builds it with the three other parts, each a type of its own:
+//
+//   - Reconciler (reconcile.go): keeps each subaccount's Usage Triggers as
+//     the rules want them;
+//   - Poller (poll.go): opens the incidents whose callbacks never came;
+//   - Reactivator (reactivate.go): reactivates a suspended subaccount and
+//     re-arms its spent triggers.
+//
+// The parts share the account cache, the per-account locks and the settings
+// (common). Each declares the small part of twilioapi.API and store.Store it
+// uses, so tests run them against an in-memory fake or the simulator.
 package breaker
 
 import (
@@ -75,51 +83,56 @@ type Options struct {
 	SharedQueue bool
 }
 
-// Breaker owns the account cache, the reconciler, the poller, reactivation
-// and the workers of the action engine (trip, end_calls, notify, guard
-// pages, reactivate), which it runs with an Engine.
+// Breaker runs the trip pipeline: it accepts firings and runs the workers of
+// the action engine (trip, end_calls, notify, guard pages, approval notices,
+// reactivate, rearm_step) with an Engine. It also builds and holds the other
+// parts, which share its account cache, locks and settings (common):
+// the Reconciler, the Poller and the Reactivator.
 type Breaker struct {
-	api        twilioapi.API
+	common
+	api        twilioapi.API // through the callback memo (callbackauth.go)
 	store      store.Store
-	log        *slog.Logger
-	m          *Metrics
-	now        func() time.Time
-	fanout     int
 	writeLease time.Duration
 
-	settings atomic.Pointer[Settings]
-	accounts *Accounts
 	engine   *Engine
 	guard    *guard
-	locks    keyedMutex // one per subaccount: reconciler, reactivation and the actions that touch it
-	handoffs sync.Map   // trip action ID -> *handoff: what Accept hands to the trip's worker
-	tokens   tokenSet   // callback tokens recorded: a replay starts no read
+	handoffs sync.Map // trip action ID -> *handoff: what Accept hands to the trip's worker
+	tokens   tokenSet // callback tokens recorded: a replay starts no read
 	// lastWrite: account SID -> when this process last sent it a status
 	// write (time.Now, monotonic); a read that started before is stale.
 	lastWrite sync.Map
-	trigGens  sync.Map // account SID -> *atomic.Uint64: re-arms that changed its triggers (reconcile.go)
-	shared    bool     // other replicas act on the same accounts (Options.SharedQueue)
+	shared    bool // other replicas act on the same accounts (Options.SharedQueue)
 
-	velocityLocks keyedMutex       // one per subaccount: a velocity rule's trip check and its record (velocity.go)
-	velReadings   velocityReadings // the poller's recent readings for velocity rules (velocity.go)
+	velocityLocks keyedMutex // one per subaccount: a velocity rule's trip check and its record (velocity.go)
 
-	callbacks *callbackMemo // wraps api: which CallbackUrl this process set on each trigger
-
-	reconcileMu sync.Mutex // never two reconciles at once
-	lastRecon   atomic.Pointer[ReconcileResult]
-	pollMu      sync.Mutex // never two polls at once
-
-	reconcileReqMu sync.Mutex
-	reconcileReq   func() // asks the daemon for a reconcile soon
-
-	holds deleteHold // trigger deletions held for a person (deletehold.go)
-	// suspended subaccount SID -> the callback URLs its owned triggers were
-	// last brought up to date with (reconcile.go): listed again only when
-	// they change (a basic_auth password, public_url) or after a restart.
-	suspendedURLs sync.Map
+	reconciler  *Reconciler
+	poller      *Poller
+	reactivator *Reactivator
 }
 
-// New builds a Breaker; nothing runs until Reconcile or RunExecutor is called.
+// common is what the breaker's parts share; New builds it once and gives
+// each part a copy. Its fields are pointers and funcs, so the copies share
+// the state.
+type common struct {
+	settings *atomic.Pointer[Settings] // swapped on reload
+	accounts *Accounts                 // the subaccount and token cache
+	locks    *keyedMutex               // one per subaccount: reconciler, reactivation and the actions that touch it
+	trigGens *sync.Map                 // account SID -> *atomic.Uint64: re-arms that changed its triggers (reconcile.go)
+	reconReq *reconcileRequester       // asks the daemon for a reconcile soon
+	m        *Metrics
+	log      *slog.Logger
+	now      func() time.Time
+}
+
+// reconcileRequester is the daemon's way to ask for a reconcile soon
+// (SetReconcileRequester).
+type reconcileRequester struct {
+	mu sync.Mutex
+	f  func()
+}
+
+// New builds a Breaker and its parts; nothing runs until a Reconcile or
+// RunExecutor is called.
 func New(o Options) *Breaker {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -139,24 +152,40 @@ func New(o Options) *Breaker {
 	if o.Owner == "" {
 		o.Owner = NewOwner()
 	}
+	c := common{
+		settings: new(atomic.Pointer[Settings]), accounts: NewAccounts(o.API, o.Now),
+		locks: new(keyedMutex), trigGens: new(sync.Map), reconReq: new(reconcileRequester),
+		m: o.Metrics, log: o.Logger, now: o.Now,
+	}
+	s := o.Settings
+	c.settings.Store(&s)
+	callbacks := newCallbackMemo(o.API) // every trigger write goes through it
 	b := &Breaker{
-		api: o.API, store: o.Store, log: o.Logger, m: o.Metrics, now: o.Now,
-		fanout: o.Fanout, writeLease: o.WriteLease,
-		accounts: NewAccounts(o.API, o.Now),
+		common: c, api: callbacks, store: o.Store, writeLease: o.WriteLease,
+		shared: o.SharedQueue,
 	}
 	b.guard = &guard{b: b, slots: map[int64]bool{}}
-	b.shared = o.SharedQueue
-	b.callbacks = newCallbackMemo(o.API)
-	b.api = b.callbacks
-	s := o.Settings
-	b.settings.Store(&s)
 	b.engine = NewEngine(EngineOptions{
 		Store: o.Store, Owner: o.Owner, Logger: o.Logger, Now: o.Now, Workers: o.Workers,
 		WriteLease: o.WriteLease, RetryMin: o.RetryMin, RetryMax: o.RetryMax,
 		Worker: b.worker, Finished: b.actionFinished, Lease: o.Lease, Shared: o.SharedQueue,
 	})
+	b.reactivator = &Reactivator{common: c, api: callbacks, store: o.Store, writes: b}
+	b.reconciler = &Reconciler{common: c, api: callbacks, callbacks: callbacks, rearms: b.reactivator, fanout: o.Fanout}
+	b.poller = &Poller{common: c, api: callbacks, store: o.Store, trips: b, velocityLocks: &b.velocityLocks, fanout: o.Fanout}
 	return b
 }
+
+// Reconciler is the part that keeps the subaccounts' triggers as the rules
+// want them.
+func (b *Breaker) Reconciler() *Reconciler { return b.reconciler }
+
+// Poller is the part that polls usage for lost callbacks.
+func (b *Breaker) Poller() *Poller { return b.poller }
+
+// Reactivator is the part that reactivates subaccounts and re-arms their
+// triggers.
+func (b *Breaker) Reactivator() *Reactivator { return b.reactivator }
 
 // NewOwner is a process's name in claims: the host name and a random part.
 func NewOwner() string {
@@ -190,6 +219,28 @@ func (b *Breaker) RunExecutor(ctx context.Context, drain time.Duration) {
 	b.engine.Run(ctx, drain)
 }
 
+// RunOperator does the periodic work of these features until ctx ends:
+// when a re-armed period has ended it asks for a reconcile (which restores
+// the rule's threshold), and it keeps the guard gauge current.
+func (b *Breaker) RunOperator(ctx context.Context, every time.Duration) {
+	if every <= 0 {
+		every = 15 * time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	b.refreshOperatorGauges(ctx)
+	for {
+		if n, err := b.store.CountExpiredRearms(ctx, b.now()); err == nil && n > 0 {
+			b.requestReconcile()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // RunDueOnce runs every due action to completion (tests and the demo use it
 // to step the pipeline deterministically).
 func (b *Breaker) RunDueOnce(ctx context.Context) { b.engine.RunDueOnce(ctx) }
@@ -197,15 +248,15 @@ func (b *Breaker) RunDueOnce(ctx context.Context) { b.engine.RunDueOnce(ctx) }
 // SetReconcileRequester gives the breaker a way to ask for a reconcile soon
 // (after a re-arm could not finish, or when a re-arm's period ended).
 func (b *Breaker) SetReconcileRequester(f func()) {
-	b.reconcileReqMu.Lock()
-	defer b.reconcileReqMu.Unlock()
-	b.reconcileReq = f
+	b.reconReq.mu.Lock()
+	defer b.reconReq.mu.Unlock()
+	b.reconReq.f = f
 }
 
-func (b *Breaker) requestReconcile() {
-	b.reconcileReqMu.Lock()
-	f := b.reconcileReq
-	b.reconcileReqMu.Unlock()
+func (c common) requestReconcile() {
+	c.reconReq.mu.Lock()
+	f := c.reconReq.f
+	c.reconReq.mu.Unlock()
 	if f != nil {
 		f()
 	}

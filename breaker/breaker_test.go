@@ -102,7 +102,7 @@ func newFixture(t *testing.T, ruleText string) *fixture {
 
 func (f *fixture) reconcile(t *testing.T) ReconcileResult {
 	t.Helper()
-	res, err := f.b.Reconcile(context.Background())
+	res, err := f.b.Reconciler().Reconcile(context.Background())
 	if err != nil {
 		t.Fatalf("reconcile: %v", err)
 	}
@@ -200,7 +200,7 @@ func TestReconcileSteadyStateWritesNothing(t *testing.T) {
 	if res.Duration <= 0 {
 		t.Errorf("duration = %v", res.Duration)
 	}
-	if last, ok := f.b.LastReconcile(); !ok || last.Duration != res.Duration {
+	if last, ok := f.b.Reconciler().LastReconcile(); !ok || last.Duration != res.Duration {
 		t.Errorf("LastReconcile = %+v, %v", last, ok)
 	}
 }
@@ -282,7 +282,7 @@ func TestReconcileRespectsTriggerCap(t *testing.T) {
 	for i := 0; i < MaxTriggersPerAccount; i++ {
 		f.api.addForeign(full.SID, "theirs")
 	}
-	res, err := f.b.Reconcile(context.Background())
+	res, err := f.b.Reconciler().Reconcile(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "Twilio's limit is 1000 per account") || !strings.Contains(err.Error(), full.SID) {
 		t.Fatalf("err = %v", err)
 	}
@@ -303,7 +303,7 @@ func TestReconcileKeepsOldTriggerWhenReplacementFails(t *testing.T) {
 	f.reconcile(t)
 	f.api.failNext("triggers.create", &twilioapi.Error{Operation: "triggers.create", Status: 400, Code: 21000, Message: "bad"})
 	f.b.SetSettings(Settings{Instance: "prod", PublicURL: publicURL, Rules: loadRules(t, strings.Replace(baseRules, `threshold: "50"`, `threshold: "60"`, 1))})
-	if _, err := f.b.Reconcile(context.Background()); err == nil {
+	if _, err := f.b.Reconciler().Reconcile(context.Background()); err == nil {
 		t.Fatal("no error")
 	}
 	var vals []string
@@ -330,7 +330,7 @@ func TestReconcileKeepsOldTriggerWhenReplacementFails(t *testing.T) {
 func TestReconcileListFailure(t *testing.T) {
 	f := newFixture(t, baseRules)
 	f.api.failNext("accounts.list", &twilioapi.Error{Operation: "accounts.list", Status: 503})
-	if _, err := f.b.Reconcile(context.Background()); err == nil || !strings.Contains(err.Error(), "list subaccounts") {
+	if _, err := f.b.Reconciler().Reconcile(context.Background()); err == nil || !strings.Contains(err.Error(), "list subaccounts") {
 		t.Fatalf("err = %v", err)
 	}
 }
@@ -343,7 +343,7 @@ func TestReconcileNeverRunsTwiceAtOnce(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := 0; i < 5; i++ {
 		wg.Add(1)
-		go func() { defer wg.Done(); _, _ = f.b.Reconcile(context.Background()) }()
+		go func() { defer wg.Done(); _, _ = f.b.Reconciler().Reconcile(context.Background()) }()
 	}
 	wg.Wait()
 	// Serialised runs converge: exactly 2 triggers per account, never duplicates.

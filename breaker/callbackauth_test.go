@@ -116,7 +116,7 @@ func TestPasswordChangeUpdatesInPlace(t *testing.T) {
 			}
 			run := func(b *Breaker, want ReconcileResult) {
 				t.Helper()
-				res, err := b.Reconcile(context.Background())
+				res, err := b.Reconciler().Reconcile(context.Background())
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -202,15 +202,15 @@ func TestFailedUpdateIsRetried(t *testing.T) {
 					CallbackAuth: &CallbackAuth{Username: "u", Password: config.Secret(pw)}}
 			}
 			b := New(Options{API: api, Store: st, Settings: auth("aaaaaaaaaaaaaaaa")})
-			if _, err := b.Reconcile(context.Background()); err != nil {
+			if _, err := b.Reconciler().Reconcile(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 			b.SetSettings(auth("bbbbbbbbbbbbbbbb"))
 			api.failNext("triggers.update", &twilioapi.Error{Operation: "triggers.update", Status: 500})
-			if res, err := b.Reconcile(context.Background()); err == nil || res.Updated != 1 {
+			if res, err := b.Reconciler().Reconcile(context.Background()); err == nil || res.Updated != 1 {
 				t.Fatalf("reconcile with a failing update: %+v %v", res, err)
 			}
-			if res, err := b.Reconcile(context.Background()); err != nil || res.Updated != 1 {
+			if res, err := b.Reconciler().Reconcile(context.Background()); err != nil || res.Updated != 1 {
 				t.Fatalf("the failed update was not retried: %+v %v", res, err)
 			}
 			for _, tr := range api.trig(api.order[0]) {

@@ -679,7 +679,7 @@ func TestReconcilePassesHoldNoLockAndReplanAfterARearm(t *testing.T) {
 	for _, r := range s.Rules.Rules {
 		desired = append(desired, s.Spec(r))
 	}
-	pa, err := f.b.prepareAccount(context.Background(), a, desired, prefix, false)
+	pa, err := f.b.reconciler.prepareAccount(context.Background(), a, desired, prefix, false)
 	if err != nil || pa == nil {
 		t.Fatalf("prepare: %v", err)
 	}
@@ -693,7 +693,7 @@ func TestReconcilePassesHoldNoLockAndReplanAfterARearm(t *testing.T) {
 	}
 	f.b.touchTriggers(a.SID)
 	lists := f.api.count("triggers.list")
-	res, err := f.b.executeAccount(context.Background(), pa, prefix, false)
+	res, err := f.b.reconciler.executeAccount(context.Background(), pa, prefix, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -123,8 +123,8 @@ func (r *accountResult) coveredAfterFailedCreate(name string, olds int) {
 }
 
 // LastCoverage returns the view of the last finished reconcile, if any.
-func (b *Breaker) LastCoverage() (*Coverage, bool) {
-	r := b.lastRecon.Load()
+func (rc *Reconciler) LastCoverage() (*Coverage, bool) {
+	r := rc.lastRecon.Load()
 	if r == nil || r.Coverage == nil {
 		return nil, false
 	}

@@ -10,7 +10,7 @@ import (
 
 func coverageOf(t *testing.T, f *fixture) map[string]AccountCoverage {
 	t.Helper()
-	c, ok := f.b.LastCoverage()
+	c, ok := f.b.Reconciler().LastCoverage()
 	if !ok {
 		t.Fatal("no coverage after a reconcile")
 	}
@@ -26,7 +26,7 @@ func coverageOf(t *testing.T, f *fixture) map[string]AccountCoverage {
 
 func TestCoverageIsWhatTheReconcileLeft(t *testing.T) {
 	f := newFixture(t, baseRules)
-	if _, ok := f.b.LastCoverage(); ok {
+	if _, ok := f.b.Reconciler().LastCoverage(); ok {
 		t.Fatal("coverage before any reconcile")
 	}
 	f.api.addAccount("tenant-a", "active")
@@ -34,7 +34,7 @@ func TestCoverageIsWhatTheReconcileLeft(t *testing.T) {
 	f.api.addAccount("tenant-s", "suspended")
 	// tenant-a is the only account with triggers to create; its first (spend-daily) fails.
 	f.api.failNext("triggers.create", &twilioapi.Error{Operation: "triggers.create", Status: 400, Code: 21000, Message: "bad"})
-	if _, err := f.b.Reconcile(context.Background()); err == nil {
+	if _, err := f.b.Reconciler().Reconcile(context.Background()); err == nil {
 		t.Fatal("the failed create is not reported")
 	}
 	c := coverageOf(t, f)
@@ -63,14 +63,14 @@ func TestCoverageIsWhatTheReconcileLeft(t *testing.T) {
 	// A new threshold needs a replacement; it fails, and the old trigger stays: drifted.
 	f.b.SetSettings(Settings{Instance: "prod", PublicURL: publicURL, Rules: loadRules(t, strings.Replace(baseRules, `threshold: "50"`, `threshold: "60"`, 1))})
 	f.api.failNext("triggers.create", &twilioapi.Error{Operation: "triggers.create", Status: 400, Code: 21000, Message: "bad"})
-	_, _ = f.b.Reconcile(context.Background())
+	_, _ = f.b.Reconciler().Reconcile(context.Background())
 	if got := strings.Join(coverageOf(t, f)["tenant-a"].States, ","); got != "drifted,guarded,guarded" {
 		t.Fatalf("after a failed replacement: %s", got)
 	}
 	// A failed in-place update leaves the old URL: drifted.
 	f.b.SetSettings(Settings{Instance: "prod", PublicURL: "https://new.example.com", Rules: loadRules(t, strings.Replace(baseRules, `threshold: "50"`, `threshold: "60"`, 1))})
 	f.api.failNext("triggers.update", &twilioapi.Error{Operation: "triggers.update", Status: 400, Code: 21000, Message: "bad"})
-	_, _ = f.b.Reconcile(context.Background())
+	_, _ = f.b.Reconciler().Reconcile(context.Background())
 	states := coverageOf(t, f)["tenant-a"].States
 	if n := strings.Count(strings.Join(states, ","), "drifted"); n != 1 || states[0] != "guarded" {
 		t.Fatalf("after a failed update: %v, want spend-daily guarded (created anew) and one other drifted", states)

@@ -63,25 +63,25 @@ type deleteHold struct {
 }
 
 // HeldDeletes reports the deletions the last reconcile held and whose rules.
-func (b *Breaker) HeldDeletes() (int, []string) {
-	b.holds.mu.Lock()
-	defer b.holds.mu.Unlock()
-	return b.holds.held, append([]string(nil), b.holds.rules...)
+func (rc *Reconciler) HeldDeletes() (int, []string) {
+	rc.holds.mu.Lock()
+	defer rc.holds.mu.Unlock()
+	return rc.holds.held, append([]string(nil), rc.holds.rules...)
 }
 
 // ReleaseDeletes lets the held deletions go: the next reconcile (asked for
 // now) deletes them, as long as it would delete no more than were held. It
 // returns how many were held.
-func (b *Breaker) ReleaseDeletes() int {
-	b.holds.mu.Lock()
-	n := b.holds.held
+func (rc *Reconciler) ReleaseDeletes() int {
+	rc.holds.mu.Lock()
+	n := rc.holds.held
 	if n > 0 {
-		b.holds.released = n
+		rc.holds.released = n
 	}
-	b.holds.mu.Unlock()
+	rc.holds.mu.Unlock()
 	if n > 0 {
-		b.log.Warn("held trigger deletions released by a person; the next reconcile deletes them", "held", n)
-		b.requestReconcile()
+		rc.log.Warn("held trigger deletions released by a person; the next reconcile deletes them", "held", n)
+		rc.requestReconcile()
 	}
 	return n
 }
@@ -89,7 +89,7 @@ func (b *Breaker) ReleaseDeletes() int {
 // holdDecision says whether a reconcile that would delete total owned
 // triggers (no longer wanted) must hold them. matchedNone: the rules match
 // none of the active subaccounts.
-func (b *Breaker) holdDecision(s *Settings, total int, matchedNone bool) (hold bool, why string) {
+func (rc *Reconciler) holdDecision(s *Settings, total int, matchedNone bool) (hold bool, why string) {
 	if total == 0 {
 		return false, ""
 	}
@@ -97,9 +97,9 @@ func (b *Breaker) holdDecision(s *Settings, total int, matchedNone bool) (hold b
 	if max <= 0 {
 		max = DefaultMaxDeletes
 	}
-	b.holds.mu.Lock()
-	released := b.holds.released
-	b.holds.mu.Unlock()
+	rc.holds.mu.Lock()
+	released := rc.holds.released
+	rc.holds.mu.Unlock()
 	if total <= released {
 		return false, ""
 	}
@@ -114,26 +114,26 @@ func (b *Breaker) holdDecision(s *Settings, total int, matchedNone bool) (hold b
 
 // recordHold records the outcome of a reconcile's decision: held deletions,
 // or none (which ends a hold and a release).
-func (b *Breaker) recordHold(held int, rules []string) (newHold bool) {
-	b.holds.mu.Lock()
-	defer b.holds.mu.Unlock()
-	b.m.DeletesHeld.Set(float64(held))
+func (rc *Reconciler) recordHold(held int, rules []string) (newHold bool) {
+	rc.holds.mu.Lock()
+	defer rc.holds.mu.Unlock()
+	rc.m.DeletesHeld.Set(float64(held))
 	if held == 0 {
-		b.holds.held, b.holds.rules, b.holds.released, b.holds.paged = 0, nil, 0, nil
+		rc.holds.held, rc.holds.rules, rc.holds.released, rc.holds.paged = 0, nil, 0, nil
 		return false
 	}
-	newHold = b.holds.held == 0
-	b.holds.held, b.holds.rules, b.holds.released = held, rules, 0
-	if b.holds.paged == nil {
-		b.holds.paged = map[string]bool{}
+	newHold = rc.holds.held == 0
+	rc.holds.held, rc.holds.rules, rc.holds.released = held, rules, 0
+	if rc.holds.paged == nil {
+		rc.holds.paged = map[string]bool{}
 	}
 	return newHold
 }
 
 // pageHold tells every notifier not yet told about the held deletions. A
 // notifier that fails is tried again by the next reconcile that holds.
-func (b *Breaker) pageHold(ctx context.Context, s *Settings, held int, rules []string, why string) {
-	ev := &notify.Event{Kind: notify.KindDeletes, Instance: s.Instance, At: b.now().UTC(),
+func (rc *Reconciler) pageHold(ctx context.Context, s *Settings, held int, rules []string, why string) {
+	ev := &notify.Event{Kind: notify.KindDeletes, Instance: s.Instance, At: rc.now().UTC(),
 		Deletes: &notify.Deletes{Held: held, MaxDeletes: max(s.MaxDeletes, 0), Rules: rules, Why: why, Release: ReleaseDeletesHint}}
 	if ev.Deletes.MaxDeletes == 0 {
 		ev.Deletes.MaxDeletes = DefaultMaxDeletes
@@ -141,9 +141,9 @@ func (b *Breaker) pageHold(ctx context.Context, s *Settings, held int, rules []s
 	ev.ID = fmt.Sprintf("%s-deletes-%d", s.Instance, ev.At.Unix())
 	ev.Headline = notify.Headline(ev)
 	for _, n := range s.Operator.Notifiers {
-		b.holds.mu.Lock()
-		done := b.holds.paged[n.Name()]
-		b.holds.mu.Unlock()
+		rc.holds.mu.Lock()
+		done := rc.holds.paged[n.Name()]
+		rc.holds.mu.Unlock()
 		if done {
 			continue
 		}
@@ -151,16 +151,16 @@ func (b *Breaker) pageHold(ctx context.Context, s *Settings, held int, rules []s
 		err := n.Send(sctx, ev, nil)
 		cancel()
 		if err != nil {
-			b.m.Notifications.WithLabelValues(n.Name(), "failed").Inc()
-			b.log.Error("cannot page about the held trigger deletions; the next reconcile tries again", "notifier", n.Name(), "err", err)
+			rc.m.Notifications.WithLabelValues(n.Name(), "failed").Inc()
+			rc.log.Error("cannot page about the held trigger deletions; the next reconcile tries again", "notifier", n.Name(), "err", err)
 			continue
 		}
-		b.m.Notifications.WithLabelValues(n.Name(), string(OutcomeSent)).Inc()
-		b.holds.mu.Lock()
-		if b.holds.paged != nil {
-			b.holds.paged[n.Name()] = true
+		rc.m.Notifications.WithLabelValues(n.Name(), string(OutcomeSent)).Inc()
+		rc.holds.mu.Lock()
+		if rc.holds.paged != nil {
+			rc.holds.paged[n.Name()] = true
 		}
-		b.holds.mu.Unlock()
+		rc.holds.mu.Unlock()
 	}
 }
 
@@ -168,8 +168,8 @@ func (b *Breaker) pageHold(ctx context.Context, s *Settings, held int, rules []s
 // reports whether, among the active subaccounts of the last listing, it
 // matches none while there are some, and how many owned triggers the last
 // reconcile kept (which a reconcile would then delete).
-func (b *Breaker) WouldDisarm(set *rules.Set) (disarm bool, active, owned int) {
-	for _, a := range b.accounts.Snapshot() {
+func (rc *Reconciler) WouldDisarm(set *rules.Set) (disarm bool, active, owned int) {
+	for _, a := range rc.accounts.Snapshot() {
 		if a.Status != twilioapi.StatusActive {
 			continue
 		}
@@ -183,7 +183,7 @@ func (b *Breaker) WouldDisarm(set *rules.Set) (disarm bool, active, owned int) {
 			}
 		}
 	}
-	if last, ok := b.LastReconcile(); ok {
+	if last, ok := rc.LastReconcile(); ok {
 		for _, n := range last.Managed {
 			owned += n
 		}

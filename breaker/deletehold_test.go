@@ -61,7 +61,7 @@ func TestReconcileHoldsMassDeletions(t *testing.T) {
 			t.Fatalf("%s paged %d times: %+v", n.name, len(evs), evs)
 		}
 	}
-	if n := f.b.ReleaseDeletes(); n != 4 {
+	if n := f.b.Reconciler().ReleaseDeletes(); n != 4 {
 		t.Fatalf("released %d", n)
 	}
 	if res := f.reconcile(t); res.Deleted != 4 || res.HeldDeletes != 0 {
@@ -70,7 +70,7 @@ func TestReconcileHoldsMassDeletions(t *testing.T) {
 	if v := testutil.ToFloat64(f.m.DeletesHeld); v != 0 {
 		t.Errorf("deletes_held = %v after the release", v)
 	}
-	if n := f.b.ReleaseDeletes(); n != 0 {
+	if n := f.b.Reconciler().ReleaseDeletes(); n != 0 {
 		t.Errorf("released %d with nothing held", n)
 	}
 }

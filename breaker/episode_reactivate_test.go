@@ -148,7 +148,7 @@ func TestReactivateAnEpisodeOfTwoRules(t *testing.T) {
 			t.Fatalf("the already_suspended trip records a write: %+v", act)
 		}
 	}
-	out, err := f.b.Reactivate(ctx, manual(a.SID))
+	out, err := f.b.Reactivator().Reactivate(ctx, manual(a.SID))
 	if err != nil {
 		t.Fatalf("reactivate: %v", err)
 	}
@@ -180,7 +180,7 @@ func TestReactivateAnEpisodeOfTwoRules(t *testing.T) {
 	if _, ok := rs[second.ID]; ok {
 		t.Error("the incident that did not suspend got a reactivation record")
 	}
-	_, err = f.b.Reactivate(ctx, manual(a.SID))
+	_, err = f.b.Reactivator().Reactivate(ctx, manual(a.SID))
 	wantRefused(t, err, "already reactivated")
 
 	// The second rule trips again on its re-armed generation, and that
@@ -190,7 +190,7 @@ func TestReactivateAnEpisodeOfTwoRules(t *testing.T) {
 	if inc := f.incident(t, third.ID); inc.Period != "daily:2026-11-24#2" || inc.Outcome != OutcomeSuspended {
 		t.Fatalf("generation 2 = %+v", inc)
 	}
-	out, err = f.b.Reactivate(ctx, manual(a.SID))
+	out, err = f.b.Reactivator().Reactivate(ctx, manual(a.SID))
 	if err != nil || out.Incident.ID != third.ID || len(out.Episode) != 0 {
 		t.Fatalf("second reactivation = incident %d, %v", out.Incident.ID, err)
 	}
@@ -206,7 +206,7 @@ func TestReactivateWaitsForANewerPendingIncident(t *testing.T) {
 	first := f.accept(t, "spend-daily", a, spendCB(a, "spend")).Incident
 	f.b.RunDueOnce(ctx)
 	second := f.accept(t, "sms-daily", a, smsCB(a, "sms")).Incident
-	_, err := f.b.Reactivate(ctx, manual(a.SID))
+	_, err := f.b.Reactivator().Reactivate(ctx, manual(a.SID))
 	wantRefused(t, err, "the newest incident (2, rule sms-daily) is still being handled")
 	if f.status(t, a.SID) != "suspended" {
 		t.Fatal("reactivated while a newer incident was pending")
@@ -215,7 +215,7 @@ func TestReactivateWaitsForANewerPendingIncident(t *testing.T) {
 	if inc := f.incident(t, second.ID); inc.Outcome != OutcomeAlreadySuspended {
 		t.Fatalf("second = %+v", inc)
 	}
-	if out, err := f.b.Reactivate(ctx, manual(a.SID)); err != nil || out.Incident.ID != first.ID {
+	if out, err := f.b.Reactivator().Reactivate(ctx, manual(a.SID)); err != nil || out.Incident.ID != first.ID {
 		t.Fatalf("reactivate = %d, %v", out.Incident.ID, err)
 	}
 }
@@ -285,7 +285,7 @@ func TestScheduledReactivationSkippedAfterANewerSuspension(t *testing.T) {
 		t.Errorf("reactivate action = %+v", re)
 	}
 	// A person can still undo the newer suspension.
-	if out, err := f.b.Reactivate(ctx, manual(a.SID)); err != nil || out.Incident.ID != second.ID {
+	if out, err := f.b.Reactivator().Reactivate(ctx, manual(a.SID)); err != nil || out.Incident.ID != second.ID {
 		t.Fatalf("manual reactivation = %d, %v", out.Incident.ID, err)
 	}
 }
@@ -304,7 +304,7 @@ func TestReactivateChangesNothingWhenTheTriggersCannotBeListed(t *testing.T) {
 	writes := f.api.count("accounts.update")
 
 	f.api.failNext("triggers.list", &twilioapi.Error{Operation: "triggers.list", Status: 503, Message: "unavailable"})
-	_, err := f.b.Reactivate(ctx, manual(a.SID))
+	_, err := f.b.Reactivator().Reactivate(ctx, manual(a.SID))
 	var re *RefusedError
 	if err == nil || errors.As(err, &re) || !strings.Contains(err.Error(), "nothing was changed") {
 		t.Fatalf("reactivate = %v, want an error saying nothing was changed", err)
@@ -320,7 +320,7 @@ func TestReactivateChangesNothingWhenTheTriggersCannotBeListed(t *testing.T) {
 	}
 
 	// Tried again: done, and re-armed.
-	out, err := f.b.Reactivate(ctx, manual(a.SID))
+	out, err := f.b.Reactivator().Reactivate(ctx, manual(a.SID))
 	if err != nil || len(out.Rearmed) != 1 || f.status(t, a.SID) != "active" || f.triggerValues(a.SID)["spend-daily"] != "20" {
 		t.Fatalf("second try = %+v, %v", out, err)
 	}
@@ -342,7 +342,7 @@ func TestReactivateRecordsTheRearmBeforeTheAccountIsActive(t *testing.T) {
 	// Every create fails (the client already retried).
 	boom := &twilioapi.Error{Operation: "triggers.create", Status: 503, Message: "unavailable"}
 	f.api.failNext("triggers.create", boom, boom)
-	out, err := f.b.Reactivate(ctx, manual(a.SID))
+	out, err := f.b.Reactivator().Reactivate(ctx, manual(a.SID))
 	if err != nil || f.status(t, a.SID) != "active" || len(out.Problems) != 2 || len(out.Rearmed) != 0 || asked.Load() == 0 {
 		t.Fatalf("reactivate = %+v, %v (reconcile asked %d)", out, err, asked.Load())
 	}
@@ -446,7 +446,7 @@ func TestReactivateASuspensionByAReopenedIncident(t *testing.T) {
 	spend := f.accept(t, "spend-daily", a, spendCB(a, "spend")).Incident
 	f.b.RunDueOnce(ctx)
 	f.clock.Advance(time.Minute)
-	if out, err := f.b.Reactivate(ctx, manual(a.SID)); err != nil || out.Incident.ID != spend.ID || len(out.Episode) != 0 {
+	if out, err := f.b.Reactivator().Reactivate(ctx, manual(a.SID)); err != nil || out.Incident.ID != spend.ID || len(out.Episode) != 0 {
 		t.Fatalf("first reactivation = %d %+v, %v", out.Incident.ID, out.Episode, err)
 	}
 	f.clock.Advance(time.Minute)
@@ -460,7 +460,7 @@ func TestReactivateASuspensionByAReopenedIncident(t *testing.T) {
 		t.Fatalf("reopened incident = %+v", inc)
 	}
 	f.clock.Advance(time.Minute)
-	out, err := f.b.Reactivate(ctx, manual(a.SID))
+	out, err := f.b.Reactivator().Reactivate(ctx, manual(a.SID))
 	if err != nil || out.Incident.ID != low.ID || f.status(t, a.SID) != "active" {
 		t.Fatalf("second reactivation = %d, %v", out.Incident.ID, err)
 	}

@@ -421,7 +421,7 @@ func TestReactivateRefusals(t *testing.T) {
 	}
 	refused := func(name string, r ReactivateRequest, want string) {
 		t.Helper()
-		_, err := f.b.Reactivate(ctx, r)
+		_, err := f.b.Reactivator().Reactivate(ctx, r)
 		var re *RefusedError
 		if !errors.As(err, &re) || !strings.Contains(re.Reason, want) {
 			t.Errorf("%s: %v, want refusal containing %q", name, err, want)
@@ -444,7 +444,7 @@ func TestReactivateRefusals(t *testing.T) {
 	old.IncidentID = res.Incident.ID - 1
 	refused("other incident", old, "a newer incident")
 
-	out, err := f.b.Reactivate(ctx, req(a.SID))
+	out, err := f.b.Reactivator().Reactivate(ctx, req(a.SID))
 	if err != nil || out.Account.Status != "active" || out.WasActive || out.Reactivation.ID == 0 {
 		t.Fatalf("reactivate = %+v, %v", out, err)
 	}
@@ -471,7 +471,7 @@ func TestRearmedGenerationTripsAgain(t *testing.T) {
 		f.api.mu.Unlock()
 	}
 	fired()
-	out, err := f.b.Reactivate(ctx, ReactivateRequest{AccountSID: a.SID, Reason: "ok", Actor: "t", Via: store.ViaManual})
+	out, err := f.b.Reactivator().Reactivate(ctx, ReactivateRequest{AccountSID: a.SID, Reason: "ok", Actor: "t", Via: store.ViaManual})
 	if err != nil || len(out.Rearmed) != 1 || out.Rearmed[0].Generation != 2 || out.Rearmed[0].Allowance != "20" || len(out.Problems) != 0 {
 		t.Fatalf("reactivate = %+v, %v", out, err)
 	}
@@ -497,7 +497,7 @@ func TestRearmedGenerationTripsAgain(t *testing.T) {
 	// The reconciler keeps the re-armed trigger (a's status is suspended again:
 	// reactivate it to let the reconciler look at it).
 	fired()
-	if _, err := f.b.Reactivate(ctx, ReactivateRequest{AccountSID: a.SID, Reason: "again", Actor: "t", Via: store.ViaManual}); err != nil {
+	if _, err := f.b.Reactivator().Reactivate(ctx, ReactivateRequest{AccountSID: a.SID, Reason: "again", Actor: "t", Via: store.ViaManual}); err != nil {
 		t.Fatal(err)
 	}
 	ex, _ := f.st.RearmFor(ctx, a.SID, "spend-daily", "daily:2026-11-24")

@@ -14,7 +14,7 @@ import (
 
 func (f *fixture) poll(t *testing.T) PollResult {
 	t.Helper()
-	res, err := f.b.Poll(context.Background())
+	res, err := f.b.Poller().Poll(context.Background())
 	if err != nil {
 		t.Fatalf("poll: %v", err)
 	}
@@ -176,7 +176,7 @@ func TestPollKeepsGoingPastErrors(t *testing.T) {
 		f.api.setUsage(acct.SID, twilioapi.PeriodDaily, "totalprice", "", "99", "99", "2026-11-24")
 	}
 	f.api.failNext("records.read", &twilioapi.Error{Operation: "records.read", Status: 503, Message: "unavailable"})
-	res, err := f.b.Poll(context.Background())
+	res, err := f.b.Poller().Poll(context.Background())
 	if err == nil || len(res.Errors) != 1 || !strings.Contains(err.Error(), "503") {
 		t.Fatalf("poll error = %v (%+v)", err, res)
 	}
@@ -188,11 +188,11 @@ func TestPollKeepsGoingPastErrors(t *testing.T) {
 		t.Fatalf("next poll = %+v", res)
 	}
 	f.api.failNext("accounts.list", &twilioapi.Error{Operation: "accounts.list", Status: 500})
-	if _, err := f.b.Poll(context.Background()); err == nil || !strings.Contains(err.Error(), "list subaccounts") {
+	if _, err := f.b.Poller().Poll(context.Background()); err == nil || !strings.Contains(err.Error(), "list subaccounts") {
 		t.Fatalf("list failure: %v", err)
 	}
 	var te *twilioapi.Error
-	if _, err := f.b.Poll(context.Background()); errors.As(err, &te) {
+	if _, err := f.b.Poller().Poll(context.Background()); errors.As(err, &te) {
 		t.Fatalf("poll after recovery: %v", err)
 	}
 }
@@ -243,7 +243,7 @@ func TestPollReportsItsDuration(t *testing.T) {
 		t.Errorf("a poll's Duration = %v", res.Duration)
 	}
 	f.api.failNext("accounts.list", errors.New("boom"))
-	res, err := f.b.Poll(context.Background())
+	res, err := f.b.Poller().Poll(context.Background())
 	if err == nil || res.Duration <= 0 {
 		t.Errorf("a failed poll: err %v, Duration %v", err, res.Duration)
 	}

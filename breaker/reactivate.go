@@ -28,6 +28,46 @@ import (
 // "daily:2026-11-24#2", a new incident, so further spend trips again, while
 // repeats of the first firing still dedupe on their token.
 
+// Reactivator reactivates the subaccounts the breaker suspended and re-arms
+// their spent triggers (Reactivate, and the reactivate worker), and keeps
+// the re-arm exceptions the reconciler honours (applyRearms).
+type Reactivator struct {
+	common
+	api    reactivateAPI // the callback memo over the Twilio API
+	store  reactivateStore
+	writes statusWriter // the trip pipeline (the Breaker)
+}
+
+// reactivateAPI is the part of the Twilio API reactivation uses.
+type reactivateAPI interface {
+	FetchAccount(ctx context.Context, sid string) (twilioapi.Account, error)
+	SetAccountStatus(ctx context.Context, sid, status string) (twilioapi.Account, error)
+	ListTriggers(ctx context.Context, accountSID string) ([]twilioapi.Trigger, error)
+	CreateTrigger(ctx context.Context, accountSID string, spec twilioapi.TriggerSpec) (twilioapi.Trigger, error)
+	DeleteTrigger(ctx context.Context, accountSID, triggerSID string) error
+}
+
+// reactivateStore is the part of the store reactivation uses: incidents,
+// re-arm exceptions and the reactivation audit.
+type reactivateStore interface {
+	Incident(ctx context.Context, id int64) (store.Incident, error)
+	ListIncidents(ctx context.Context, f store.IncidentFilter) ([]store.Incident, error)
+	IncidentActions(ctx context.Context, incidentIDs []int64) (map[int64][]store.Action, error)
+	BeginRearm(ctx context.Context, accountSID, rule, period, allowance string, expiresAt time.Time) (store.Rearm, error)
+	CompleteRearm(ctx context.Context, accountSID, rule, period string, generation int, triggerSID, triggerValue string) error
+	OpenRearms(ctx context.Context, accountSID string, now time.Time) ([]store.Rearm, error)
+	MarkRearmsRestored(ctx context.Context, now time.Time) (int, error)
+	RecordReactivation(ctx context.Context, r store.Reactivation) (store.Reactivation, error)
+	Reactivations(ctx context.Context, incidentIDs []int64) (map[int64]store.Reactivation, error)
+}
+
+// statusWriter is what reactivation needs of the trip pipeline (trip.go):
+// to note a status write it sends, so that a read of the account started
+// before it is known to be stale.
+type statusWriter interface {
+	wroteStatus(sid string)
+}
+
 // RefusedError is a reactivation the breaker will not do, with why.
 type RefusedError struct {
 	Reason string
@@ -95,7 +135,7 @@ const maxEpisode = 1000
 // fired this period, and the trigger of every rule of the episode's
 // incidents in their current period, is re-armed. The suspending incident
 // gets the audit record (who, why). A *RefusedError says why not.
-func (b *Breaker) Reactivate(ctx context.Context, req ReactivateRequest) (ReactivateResult, error) {
+func (ra *Reactivator) Reactivate(ctx context.Context, req ReactivateRequest) (ReactivateResult, error) {
 	var res ReactivateResult
 	if !ValidAccountSID(req.AccountSID) {
 		return res, &RefusedError{Reason: fmt.Sprintf("%q is not an account SID (AC followed by 32 hex digits)", req.AccountSID)}
@@ -105,16 +145,16 @@ func (b *Breaker) Reactivate(ctx context.Context, req ReactivateRequest) (Reacti
 	}
 	// Not while the reconciler or an action of this process works on the
 	// account.
-	unlock := b.locks.lock(req.AccountSID)
+	unlock := ra.locks.lock(req.AccountSID)
 	defer unlock()
-	defer b.touchTriggers(req.AccountSID) // before the unlock: a reconcile planned before plans again
+	defer ra.touchTriggers(req.AccountSID) // before the unlock: a reconcile planned before plans again
 
-	inc, episode, err := b.reactivationTarget(ctx, req)
+	inc, episode, err := ra.reactivationTarget(ctx, req)
 	if err != nil {
 		return res, err
 	}
 	res.Incident, res.Episode = inc, episode
-	prev, err := b.store.Reactivations(ctx, []int64{inc.ID})
+	prev, err := ra.store.Reactivations(ctx, []int64{inc.ID})
 	if err != nil {
 		return res, err
 	}
@@ -123,7 +163,7 @@ func (b *Breaker) Reactivate(ctx context.Context, req ReactivateRequest) (Reacti
 			p.CreatedAt.UTC().Format(time.RFC3339), p.Actor, p.Reason)}
 	}
 
-	acct, err := b.api.FetchAccount(ctx, req.AccountSID)
+	acct, err := ra.api.FetchAccount(ctx, req.AccountSID)
 	if err != nil {
 		return res, fmt.Errorf("read the account: %w", err)
 	}
@@ -132,9 +172,9 @@ func (b *Breaker) Reactivate(ctx context.Context, req ReactivateRequest) (Reacti
 	}
 	// Before anything changes: what to re-arm, recorded durably. Should any
 	// of it fail, the account is left as it is.
-	s := b.settings.Load()
-	now := b.now()
-	ts, err := b.api.ListTriggers(ctx, acct.SID)
+	s := ra.settings.Load()
+	now := ra.now()
+	ts, err := ra.api.ListTriggers(ctx, acct.SID)
 	if err != nil {
 		return res, fmt.Errorf("list the account's triggers (nothing was changed): %w", err)
 	}
@@ -144,7 +184,7 @@ func (b *Breaker) Reactivate(ctx context.Context, req ReactivateRequest) (Reacti
 		// The exception first: the reconciler finishes it (creates the
 		// "+allowance" trigger) whatever happens after the status write, and
 		// a firing of the new trigger already belongs to the new generation.
-		p.ex, err = b.store.BeginRearm(ctx, acct.SID, p.rule.Name, p.period, p.rule.Allowance().String(), rules.PeriodEnd(p.rule.Recurring, now))
+		p.ex, err = ra.store.BeginRearm(ctx, acct.SID, p.rule.Name, p.period, p.rule.Allowance().String(), rules.PeriodEnd(p.rule.Recurring, now))
 		if err != nil {
 			return res, fmt.Errorf("record the re-arm of %s (the account was not changed): %w", p.rule.Name, err)
 		}
@@ -153,36 +193,36 @@ func (b *Breaker) Reactivate(ctx context.Context, req ReactivateRequest) (Reacti
 	if acct.Status == twilioapi.StatusActive {
 		res.WasActive = true
 	} else {
-		b.wroteStatus(req.AccountSID)
-		acct, err = b.api.SetAccountStatus(ctx, req.AccountSID, twilioapi.StatusActive)
+		ra.writes.wroteStatus(req.AccountSID)
+		acct, err = ra.api.SetAccountStatus(ctx, req.AccountSID, twilioapi.StatusActive)
 		if err != nil {
 			if len(plans) > 0 {
 				// Should the write have landed after all, the reconciler
 				// finishes the recorded re-arms.
-				b.requestReconcile()
+				ra.requestReconcile()
 			}
 			return res, fmt.Errorf("set the account active: %w", err)
 		}
 	}
-	b.accounts.Put(acct)
+	ra.accounts.Put(acct)
 	res.Account = acct
 
-	res.Rearmed, res.Problems = b.rearm(ctx, acct, s, plans)
+	res.Rearmed, res.Problems = ra.rearm(ctx, acct, s, plans)
 	if len(res.Problems) > 0 {
-		b.requestReconcile()
+		ra.requestReconcile()
 	}
 	detail := describeRearm(res)
-	rec, err := b.store.RecordReactivation(context.WithoutCancel(ctx), store.Reactivation{IncidentID: inc.ID,
+	rec, err := ra.store.RecordReactivation(context.WithoutCancel(ctx), store.Reactivation{IncidentID: inc.ID,
 		AccountSID: acct.SID, AccountName: acct.FriendlyName, Via: req.Via, Actor: req.Actor,
-		Reason: strings.TrimSpace(req.Reason), Rearmed: len(res.Rearmed), Detail: detail, CreatedAt: b.now()})
+		Reason: strings.TrimSpace(req.Reason), Rearmed: len(res.Rearmed), Detail: detail, CreatedAt: ra.now()})
 	if err != nil && !errors.Is(err, store.ErrExists) {
 		// The account is active and re-armed; only the record is missing.
-		b.log.Error("reactivated, but the audit record could not be written", "account", acct.SID, "err", err)
+		ra.log.Error("reactivated, but the audit record could not be written", "account", acct.SID, "err", err)
 		return res, fmt.Errorf("reactivated, but recording it failed: %w", err)
 	}
 	res.Reactivation = rec
-	b.m.Reactivations.WithLabelValues(req.Via).Inc()
-	b.log.Warn("subaccount reactivated", "account", acct.SID, "account_name", acct.FriendlyName, "incident", inc.ID,
+	ra.m.Reactivations.WithLabelValues(req.Via).Inc()
+	ra.log.Warn("subaccount reactivated", "account", acct.SID, "account_name", acct.FriendlyName, "incident", inc.ID,
 		"episode", incidentIDs(episode), "via", req.Via, "by", req.Actor, "reason", req.Reason, "rearmed", len(res.Rearmed),
 		"was_active", res.WasActive, "problems", strings.Join(res.Problems, "; "))
 	return res, nil
@@ -196,8 +236,8 @@ func (b *Breaker) Reactivate(ctx context.Context, req ReactivateRequest) (Reacti
 // suspend after incidents opened after it. Any incident still pending (or
 // held by the guard) blocks, whatever its age: it may yet suspend the
 // account.
-func (b *Breaker) reactivationTarget(ctx context.Context, req ReactivateRequest) (store.Incident, []store.Incident, error) {
-	incs, err := b.store.ListIncidents(ctx, store.IncidentFilter{AccountSID: req.AccountSID, Limit: maxEpisode})
+func (ra *Reactivator) reactivationTarget(ctx context.Context, req ReactivateRequest) (store.Incident, []store.Incident, error) {
+	incs, err := ra.store.ListIncidents(ctx, store.IncidentFilter{AccountSID: req.AccountSID, Limit: maxEpisode})
 	if err != nil {
 		return store.Incident{}, nil, err
 	}
@@ -214,7 +254,7 @@ func (b *Breaker) reactivationTarget(ctx context.Context, req ReactivateRequest)
 		}
 		return store.Incident{}, nil, &RefusedError{Reason: fmt.Sprintf("%s is still being handled: %s", which, orNone(n.Detail)), Pending: true}
 	}
-	ended, err := b.byEnd(ctx, incs)
+	ended, err := ra.byEnd(ctx, incs)
 	if err != nil {
 		return store.Incident{}, nil, err
 	}
@@ -252,8 +292,8 @@ func (b *Breaker) reactivationTarget(ctx context.Context, req ReactivateRequest)
 
 // byEnd orders ended incidents by when their trip action ended, newest
 // first (ties: the higher ID first).
-func (b *Breaker) byEnd(ctx context.Context, incs []store.Incident) ([]store.Incident, error) {
-	acts, err := b.store.IncidentActions(ctx, incidentIDs(incs))
+func (ra *Reactivator) byEnd(ctx context.Context, incs []store.Incident) ([]store.Incident, error) {
+	acts, err := ra.store.IncidentActions(ctx, incidentIDs(incs))
 	if err != nil {
 		return nil, err
 	}
@@ -378,13 +418,13 @@ func planRearm(s *Settings, acct twilioapi.Account, ts []twilioapi.Trigger, epis
 // rearm carries out begun re-arms on acct. Failures are returned as
 // problems: an exception whose trigger could not be created is finished by
 // the next reconcile.
-func (b *Breaker) rearm(ctx context.Context, acct twilioapi.Account, s *Settings, plans []rearmPlan) ([]RearmedTrigger, []string) {
+func (ra *Reactivator) rearm(ctx context.Context, acct twilioapi.Account, s *Settings, plans []rearmPlan) ([]RearmedTrigger, []string) {
 	var (
 		out      []RearmedTrigger
 		problems []string
 	)
 	for _, p := range plans {
-		rt, err := b.rearmRule(ctx, acct, s, p)
+		rt, err := ra.rearmRule(ctx, acct, s, p)
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("re-arm %s: %v", p.rule.Name, err))
 			if rt.TriggerSID == "" {
@@ -398,9 +438,9 @@ func (b *Breaker) rearm(ctx context.Context, acct twilioapi.Account, s *Settings
 
 // rearmRule creates the "+allowance" trigger of a begun exception and
 // deletes the spent ones.
-func (b *Breaker) rearmRule(ctx context.Context, acct twilioapi.Account, s *Settings, p rearmPlan) (RearmedTrigger, error) {
+func (ra *Reactivator) rearmRule(ctx context.Context, acct twilioapi.Account, s *Settings, p rearmPlan) (RearmedTrigger, error) {
 	r, ex := p.rule, p.ex
-	t, err := b.createRearmed(ctx, acct, r, s, ex)
+	t, err := ra.createRearmed(ctx, acct, r, s, ex)
 	if err != nil {
 		return RearmedTrigger{}, fmt.Errorf("%w (the next reconcile retries)", err)
 	}
@@ -411,7 +451,7 @@ func (b *Breaker) rearmRule(ctx context.Context, acct twilioapi.Account, s *Sett
 		if o.SID == t.SID {
 			continue
 		}
-		if err := b.api.DeleteTrigger(ctx, acct.SID, o.SID); err != nil {
+		if err := ra.api.DeleteTrigger(ctx, acct.SID, o.SID); err != nil {
 			errs = append(errs, fmt.Sprintf("delete spent trigger %s: %v (the next reconcile deletes it)", o.SID, err))
 			continue
 		}
@@ -419,7 +459,7 @@ func (b *Breaker) rearmRule(ctx context.Context, acct twilioapi.Account, s *Sett
 			rt.Replaced = o.SID
 		}
 	}
-	b.log.Info("trigger re-armed", "account", acct.SID, "rule", r.Name, "period", ex.Period, "generation", ex.Generation,
+	ra.log.Info("trigger re-armed", "account", acct.SID, "rule", r.Name, "period", ex.Period, "generation", ex.Generation,
 		"trigger", t.SID, "value", rt.TriggerValue, "allowance", ex.Allowance, "replaced", rt.Replaced)
 	if len(errs) > 0 {
 		return rt, errors.New(strings.Join(errs, "; "))
@@ -428,15 +468,15 @@ func (b *Breaker) rearmRule(ctx context.Context, acct twilioapi.Account, s *Sett
 }
 
 // createRearmed creates the "+allowance" trigger of an exception and records it.
-func (b *Breaker) createRearmed(ctx context.Context, acct twilioapi.Account, r *rules.Rule, s *Settings, ex store.Rearm) (twilioapi.Trigger, error) {
+func (ra *Reactivator) createRearmed(ctx context.Context, acct twilioapi.Account, r *rules.Rule, s *Settings, ex store.Rearm) (twilioapi.Trigger, error) {
 	spec := s.Spec(r) // with the callback credentials, if any
 	spec.TriggerValue = "+" + ex.Allowance
-	t, err := b.api.CreateTrigger(ctx, acct.SID, spec)
+	t, err := ra.api.CreateTrigger(ctx, acct.SID, spec)
 	if err != nil {
 		return twilioapi.Trigger{}, fmt.Errorf("create trigger: %w", err)
 	}
-	b.m.Rearms.Inc()
-	if err := b.store.CompleteRearm(context.WithoutCancel(ctx), acct.SID, r.Name, ex.Period, ex.Generation, t.SID, t.TriggerValue.String()); err != nil {
+	ra.m.Rearms.Inc()
+	if err := ra.store.CompleteRearm(context.WithoutCancel(ctx), acct.SID, r.Name, ex.Period, ex.Generation, t.SID, t.TriggerValue.String()); err != nil {
 		return t, fmt.Errorf("record the re-armed trigger: %w", err)
 	}
 	return t, nil
@@ -446,13 +486,13 @@ func (b *Breaker) createRearmed(ctx context.Context, acct twilioapi.Account, r *
 // exceptions: while a rule's re-armed period lasts, the trigger the re-arm
 // created is what is wanted, not the rule's threshold. A re-arm that a crash
 // or a Twilio error interrupted is finished here.
-func (b *Breaker) applyRearms(ctx context.Context, acct twilioapi.Account, desired []twilioapi.TriggerSpec) ([]twilioapi.TriggerSpec, error) {
-	now := b.now()
-	open, err := b.store.OpenRearms(ctx, acct.SID, now)
+func (ra *Reactivator) applyRearms(ctx context.Context, acct twilioapi.Account, desired []twilioapi.TriggerSpec) ([]twilioapi.TriggerSpec, error) {
+	now := ra.now()
+	open, err := ra.store.OpenRearms(ctx, acct.SID, now)
 	if err != nil || len(open) == 0 {
 		return desired, err
 	}
-	s := b.settings.Load()
+	s := ra.settings.Load()
 	out := append([]twilioapi.TriggerSpec(nil), desired...)
 	for _, ex := range open {
 		r := s.Rules.Get(ex.Rule)
@@ -465,11 +505,11 @@ func (b *Breaker) applyRearms(ctx context.Context, acct twilioapi.Account, desir
 			}
 			value := ex.TriggerValue
 			if ex.TriggerSID == "" {
-				t, err := b.createRearmed(ctx, acct, r, s, ex)
+				t, err := ra.createRearmed(ctx, acct, r, s, ex)
 				if err != nil {
 					return nil, fmt.Errorf("finish the re-arm of %s: %w", r.Name, err)
 				}
-				b.log.Info("interrupted re-arm finished", "account", acct.SID, "rule", r.Name, "trigger", t.SID, "value", t.TriggerValue.String())
+				ra.log.Info("interrupted re-arm finished", "account", acct.SID, "rule", r.Name, "trigger", t.SID, "value", t.TriggerValue.String())
 				value = t.TriggerValue.String()
 			}
 			out[i].TriggerValue = value
@@ -480,29 +520,29 @@ func (b *Breaker) applyRearms(ctx context.Context, acct twilioapi.Account, desir
 
 // markRearmsRestored marks the exceptions of ended periods as restored: this
 // reconcile puts the rules' own thresholds back.
-func (b *Breaker) markRearmsRestored(ctx context.Context) {
-	if n, err := b.store.MarkRearmsRestored(ctx, b.now()); err != nil {
-		b.log.Warn("cannot mark ended re-arms", "err", err)
+func (ra *Reactivator) markRearmsRestored(ctx context.Context) {
+	if n, err := ra.store.MarkRearmsRestored(ctx, ra.now()); err != nil {
+		ra.log.Warn("cannot mark ended re-arms", "err", err)
 	} else if n > 0 {
-		b.log.Info("re-armed periods ended; restoring the rules' thresholds", "rearms", n)
+		ra.log.Info("re-armed periods ended; restoring the rules' thresholds", "rearms", n)
 	}
 }
 
 // workReactivate is the worker of a rule's scheduled reactivation.
-func (b *Breaker) workReactivate(ctx context.Context, a store.Action) Result {
-	inc, err := b.store.Incident(ctx, a.IncidentID)
+func (ra *Reactivator) workReactivate(ctx context.Context, a store.Action) Result {
+	inc, err := ra.store.Incident(ctx, a.IncidentID)
 	if err != nil {
 		return Retry(fmt.Errorf("read incident: %w", err))
 	}
-	log := b.log.With("incident", inc.ID, "rule", inc.Rule, "account", inc.AccountSID, "account_name", inc.AccountName)
-	r := b.Rule(inc.Rule)
+	log := ra.log.With("incident", inc.ID, "rule", inc.Rule, "account", inc.AccountSID, "account_name", inc.AccountName)
+	r := ra.settings.Load().Rules.Get(inc.Rule)
 	if r == nil || r.Reactivate == nil {
 		why := fmt.Sprintf("rule %q no longer has a reactivate policy; the account stays suspended until a person reactivates it", inc.Rule)
 		log.Warn("scheduled reactivation skipped", "why", why)
 		return Done(OutcomeSkipped, why)
 	}
 	policy := r.Reactivate.String()
-	res, err := b.Reactivate(ctx, ReactivateRequest{AccountSID: inc.AccountSID, IncidentID: inc.ID, Via: store.ViaScheduled,
+	res, err := ra.Reactivate(ctx, ReactivateRequest{AccountSID: inc.AccountSID, IncidentID: inc.ID, Via: store.ViaScheduled,
 		Actor: "rule " + r.Name, Reason: "scheduled: reactivate " + policy})
 	var refused *RefusedError
 	switch {
@@ -516,33 +556,11 @@ func (b *Breaker) workReactivate(ctx context.Context, a store.Action) Result {
 		return Done(OutcomeSkipped, refused.Reason)
 	case err != nil && (twilioapi.IsRetryable(err) || !twilioapi.IsPermanent(err)):
 		log.Warn("scheduled reactivation failed, will retry", "attempt", a.Attempts+1, "err", err)
-		b.m.ActionAttemptErrors.WithLabelValues(string(a.Kind)).Inc()
+		ra.m.ActionAttemptErrors.WithLabelValues(string(a.Kind)).Inc()
 		return Retry(err)
 	case err != nil:
 		log.Error("scheduled reactivation failed for good", "err", err)
 		return Fail(err)
 	}
 	return Done(OutcomeReactivated, describeRearm(res))
-}
-
-// RunOperator does the periodic work of these features until ctx ends:
-// when a re-armed period has ended it asks for a reconcile (which restores
-// the rule's threshold), and it keeps the guard gauge current.
-func (b *Breaker) RunOperator(ctx context.Context, every time.Duration) {
-	if every <= 0 {
-		every = 15 * time.Second
-	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	b.refreshOperatorGauges(ctx)
-	for {
-		if n, err := b.store.CountExpiredRearms(ctx, b.now()); err == nil && n > 0 {
-			b.requestReconcile()
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }

@@ -47,9 +47,45 @@ type ReconcileResult struct {
 // Err joins the per-account errors, or nil.
 func (r ReconcileResult) Err() error { return errors.Join(r.Errors...) }
 
+// Reconciler keeps every subaccount's owned Usage Triggers as the rules want
+// them (Reconcile), remembers what it left (LastReconcile, LastCoverage in
+// coverage.go) and holds too many deletions for a person (deletehold.go).
+type Reconciler struct {
+	common
+	api       reconcileAPI  // the callback memo over the Twilio API
+	callbacks *callbackMemo // which CallbackUrl this process set on each trigger (callbackauth.go)
+	rearms    rearmer       // the Reactivator: re-armed triggers stay while their period lasts
+	fanout    int           // subaccounts worked on at once
+
+	reconcileMu sync.Mutex // never two reconciles at once
+	lastRecon   atomic.Pointer[ReconcileResult]
+	holds       deleteHold // trigger deletions held for a person (deletehold.go)
+	// suspended subaccount SID -> the callback URLs its owned triggers were
+	// last brought up to date with: listed again only when they change (a
+	// basic_auth password, public_url) or after a restart.
+	suspendedURLs sync.Map
+}
+
+// reconcileAPI is the part of the Twilio API the reconciler uses.
+type reconcileAPI interface {
+	ParentSID() string
+	ListSubaccounts(ctx context.Context) ([]twilioapi.Account, error)
+	ListTriggers(ctx context.Context, accountSID string) ([]twilioapi.Trigger, error)
+	CreateTrigger(ctx context.Context, accountSID string, spec twilioapi.TriggerSpec) (twilioapi.Trigger, error)
+	UpdateTrigger(ctx context.Context, accountSID, triggerSID string, upd twilioapi.TriggerUpdate) (twilioapi.Trigger, error)
+	DeleteTrigger(ctx context.Context, accountSID, triggerSID string) error
+}
+
+// rearmer is what the reconciler needs of reactivation (reactivate.go): a
+// reconcile ends the re-arms of past periods and keeps the others.
+type rearmer interface {
+	markRearmsRestored(ctx context.Context)
+	applyRearms(ctx context.Context, acct twilioapi.Account, desired []twilioapi.TriggerSpec) ([]twilioapi.TriggerSpec, error)
+}
+
 // LastReconcile returns the last finished reconcile, if any.
-func (b *Breaker) LastReconcile() (ReconcileResult, bool) {
-	r := b.lastRecon.Load()
+func (rc *Reconciler) LastReconcile() (ReconcileResult, bool) {
+	r := rc.lastRecon.Load()
 	if r == nil {
 		return ReconcileResult{}, false
 	}
@@ -59,12 +95,12 @@ func (b *Breaker) LastReconcile() (ReconcileResult, bool) {
 // RefreshAccounts lists the subaccounts into the account cache, as a
 // reconcile does, and changes nothing at Twilio: a replica that does not
 // reconcile keeps the list its callbacks are verified against current.
-func (b *Breaker) RefreshAccounts(ctx context.Context) error {
-	subs, err := b.api.ListSubaccounts(ctx)
+func (rc *Reconciler) RefreshAccounts(ctx context.Context) error {
+	subs, err := rc.api.ListSubaccounts(ctx)
 	if err != nil {
 		return fmt.Errorf("list subaccounts: %w", err)
 	}
-	b.accounts.Replace(subs)
+	rc.accounts.Replace(subs)
 	return nil
 }
 
@@ -87,26 +123,26 @@ func (b *Breaker) RefreshAccounts(ctx context.Context) error {
 // Calls are serialised: a Reconcile waits for one in progress to finish. A
 // failure to list subaccounts is returned as the error; per-account problems
 // are in the result and the error, and do not stop other accounts.
-func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
-	b.reconcileMu.Lock()
-	defer b.reconcileMu.Unlock()
+func (rc *Reconciler) Reconcile(ctx context.Context) (ReconcileResult, error) {
+	rc.reconcileMu.Lock()
+	defer rc.reconcileMu.Unlock()
 
-	s := b.settings.Load()
-	res := ReconcileResult{Started: b.now(), Managed: map[string]int{}, Matched: map[string]int{}}
+	s := rc.settings.Load()
+	res := ReconcileResult{Started: rc.now(), Managed: map[string]int{}, Matched: map[string]int{}}
 	start := time.Now()
 	done := func() {
 		res.Duration = time.Since(start)
-		b.m.ReconcileDuration.Observe(res.Duration.Seconds())
+		rc.m.ReconcileDuration.Observe(res.Duration.Seconds())
 	}
 
-	subs, err := b.api.ListSubaccounts(ctx)
+	subs, err := rc.api.ListSubaccounts(ctx)
 	if err != nil {
 		done()
-		b.m.ReconcileErrors.Inc()
+		rc.m.ReconcileErrors.Inc()
 		return res, fmt.Errorf("reconcile: list subaccounts: %w", err)
 	}
-	b.markRearmsRestored(ctx) // re-arms of ended periods: this reconcile restores the rule's threshold
-	b.accounts.Replace(subs)
+	rc.rearms.markRearmsRestored(ctx) // re-arms of ended periods: this reconcile restores the rule's threshold
+	rc.accounts.Replace(subs)
 	res.Subaccounts = len(subs)
 	cov := newCoverage(res.Started, s.Rules, subs, rules.OwnedPrefix(s.Instance))
 
@@ -145,16 +181,16 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 			wants[string(matched)] = want
 		}
 		if a.Status == twilioapi.StatusSuspended {
-			if len(want) > 0 && a.SID != b.api.ParentSID() {
-				if fp, ok := b.suspendedURLs.Load(a.SID); !ok || fp != urlsOf(want) {
+			if len(want) > 0 && a.SID != rc.api.ParentSID() {
+				if fp, ok := rc.suspendedURLs.Load(a.SID); !ok || fp != urlsOf(want) {
 					jobs = append(jobs, job{a, want, true})
 				}
 			} else {
-				b.suspendedURLs.Delete(a.SID)
+				rc.suspendedURLs.Delete(a.SID)
 			}
 			continue
 		}
-		b.suspendedURLs.Delete(a.SID) // active: reconciled in full
+		rc.suspendedURLs.Delete(a.SID) // active: reconciled in full
 		anyMatch = anyMatch || len(want) > 0
 		jobs = append(jobs, job{a, want, false})
 		res.Active++
@@ -177,11 +213,11 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 			cov.add(pa.acct.SID, ar, err)
 		}
 		if err == nil && pa.suspended {
-			b.suspendedURLs.Store(pa.acct.SID, pa.urls)
+			rc.suspendedURLs.Store(pa.acct.SID, pa.urls)
 		}
 		if err != nil {
 			if pa.suspended && refusedForSuspended(err) {
-				b.log.Warn("cannot update the callback URLs of a suspended subaccount's triggers; "+
+				rc.log.Warn("cannot update the callback URLs of a suspended subaccount's triggers; "+
 					"the first reconcile after it is reactivated does", "account", pa.acct.SID, "account_name", pa.acct.FriendlyName, "err", err)
 			} else {
 				res.Errors = append(res.Errors, err)
@@ -198,19 +234,19 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 		next     = make(chan job)
 		prepared []*preparedAccount
 	)
-	workers := min(b.fanout, max(len(jobs), 1))
+	workers := min(rc.fanout, max(len(jobs), 1))
 	for i := 0; i < workers; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for j := range next {
-				pa, err := b.prepareAccount(ctx, j.acct, j.desired, prefix, j.suspended)
+				pa, err := rc.prepareAccount(ctx, j.acct, j.desired, prefix, j.suspended)
 				var ar accountResult
 				acted := err == nil && pa != nil && len(pa.plan.disarm) == 0
 				if acted {
 					// holdDisarm: a deletion that appears on a re-plan waits
 					// for the next reconcile's decision.
-					ar, err = b.executeAccount(ctx, pa, prefix, true)
+					ar, err = rc.executeAccount(ctx, pa, prefix, true)
 				}
 				mu.Lock()
 				switch {
@@ -246,19 +282,19 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 			disarmNames[t.FriendlyName] = true
 		}
 	}
-	hold, why := b.holdDecision(s, disarm, res.Active > 0 && !anyMatch)
+	hold, why := rc.holdDecision(s, disarm, res.Active > 0 && !anyMatch)
 	if hold {
 		res.HeldDeletes, res.HeldRules, res.HeldWhy = disarm, ruleNamesOf(disarmNames, prefix), why
 	}
 
 	// The second pass: the plans that delete, with the hold decided.
 	pending := make(chan *preparedAccount)
-	for i := 0; i < min(b.fanout, max(len(prepared), 1)); i++ {
+	for i := 0; i < min(rc.fanout, max(len(prepared), 1)); i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for pa := range pending {
-				ar, err := b.executeAccount(ctx, pa, prefix, hold)
+				ar, err := rc.executeAccount(ctx, pa, prefix, hold)
 				mu.Lock()
 				collect(pa, ar, err)
 				mu.Unlock()
@@ -276,30 +312,30 @@ func (b *Breaker) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	sort.Slice(res.Errors, func(i, j int) bool { return res.Errors[i].Error() < res.Errors[j].Error() })
 
 	// The gauges show every current rule, 0 where no account matches.
-	b.m.ManagedTriggers.Reset()
-	b.m.RuleMatched.Reset()
+	rc.m.ManagedTriggers.Reset()
+	rc.m.RuleMatched.Reset()
 	for _, r := range s.Rules.Rules {
-		b.m.ManagedTriggers.WithLabelValues(r.Name).Set(float64(res.Managed[r.Name]))
-		b.m.RuleMatched.WithLabelValues(r.Name).Set(float64(res.Matched[r.Name]))
+		rc.m.ManagedTriggers.WithLabelValues(r.Name).Set(float64(res.Managed[r.Name]))
+		rc.m.RuleMatched.WithLabelValues(r.Name).Set(float64(res.Matched[r.Name]))
 		if res.Matched[r.Name] == 0 {
-			b.log.Warn("rule matches no active subaccount: it guards nothing", "rule", r.Name,
+			rc.log.Warn("rule matches no active subaccount: it guards nothing", "rule", r.Name,
 				"include", r.Include, "exclude", r.Exclude, "active_subaccounts", res.Active)
 		}
 	}
-	b.recordHold(res.HeldDeletes, res.HeldRules)
+	rc.recordHold(res.HeldDeletes, res.HeldRules)
 	if hold {
-		b.log.Error("trigger deletions HELD: a person must release them (usagebreaker release deletes) or fix the rules",
+		rc.log.Error("trigger deletions HELD: a person must release them (usagebreaker release deletes) or fix the rules",
 			"held", res.HeldDeletes, "rules", res.HeldRules, "why", why, "max_deletes", s.MaxDeletes)
-		b.pageHold(ctx, s, res.HeldDeletes, res.HeldRules, why)
+		rc.pageHold(ctx, s, res.HeldDeletes, res.HeldRules, why)
 	}
 	done()
 	if len(res.Errors) == 0 {
-		b.m.ReconcileLastOK.Set(float64(b.now().Unix()))
+		rc.m.ReconcileLastOK.Set(float64(rc.now().Unix()))
 	} else {
-		b.m.ReconcileErrors.Inc()
+		rc.m.ReconcileErrors.Inc()
 	}
 	res.Coverage = cov.done()
-	b.lastRecon.Store(&res)
+	rc.lastRecon.Store(&res)
 	return res, res.Err()
 }
 
@@ -445,8 +481,8 @@ type preparedAccount struct {
 
 // triggerGen is the number of times something other than the reconciler
 // changed the account's triggers in this process (touchTriggers).
-func (b *Breaker) triggerGen(sid string) uint64 {
-	if v, ok := b.trigGens.Load(sid); ok {
+func (c common) triggerGen(sid string) uint64 {
+	if v, ok := c.trigGens.Load(sid); ok {
 		return v.(*atomic.Uint64).Load()
 	}
 	return 0
@@ -454,18 +490,18 @@ func (b *Breaker) triggerGen(sid string) uint64 {
 
 // touchTriggers notes that the account's triggers were changed outside the
 // reconciler (a re-arm), so a plan made before is made again.
-func (b *Breaker) touchTriggers(sid string) {
-	v, _ := b.trigGens.LoadOrStore(sid, new(atomic.Uint64))
+func (c common) touchTriggers(sid string) {
+	v, _ := c.trigGens.LoadOrStore(sid, new(atomic.Uint64))
 	v.(*atomic.Uint64).Add(1)
 }
 
 // prepareAccount lists the account's triggers and plans.
-func (b *Breaker) prepareAccount(ctx context.Context, acct twilioapi.Account, desired []twilioapi.TriggerSpec, prefix string, suspended bool) (*preparedAccount, error) {
-	pa := &preparedAccount{acct: acct, desired: desired, suspended: suspended, gen: b.triggerGen(acct.SID)}
-	if err := b.planAccount(ctx, pa, prefix); err != nil {
+func (rc *Reconciler) prepareAccount(ctx context.Context, acct twilioapi.Account, desired []twilioapi.TriggerSpec, prefix string, suspended bool) (*preparedAccount, error) {
+	pa := &preparedAccount{acct: acct, desired: desired, suspended: suspended, gen: rc.triggerGen(acct.SID)}
+	if err := rc.planAccount(ctx, pa, prefix); err != nil {
 		err = fmt.Errorf("account %s (%q): %w", acct.SID, acct.FriendlyName, err)
 		if suspended && refusedForSuspended(err) {
-			b.log.Warn("cannot read a suspended subaccount's triggers to update their callback URLs; "+
+			rc.log.Warn("cannot read a suspended subaccount's triggers to update their callback URLs; "+
 				"the first reconcile after it is reactivated does", "account", acct.SID, "account_name", acct.FriendlyName, "err", err)
 			return nil, nil
 		}
@@ -475,25 +511,25 @@ func (b *Breaker) prepareAccount(ctx context.Context, acct twilioapi.Account, de
 }
 
 // planAccount lists pa's triggers and plans what it needs.
-func (b *Breaker) planAccount(ctx context.Context, pa *preparedAccount, prefix string) error {
+func (rc *Reconciler) planAccount(ctx context.Context, pa *preparedAccount, prefix string) error {
 	desired := pa.desired
 	if !pa.suspended {
 		var err error
-		desired, err = b.applyRearms(ctx, pa.acct, desired) // a re-armed trigger stays while its period lasts
+		desired, err = rc.rearms.applyRearms(ctx, pa.acct, desired) // a re-armed trigger stays while its period lasts
 		if err != nil {
 			return err
 		}
 	}
-	existing, err := b.api.ListTriggers(ctx, pa.acct.SID)
+	existing, err := rc.api.ListTriggers(ctx, pa.acct.SID)
 	if err != nil {
 		return fmt.Errorf("list triggers: %w", err)
 	}
 	pa.count = len(existing)
 	if pa.suspended {
 		pa.urls = urlsOf(desired)
-		pa.plan = planURLs(b.callbacks.adopt(existing, desired), desired, prefix)
+		pa.plan = planURLs(rc.callbacks.adopt(existing, desired), desired, prefix)
 	} else {
-		pa.plan = planAccount(b.callbacks.adopt(existing, desired), desired, prefix)
+		pa.plan = planAccount(rc.callbacks.adopt(existing, desired), desired, prefix)
 	}
 	return nil
 }
@@ -523,13 +559,13 @@ func planURLs(existing []twilioapi.Trigger, desired []twilioapi.TriggerSpec, pre
 
 // executeAccount carries out a prepared plan; holdDisarm keeps the owned
 // triggers no longer wanted (the deletions are held).
-func (b *Breaker) executeAccount(ctx context.Context, pa *preparedAccount, prefix string, holdDisarm bool) (accountResult, error) {
+func (rc *Reconciler) executeAccount(ctx context.Context, pa *preparedAccount, prefix string, holdDisarm bool) (accountResult, error) {
 	res := accountResult{managed: map[string]int{}}
-	unlock := b.locks.lock(pa.acct.SID) // not while a reactivation re-arms it, nor while an action acts on it
+	unlock := rc.locks.lock(pa.acct.SID) // not while a reactivation re-arms it, nor while an action acts on it
 	defer unlock()
-	if b.triggerGen(pa.acct.SID) != pa.gen {
+	if rc.triggerGen(pa.acct.SID) != pa.gen {
 		// Re-armed since the first pass: plan on what the account has now.
-		if err := b.planAccount(ctx, pa, prefix); err != nil {
+		if err := rc.planAccount(ctx, pa, prefix); err != nil {
 			return res, fmt.Errorf("account %s (%q): %w", pa.acct.SID, pa.acct.FriendlyName, err)
 		}
 	}
@@ -542,11 +578,11 @@ func (b *Breaker) executeAccount(ctx context.Context, pa *preparedAccount, prefi
 		p.disarm = nil
 	}
 	var errs []error
-	log := b.log.With("account", acct.SID, "account_name", acct.FriendlyName)
+	log := rc.log.With("account", acct.SID, "account_name", acct.FriendlyName)
 
 	count := pa.count
 	for _, t := range append(p.deleteUnwanted, p.disarm...) {
-		if err := b.api.DeleteTrigger(ctx, acct.SID, t.SID); err != nil {
+		if err := rc.api.DeleteTrigger(ctx, acct.SID, t.SID); err != nil {
 			errs = append(errs, fmt.Errorf("delete trigger %s (%s): %w", t.SID, t.FriendlyName, err))
 			continue
 		}
@@ -556,7 +592,7 @@ func (b *Breaker) executeAccount(ctx context.Context, pa *preparedAccount, prefi
 	}
 	p.countKept(&res)
 	for _, u := range p.updates {
-		if _, err := b.api.UpdateTrigger(ctx, acct.SID, u.old.SID, u.upd); err != nil {
+		if _, err := rc.api.UpdateTrigger(ctx, acct.SID, u.old.SID, u.upd); err != nil {
 			errs = append(errs, fmt.Errorf("update trigger %s (%s): %w", u.old.SID, u.old.FriendlyName, err))
 			res.managed[u.old.FriendlyName]++ // the old one still guards the account
 			res.covered(u.old.FriendlyName, CoverDrifted)
@@ -576,7 +612,7 @@ func (b *Breaker) executeAccount(ctx context.Context, pa *preparedAccount, prefi
 			res.coveredAfterFailedCreate(spec.FriendlyName, len(olds))
 			continue
 		}
-		t, err := b.api.CreateTrigger(ctx, acct.SID, spec)
+		t, err := rc.api.CreateTrigger(ctx, acct.SID, spec)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("create trigger %s: %w", spec.FriendlyName, err))
 			res.managed[spec.FriendlyName] += len(olds) // the old ones, if any, stay until a create succeeds
@@ -590,7 +626,7 @@ func (b *Breaker) executeAccount(ctx context.Context, pa *preparedAccount, prefi
 		log.Info("trigger created", "trigger", t.SID, "name", spec.FriendlyName, "category", spec.UsageCategory,
 			"trigger_by", spec.TriggerBy, "recurring", spec.Recurring, "value", spec.TriggerValue, "replaces", len(olds))
 		for _, old := range olds {
-			if err := b.api.DeleteTrigger(ctx, acct.SID, old.SID); err != nil {
+			if err := rc.api.DeleteTrigger(ctx, acct.SID, old.SID); err != nil {
 				errs = append(errs, fmt.Errorf("delete replaced trigger %s (%s): %w", old.SID, old.FriendlyName, err))
 				continue
 			}

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/usagebreaker/usagebreaker/internal/decimal"
@@ -128,7 +126,7 @@ func (b *Breaker) acceptStep(ctx context.Context, r *rules.Rule, acct twilioapi.
 func (b *Breaker) checkVelocity(ctx context.Context, r *rules.Rule, acctSID, acctName string, source store.Source) (AcceptResult, bool, error) {
 	unlock := b.velocityLocks.lock(acctSID)
 	defer unlock()
-	after, err := b.velocityBoundary(ctx, r.Name, acctSID)
+	after, err := velocityBoundary(ctx, b.store, r.Name, acctSID)
 	if err != nil {
 		return AcceptResult{}, false, err
 	}
@@ -179,11 +177,16 @@ func (b *Breaker) checkVelocity(ctx context.Context, r *rules.Rule, acctSID, acc
 	return res, !res.Duplicate, nil
 }
 
+// incidentLister is the store read velocityBoundary needs.
+type incidentLister interface {
+	ListIncidents(ctx context.Context, f store.IncidentFilter) ([]store.Incident, error)
+}
+
 // velocityBoundary is the time up to which the evidence of rule on the
 // account was counted: the DateFired of its latest velocity incident (zero
 // if none).
-func (b *Breaker) velocityBoundary(ctx context.Context, rule, acctSID string) (time.Time, error) {
-	incs, err := b.store.ListIncidents(ctx, store.IncidentFilter{Rule: rule, AccountSID: acctSID, Limit: 1})
+func velocityBoundary(ctx context.Context, st incidentLister, rule, acctSID string) (time.Time, error) {
+	incs, err := st.ListIncidents(ctx, store.IncidentFilter{Rule: rule, AccountSID: acctSID, Limit: 1})
 	if err != nil {
 		return time.Time{}, fmt.Errorf("read incidents: %w", err)
 	}
@@ -389,108 +392,4 @@ func planVelocity(p *plan, cands []twilioapi.Trigger, spec twilioapi.TriggerSpec
 // isStepSpec reports whether spec is a velocity step ("+N", non-recurring).
 func isStepSpec(spec twilioapi.TriggerSpec) bool {
 	return strings.HasPrefix(spec.TriggerValue, "+") && twilioapi.SameRecurring(spec.Recurring, "")
-}
-
-// The polling fallback for velocity rules.
-//
-// The poller keeps, in memory, the readings of each (velocity rule,
-// subaccount) it polled within the rule's within: the all-time value and its
-// time (the record's as_of when Twilio gives one, else the breaker's clock).
-// A reading whose value is at least amount above an earlier one in the
-// window trips the rule, with the period "velocity:{time of that earlier
-// reading}" (the latest such one). The readings are not kept across restarts
-// (nor handed to another replica): after a start the first poll is a
-// baseline. The callbacks are the fast path; polls catch what they lost, at
-// the resolution of the poll schedule.
-
-// velocityReading is one polled all-time value.
-type velocityReading struct {
-	at    time.Time
-	value decimal.Decimal
-}
-
-type velocityReadings struct {
-	mu sync.Mutex
-	m  map[string][]velocityReading // rule + "\x00" + account SID
-}
-
-// add records a reading and returns the window's readings (oldest first),
-// dropping those older than within before it or not after boundary.
-func (vr *velocityReadings) add(rule, acct string, rd velocityReading, within time.Duration, boundary time.Time) []velocityReading {
-	vr.mu.Lock()
-	defer vr.mu.Unlock()
-	if vr.m == nil {
-		vr.m = map[string][]velocityReading{}
-	}
-	key := rule + "\x00" + acct
-	var keep []velocityReading
-	for _, r := range append(vr.m[key], rd) {
-		if rd.at.Sub(r.at) <= within && r.at.After(boundary) && !r.at.After(rd.at) {
-			keep = append(keep, r)
-		}
-	}
-	sort.SliceStable(keep, func(i, j int) bool { return keep[i].at.Before(keep[j].at) })
-	vr.m[key] = keep
-	return append([]velocityReading(nil), keep...)
-}
-
-// pollVelocity checks a velocity rule on one subaccount from the step
-// firings (as the callbacks would) and from the growth between polls.
-func (b *Breaker) pollVelocity(ctx context.Context, acct twilioapi.Account, r *rules.Rule, rec twilioapi.UsageRecord, now time.Time) (over, opened, known int, err error) {
-	if _, newInc, err := b.checkVelocity(ctx, r, acct.SID, acct.FriendlyName, store.SourcePoll); err != nil {
-		return 0, 0, 0, fmt.Errorf("poll %s rule %s: %w", acct.SID, r.Name, err)
-	} else if newInc {
-		return 1, 1, 0, nil
-	}
-	at := rec.AsOf
-	if at.IsZero() {
-		at = now
-	}
-	value := rec.Value(r.TriggerBy)
-	unlock := b.velocityLocks.lock(acct.SID)
-	defer unlock()
-	boundary, err := b.velocityBoundary(ctx, r.Name, acct.SID)
-	if err != nil {
-		return 0, 0, 0, fmt.Errorf("poll %s rule %s: %w", acct.SID, r.Name, err)
-	}
-	win := b.velReadings.add(r.Name, acct.SID, velocityReading{at: at.UTC(), value: value}, r.Velocity.Within, boundary)
-	var base velocityReading
-	found := false
-	for _, rd := range win[:len(win)-1] {
-		if value.Sub(rd.value).Cmp(r.Velocity.Amount) >= 0 {
-			base, found = rd, true // the latest qualifying: the tightest window
-		}
-	}
-	if !found {
-		return 0, 0, 0, nil
-	}
-	growth := value.Sub(base.value)
-	period := VelocityPeriod(base.at)
-	res, err := b.record(ctx, nil, store.Firing{
-		Source:           store.SourcePoll,
-		IdempotencyToken: PollToken(r.Name, acct.SID, period),
-		Rule:             r.Name,
-		AccountSID:       acct.SID,
-		AccountName:      acct.FriendlyName,
-		Period:           period,
-		UsageCategory:    r.UsageCategory,
-		TriggerBy:        r.TriggerBy,
-		TriggerValue:     r.Velocity.Amount.String(),
-		CurrentValue:     growth.String(),
-		DateFired:        at.UTC().Format(time.RFC1123Z),
-		Action:           r.Action,
-		DryRun:           r.DryRun,
-		ReceivedAt:       now,
-		Actions:          b.ActionKinds(r),
-	})
-	if err != nil {
-		return 1, 0, 0, fmt.Errorf("poll %s rule %s: %w", acct.SID, r.Name, err)
-	}
-	if res.Duplicate {
-		return 1, 0, 1, nil
-	}
-	b.log.Warn("poll found velocity growth with no incident yet; opened one", "incident", res.Incident.ID, "rule", r.Name,
-		"account", acct.SID, "account_name", acct.FriendlyName, "period", period, "growth", growth.String(),
-		"over", at.Sub(base.at), "amount", r.Velocity.Amount.String(), "within", r.Velocity.Within)
-	return 1, 1, 0, nil
 }

@@ -104,7 +104,7 @@ func newVelEnv(t *testing.T, ruleText string) *velEnv {
 	t.Cleanup(func() { cbSrv.Close() })
 
 	e.sub = sim.CreateSubaccount("tenant-acme")
-	if _, err := e.b.Reconcile(ctx); err != nil {
+	if _, err := e.b.Reconciler().Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
 	return e
@@ -305,7 +305,7 @@ func TestVelocityBurstTrips(t *testing.T) {
 	if err != nil || !res.Duplicate {
 		t.Fatalf("repeat: %+v, %v", res, err)
 	}
-	if _, err := e.b.Poll(e.ctx); err != nil {
+	if _, err := e.b.Poller().Poll(e.ctx); err != nil {
 		t.Fatal(err)
 	}
 	if incs := e.incidents(); len(incs) != 1 {
@@ -362,7 +362,7 @@ func TestVelocityReconcileRestoresStep(t *testing.T) {
 	if ts := e.steps(); len(ts) != 1 || ts[0].DateFired == nil {
 		t.Fatalf("want the spent step only: %+v", ts)
 	}
-	if _, err := e.b.Reconcile(e.ctx); err != nil {
+	if _, err := e.b.Reconciler().Reconcile(e.ctx); err != nil {
 		t.Fatal(err)
 	}
 	restored := e.oneLiveStep()
@@ -378,7 +378,7 @@ func TestVelocityReconcileRestoresStep(t *testing.T) {
 		t.Fatalf("the re-arm created %d triggers; it must adopt the restored step", n-creates)
 	}
 	// A second reconcile keeps the live step as it is.
-	res, err := e.b.Reconcile(e.ctx)
+	res, err := e.b.Reconciler().Reconcile(e.ctx)
 	if err != nil || res.Created != 0 || res.Deleted != 0 || res.Unchanged != 1 {
 		t.Fatalf("reconcile: %+v, %v", res, err)
 	}
@@ -395,7 +395,7 @@ func TestVelocityPollFallback(t *testing.T) {
 	}
 	poll := func() PollResult {
 		t.Helper()
-		res, err := e.b.Poll(e.ctx)
+		res, err := e.b.Poller().Poll(e.ctx)
 		if err != nil {
 			t.Fatal(err)
 		}

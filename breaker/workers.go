@@ -30,7 +30,7 @@ func (b *Breaker) worker(kind store.ActionKind) Worker {
 	case kind == store.ActionEndCalls:
 		return WorkerFunc(b.workEndCalls)
 	case kind == store.ActionReactivate:
-		return WorkerFunc(b.workReactivate)
+		return WorkerFunc(b.reactivator.workReactivate)
 	case kind == store.ActionRearmStep:
 		return WorkerFunc(b.workRearmStep)
 	case strings.HasPrefix(string(kind), store.KindNotifyPrefix):

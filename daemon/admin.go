@@ -58,7 +58,7 @@ func (d *Daemon) adminMux() http.Handler {
 	mux.Handle("POST /api/v1/reconcile/release", d.authed(func(w http.ResponseWriter, r *http.Request) {
 		// The trigger deletions a reconcile held (reconcile.max_deletes,
 		// allow_disarm); the reconcile that deletes them starts now.
-		writeJSON(w, http.StatusOK, map[string]int{"released": d.br.ReleaseDeletes()})
+		writeJSON(w, http.StatusOK, map[string]int{"released": d.br.Reconciler().ReleaseDeletes()})
 	}))
 	d.operatorRoutes(mux) // reactivate, guard release (reactivation.go)
 	d.consoleRoutes(mux)  // the operator console at /ui/ (console.go)

@@ -103,7 +103,7 @@ func (b *consoleBackend) Overview(ctx context.Context) (console.Overview, error)
 		Replicas:     b.replicas(ctx),
 		PollSchedule: cfg.Poll.Schedule,
 	}
-	if r, ok := d.br.LastReconcile(); ok {
+	if r, ok := d.br.Reconciler().LastReconcile(); ok {
 		run := &console.Run{Started: r.Started, Duration: r.Duration, Summary: fmt.Sprintf(
 			"%d subaccounts, %d active: %d triggers created, %d updated, %d deleted, %d unchanged",
 			r.Subaccounts, r.Active, r.Created, r.Updated, r.Deleted, r.Unchanged)}
@@ -185,7 +185,7 @@ func (b *consoleBackend) guardSummary(ctx context.Context) (console.GuardSummary
 }
 
 func (b *consoleBackend) Coverage(ctx context.Context) (console.CoverageView, error) {
-	c, ok := b.d.br.LastCoverage()
+	c, ok := b.d.br.Reconciler().LastCoverage()
 	if !ok {
 		return console.CoverageView{}, nil
 	}

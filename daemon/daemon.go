@@ -473,13 +473,13 @@ func (d *Daemon) reconcileOnce(ctx context.Context) {
 	if !leading {
 		// Another replica reconciles; this one keeps its list of
 		// subaccounts current for the callbacks it verifies.
-		if err := d.br.RefreshAccounts(ctx); err != nil && ctx.Err() == nil {
+		if err := d.br.Reconciler().RefreshAccounts(ctx); err != nil && ctx.Err() == nil {
 			d.log.Warn("cannot list the subaccounts", "err", err)
 		}
 		return
 	}
 	n := d.reconcileStarting()
-	res, err := d.br.Reconcile(ctx)
+	res, err := d.br.Reconciler().Reconcile(ctx)
 	d.reconcileFinished(n, err)
 	if err != nil {
 		d.reconcileRuns.WithLabelValues("error").Inc()
@@ -554,7 +554,7 @@ func (d *Daemon) disarmable(cfg *config.Config) error {
 	if cfg.AllowDisarm {
 		return nil
 	}
-	if disarm, active, owned := d.br.WouldDisarm(cfg.Rules); disarm {
+	if disarm, active, owned := d.br.Reconciler().WouldDisarm(cfg.Rules); disarm {
 		return fmt.Errorf("the new rules match none of the %d active subaccounts: the reconcile would delete the %d triggers "+
 			"this instance owns (as of the last reconcile) and guard nothing; set allow_disarm: true to disarm on purpose", active, owned)
 	}

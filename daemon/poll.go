@@ -13,7 +13,7 @@ import (
 	"github.com/usagebreaker/usagebreaker/config"
 )
 
-// poller runs the usage polling fallback (breaker.Poll): after the first
+// poller runs the usage polling fallback (breaker.Poller): after the first
 // reconcile, on poll.schedule, and on POST /api/v1/poll. Requests made while a
 // poll runs coalesce into one more poll afterwards.
 type poller struct {
@@ -107,7 +107,7 @@ func (d *Daemon) pollOnce(ctx context.Context) {
 		return // another replica polls
 	}
 	p := d.bg.poll
-	res, err := d.br.Poll(ctx)
+	res, err := d.br.Poller().Poll(ctx)
 	p.last.Store(&res)
 	p.duration.Observe(res.Duration.Seconds())
 	attrs := []any{"subaccounts", res.Subaccounts, "polled", res.Polled, "reads", res.Reads, "over_threshold", res.Over,

@@ -168,7 +168,7 @@ func (d *Daemon) reactivateAccount(ctx context.Context, sid, reason, who string)
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ReactivateTimeout)
 	defer cancel()
-	res, err := d.br.Reactivate(ctx, breaker.ReactivateRequest{AccountSID: sid, Reason: reason, Actor: who, Via: store.ViaManual})
+	res, err := d.br.Reactivator().Reactivate(ctx, breaker.ReactivateRequest{AccountSID: sid, Reason: reason, Actor: who, Via: store.ViaManual})
 	var refused *breaker.RefusedError
 	switch {
 	case errors.As(err, &refused):

@@ -77,7 +77,7 @@ func TestReconcileSteadyStateAtScale(t *testing.T) {
 	b := breaker.New(breaker.Options{API: api, Store: st, Fanout: 10,
 		Settings: breaker.Settings{Instance: "scale", PublicURL: "https://breaker.example.com", Rules: set}})
 
-	cold, err := b.Reconcile(context.Background())
+	cold, err := b.Reconciler().Reconcile(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +85,7 @@ func TestReconcileSteadyStateAtScale(t *testing.T) {
 		t.Fatalf("cold reconcile: %+v", cold)
 	}
 	before := sim.Requests()
-	steady, err := b.Reconcile(context.Background())
+	steady, err := b.Reconciler().Reconcile(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
