@@ -41,7 +41,7 @@ func (e *env) postJSON(path, body string) (int, string) {
 // taken once, who and why are shown by /api/v1/incidents, and the daemon
 // acts on it at once.
 func TestApprovalThroughTheAdminAPI(t *testing.T) {
-	e := startRel(t, []string{"tenant-a", "tenant-b"}, approvalRules, relOpts{})
+	e := startEnvOpts(t, []string{"tenant-a", "tenant-b"}, approvalRules, envOpts{})
 	e.wait(e.addUsage("tenant-a", "totalprice", "", "60"))
 	e.wait(e.addUsage("tenant-b", "totalprice", "", "60"))
 	a, b := e.waitOutcome("spend-daily", "tenant-a"), e.waitOutcome("spend-daily", "tenant-b")

@@ -38,7 +38,7 @@ func (e *env) waitOutcome(rule, account string) daemon.IncidentJSON {
 // trips records dry_run and writes nothing to Twilio; /config, the metric
 // and the start log say so. A reload without it makes the rule act again.
 func TestGlobalDryRun(t *testing.T) {
-	e := startRel(t, []string{"tenant-a", "tenant-b"}, dryRunRules, relOpts{extraConfig: "dry_run: true\n"})
+	e := startEnvOpts(t, []string{"tenant-a", "tenant-b"}, dryRunRules, envOpts{extraConfig: "dry_run: true\n"})
 	if v := e.metric("usagebreaker_dry_run"); v != 1 {
 		t.Errorf("usagebreaker_dry_run = %v, want 1", v)
 	}
@@ -86,7 +86,7 @@ func TestGlobalDryRun(t *testing.T) {
 // TestDryRunFlag: run --dry-run (Options.DryRun) makes every rule a dry run
 // whatever the config says, also after a reload.
 func TestDryRunFlag(t *testing.T) {
-	e := startRel(t, []string{"tenant-a"}, dryRunRules, relOpts{setup: func(e *relEnv) { e.opts.DryRun = true }})
+	e := startEnvOpts(t, []string{"tenant-a"}, dryRunRules, envOpts{setup: func(e *env) { e.opts.DryRun = true }})
 	if e.logLines(`"by":"run --dry-run"`) != 1 {
 		t.Errorf("the start log does not say --dry-run:\n%s", e.logs.String())
 	}

@@ -5,14 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -50,140 +45,6 @@ const e2eRules = `rules:
     action: notify
 `
 
-// env is a simulator on loopback and a daemon configured against it.
-type env struct {
-	t        *testing.T
-	sim      *twiliosim.Sim
-	simURL   string
-	dir      string
-	cfgPath  string
-	d        *daemon.Daemon
-	admin    string
-	public   string
-	cancel   context.CancelFunc
-	runErr   chan error
-	logs     *syncBuffer
-	accounts map[string]twiliosim.Account // by friendly name
-	options  func(*daemon.Options)        // set by a setup func: more daemon options
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func listen(t *testing.T) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln
-}
-
-func startEnv(t *testing.T, names []string, ruleText string, setup func(e *env)) *env {
-	t.Helper()
-	e := &env{t: t, dir: t.TempDir(), logs: &syncBuffer{}, accounts: map[string]twiliosim.Account{}}
-	e.sim = twiliosim.New(twiliosim.Options{RetryDelay: -1})
-	simLn := listen(t)
-	simSrv := &http.Server{Handler: e.sim}
-	go simSrv.Serve(simLn)
-	t.Cleanup(func() { simSrv.Close(); e.sim.Close() })
-	e.simURL = "http://" + simLn.Addr().String()
-	for _, n := range names {
-		e.accounts[n] = e.sim.CreateSubaccount(n)
-	}
-	if setup != nil {
-		setup(e)
-	}
-
-	cbLn, adminLn := listen(t), listen(t)
-	e.public = "http://" + cbLn.Addr().String()
-	e.admin = "http://" + adminLn.Addr().String()
-	p := e.sim.Parent()
-	os.MkdirAll(filepath.Join(e.dir, "rules"), 0o755)
-	os.WriteFile(filepath.Join(e.dir, "admin-token"), []byte("s3cretAdminToken\n"), 0o600)
-	cfg := fmt.Sprintf(`instance: e2e
-twilio:
-  account_sid: %s
-  auth_token: %s
-  api_base_url: %s
-  max_concurrency: 8
-server:
-  listen: %q
-  public_url: %s
-  admin_listen: %q
-state:
-  path: state.db
-reconcile:
-  schedule: "@every 1h"
-rule_files: ["rules/*.yaml"]
-poll:
-  schedule: ""
-admin:
-  token_file: admin-token
-`, p.SID, p.AuthToken, e.simURL, cbLn.Addr().String(), e.public, adminLn.Addr().String())
-	e.cfgPath = filepath.Join(e.dir, "config.yaml")
-	os.WriteFile(e.cfgPath, []byte(cfg), 0o600)
-	e.writeRules(ruleText)
-
-	log := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	opts := daemon.Options{ConfigPath: e.cfgPath, Logger: log,
-		CallbackListener: cbLn, AdminListener: adminLn, ShutdownTimeout: 5 * time.Second}
-	if e.options != nil {
-		e.options(&opts)
-	}
-	d, err := daemon.New(context.Background(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.d = d
-	ctx, cancel := context.WithCancel(context.Background())
-	e.cancel = cancel
-	e.runErr = make(chan error, 1)
-	go func() { e.runErr <- d.Run(ctx) }()
-	t.Cleanup(e.stop)
-	e.waitFor("ready", func() bool { return d.Ready() })
-	return e
-}
-
-func (e *env) stop() {
-	if e.cancel == nil {
-		return
-	}
-	e.cancel()
-	e.cancel = nil
-	select {
-	case err := <-e.runErr:
-		if err != nil {
-			e.t.Errorf("daemon: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		e.t.Error("daemon did not stop")
-	}
-	if e.t.Failed() {
-		e.t.Logf("daemon logs:\n%s", e.logs.String())
-	}
-}
-
-func (e *env) writeRules(text string) {
-	if err := os.WriteFile(filepath.Join(e.dir, "rules", "main.yaml"), []byte(text), 0o644); err != nil {
-		e.t.Fatal(err)
-	}
-}
-
 // waitForSamples polls /metrics until every sample in want starts a line
 // (so a HELP text never matches), and returns those still missing when the
 // wait runs out.
@@ -200,18 +61,6 @@ func (e *env) waitForSamples(want []string) (missing []string) {
 		}
 		if len(missing) == 0 || time.Now().After(deadline) {
 			return missing
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// waitFor polls cond; the limit is generous because CI is a loaded 2-core machine.
-func (e *env) waitFor(what string, cond func() bool) {
-	e.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			e.t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

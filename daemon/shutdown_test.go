@@ -10,7 +10,7 @@ import (
 
 func TestShutdownIsBoundedAndKeepsUnfinishedWork(t *testing.T) {
 	const shutdown = 300 * time.Millisecond
-	e := startRel(t, tenantNames(3), e2eRules, relOpts{timeout: "2s", shutdown: shutdown})
+	e := startEnvOpts(t, tenantNames(3), e2eRules, envOpts{timeout: "2s", shutdown: shutdown})
 	// The suspend write hangs at Twilio longer than the shutdown may take.
 	if _, err := e.sim.AddFault(twiliosim.Fault{Path: `^/2010-04-01/Accounts/AC[0-9a-f]{32}\.json$`, Method: "POST",
 		Delay: 1500 * time.Millisecond, Times: -1}); err != nil {
