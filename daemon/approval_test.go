@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/usagebreaker/usagebreaker/daemon"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 )
 
 const approvalRules = `rules:
@@ -85,7 +86,7 @@ func TestApprovalThroughTheAdminAPI(t *testing.T) {
 			}
 		}
 	}
-	if s := e.account("tenant-b"); s.Status != "active" || suspendWrites(s) != 0 {
+	if s := e.account("tenant-b"); s.Status != "active" || testenv.SuspendWrites(s) != 0 {
 		t.Errorf("tenant-b was written after its veto: %+v", s.Status)
 	}
 }

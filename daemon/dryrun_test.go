@@ -7,6 +7,7 @@ import (
 
 	"github.com/usagebreaker/usagebreaker/config"
 	"github.com/usagebreaker/usagebreaker/daemon"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 )
 
 const dryRunRules = `rules:
@@ -54,8 +55,8 @@ func TestGlobalDryRun(t *testing.T) {
 	if inc.Outcome != "dry_run" || !inc.DryRun || !strings.Contains(inc.Detail, "global dry_run") {
 		t.Fatalf("incident %+v, want a global dry run", inc)
 	}
-	if a := e.account("tenant-a"); a.Status != "active" || suspendWrites(a) != 0 {
-		t.Fatalf("tenant-a %s, %d suspend writes: a dry run wrote to Twilio", a.Status, suspendWrites(a))
+	if a := e.account("tenant-a"); a.Status != "active" || testenv.SuspendWrites(a) != 0 {
+		t.Fatalf("tenant-a %s, %d suspend writes: a dry run wrote to Twilio", a.Status, testenv.SuspendWrites(a))
 	}
 	if v := e.metric(`usagebreaker_suspensions_total{outcome="dry_run",rule="spend-daily"}`); v != 1 {
 		t.Errorf(`suspensions_total{outcome="dry_run"} = %v`, v)
@@ -100,7 +101,7 @@ func TestDryRunFlag(t *testing.T) {
 	if inc := e.waitOutcome("spend-daily", "tenant-a"); inc.Outcome != "dry_run" {
 		t.Fatalf("incident %+v", inc)
 	}
-	if a := e.account("tenant-a"); a.Status != "active" || suspendWrites(a) != 0 {
-		t.Fatalf("tenant-a %s, %d suspend writes", a.Status, suspendWrites(a))
+	if a := e.account("tenant-a"); a.Status != "active" || testenv.SuspendWrites(a) != 0 {
+		t.Fatalf("tenant-a %s, %d suspend writes", a.Status, testenv.SuspendWrites(a))
 	}
 }

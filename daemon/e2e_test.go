@@ -13,6 +13,7 @@ import (
 
 	"github.com/usagebreaker/usagebreaker/daemon"
 	"github.com/usagebreaker/usagebreaker/internal/decimal"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 )
 
@@ -68,15 +69,7 @@ func (e *env) waitForSamples(want []string) (missing []string) {
 
 func (e *env) state() twiliosim.State { return e.sim.State() }
 
-func (e *env) account(name string) twiliosim.AccountState {
-	for _, a := range e.sim.State().Accounts {
-		if a.FriendlyName == name {
-			return a
-		}
-	}
-	e.t.Fatalf("no account %s", name)
-	return twiliosim.AccountState{}
-}
+func (e *env) account(name string) twiliosim.AccountState { return e.sim.Account(e.t, name) }
 
 func (e *env) addUsage(name, category string, count, price string) []twiliosim.Firing {
 	e.t.Helper()
@@ -197,16 +190,6 @@ func (e *env) incidents(query string) []daemon.IncidentJSON {
 		e.t.Fatal(err)
 	}
 	return out
-}
-
-func suspendWrites(a twiliosim.AccountState) int {
-	n := 0
-	for _, h := range a.StatusHistory {
-		if h.Status == "suspended" {
-			n++
-		}
-	}
-	return n
 }
 
 func TestEndToEnd(t *testing.T) {
@@ -368,7 +351,7 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 		time.Sleep(100 * time.Millisecond) // give a (wrong) second action time to run
-		if n := suspendWrites(e.account("tenant-07")); n != 1 {
+		if n := testenv.SuspendWrites(e.account("tenant-07")); n != 1 {
 			t.Fatalf("%d suspend writes", n)
 		}
 		if incs := e.incidents("?account=" + e.accounts["tenant-07"].SID); len(incs) != 1 || incs[0].Firings != 1 {

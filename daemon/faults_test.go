@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 )
 
@@ -150,7 +151,7 @@ func TestTwilioFaults(t *testing.T) {
 		if tripped[a.FriendlyName] {
 			want = 1
 		}
-		if n := suspendWrites(a); n != want {
+		if n := testenv.SuspendWrites(a); n != want {
 			t.Errorf("%s: %d suspend writes, want %d", a.FriendlyName, n, want)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/usagebreaker/usagebreaker/internal/decimal"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 )
 
@@ -117,7 +118,7 @@ func TestPollingCatchesWhatCallbacksMissed(t *testing.T) {
 		if len(incs) != 1 || incs[0].Source != "callback" || incs[0].Firings != 1 {
 			t.Fatalf("incidents = %+v", incs)
 		}
-		if s := suspendWrites(e.account("tenant-05")); s != 1 {
+		if s := testenv.SuspendWrites(e.account("tenant-05")); s != 1 {
 			t.Errorf("tenant-05 suspend writes = %d", s)
 		}
 	})

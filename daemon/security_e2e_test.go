@@ -316,7 +316,7 @@ func TestSecureEndToEnd(t *testing.T) {
 		if code := se.replayAs(trip, "twilio", password1); code != 200 {
 			t.Errorf("replay with the credentials: %d", code)
 		}
-		if n := suspendWrites(se.account("tenant-a")); n != 1 {
+		if n := testenv.SuspendWrites(se.account("tenant-a")); n != 1 {
 			t.Errorf("%d suspend writes", n)
 		}
 	})

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 )
 
@@ -52,7 +53,7 @@ func TestShutdownIsBoundedAndKeepsUnfinishedWork(t *testing.T) {
 		incs := e.incidents("")
 		return len(incs) == 1 && incs[0].State == "done" && incs[0].Outcome == "suspended"
 	})
-	if n := suspendWrites(e.account("tenant-01")); n != 1 {
+	if n := testenv.SuspendWrites(e.account("tenant-01")); n != 1 {
 		t.Fatalf("%d suspend writes", n)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/usagebreaker/usagebreaker/internal/decimal"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 	ubrules "github.com/usagebreaker/usagebreaker/rules"
 )
@@ -595,7 +596,7 @@ func runInEmptyRoot(t *testing.T, img image, bin string, uid, gid int, version s
 	}
 
 	// ENTRYPOINT + CMD.
-	logs := &syncBuffer{}
+	logs := &testenv.Buffer{}
 	run := chrooted(context.Background(), append(slices.Clone(img.Entrypoint), img.Cmd...)...)
 	run.Stdout, run.Stderr = logs, logs
 	if err := run.Start(); err != nil {

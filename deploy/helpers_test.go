@@ -10,7 +10,6 @@
 package deploy_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -21,13 +20,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/usagebreaker/usagebreaker/daemon"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 )
 
@@ -112,24 +111,6 @@ func httpGet(url string) (int, string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b), err
-}
-
-// syncBuffer collects logs from goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // ---- YAML config editing ----
@@ -228,7 +209,7 @@ type stack struct {
 	admin  string // http://127.0.0.1:PORT of the admin listener
 	public string // the callback listener's base URL
 	dir    string
-	logs   *syncBuffer
+	logs   *testenv.Buffer
 }
 
 // startStack starts the simulator and the daemon, with the config's listen
@@ -236,7 +217,7 @@ type stack struct {
 // a temp dir, and waits until the daemon is ready.
 func startStack(t *testing.T, o stackOptions) *stack {
 	t.Helper()
-	s := &stack{dir: t.TempDir(), logs: &syncBuffer{}}
+	s := &stack{dir: t.TempDir(), logs: &testenv.Buffer{}}
 	s.sim = twiliosim.New(twiliosim.Options{ParentSID: o.ParentSID, ParentAuthToken: o.ParentToken, RetryDelay: -1})
 	simLn := listen(t)
 	simSrv := &http.Server{Handler: s.sim}

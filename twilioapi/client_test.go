@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/usagebreaker/usagebreaker/internal/decimal"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 )
 
 func TestParentSID(t *testing.T) {
@@ -355,7 +356,7 @@ func TestRetryAfterUsedByClient(t *testing.T) {
 	})
 	opts := testOptions(f.URL)
 	opts.MinBackoff, opts.MaxBackoff = time.Millisecond, 3*time.Millisecond
-	var logs logBuffer
+	var logs testenv.Buffer
 	opts.Logger = debugLogger(&logs)
 	c := newTestClient(t, opts)
 	if _, err := c.FetchAccount(context.Background(), testSub); err != nil {
@@ -1160,7 +1161,7 @@ func TestCredentialsNeverInErrorsOrLogs(t *testing.T) {
 	})
 	opts := testOptions(f.URL)
 	opts.MaxAttempts = 2
-	var logs logBuffer
+	var logs testenv.Buffer
 	opts.Logger = debugLogger(&logs)
 	c := newTestClient(t, opts)
 	_, err := c.FetchAccount(context.Background(), testSub)

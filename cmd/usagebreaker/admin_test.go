@@ -219,15 +219,7 @@ func (e *opsEnv) waitFor(what string, cond func() bool) {
 	testenv.WaitFor(e.t, what, 90*time.Second, cond)
 }
 
-func (e *opsEnv) account(name string) twiliosim.AccountState {
-	for _, a := range e.sim.State().Accounts {
-		if a.FriendlyName == name {
-			return a
-		}
-	}
-	e.t.Fatalf("no account %s", name)
-	return twiliosim.AccountState{}
-}
+func (e *opsEnv) account(name string) twiliosim.AccountState { return e.sim.Account(e.t, name) }
 
 func (e *opsEnv) spend(name, price string) []twiliosim.Firing {
 	e.t.Helper()

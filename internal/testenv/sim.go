@@ -52,3 +52,16 @@ func SuspendWrites(a twiliosim.AccountState) int {
 	}
 	return n
 }
+
+// Account is the state of the subaccount with this friendly name; t fails
+// when there is none.
+func (s *Sim) Account(t testing.TB, name string) twiliosim.AccountState {
+	t.Helper()
+	for _, a := range s.State().Accounts {
+		if a.FriendlyName == name {
+			return a
+		}
+	}
+	t.Fatalf("no account %s", name)
+	return twiliosim.AccountState{}
+}
