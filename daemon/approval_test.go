@@ -2,7 +2,6 @@ package daemon_test
 
 import (
 	"encoding/json"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -29,13 +28,7 @@ func (e *env) postJSON(path, body string) (int, string) {
 	req, _ := http.NewRequest(http.MethodPost, e.admin+path, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer s3cretAdminToken")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return testenv.Do(e.t, req)
 }
 
 // The admin API's approve and veto: a reason is required, a decision is

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -105,13 +104,7 @@ func (e *env) get(path string, auth bool) (int, string) {
 	if auth {
 		req.Header.Set("Authorization", "Bearer s3cretAdminToken")
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return testenv.Do(e.t, req)
 }
 
 func (e *env) post(base, path string, form url.Values, hdr map[string]string) (int, string) {
@@ -121,13 +114,7 @@ func (e *env) post(base, path string, form url.Values, hdr map[string]string) (i
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return testenv.Do(e.t, req)
 }
 
 func accountNames() []string {
@@ -153,13 +140,7 @@ func (e *env) twilioPost(path string, form url.Values) (int, string) {
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	p := e.sim.Parent()
 	req.SetBasicAuth(p.SID, p.AuthToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return testenv.Do(e.t, req)
 }
 
 // replay POSTs a recorded delivery again, with the params possibly changed.

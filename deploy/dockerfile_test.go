@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path"
@@ -550,11 +549,7 @@ func runInEmptyRoot(t *testing.T, img image, bin string, uid, gid int, version s
 	}
 
 	// The simulator: a stand-in Twilio on loopback, with a tenant.
-	sim := twiliosim.New(twiliosim.Options{RetryDelay: -1})
-	simLn := listen(t)
-	simSrv := &http.Server{Handler: sim}
-	go simSrv.Serve(simLn)
-	t.Cleanup(func() { sim.Close(); simSrv.Close() })
+	sim := testenv.StartSim(t, twiliosim.Options{RetryDelay: -1})
 	tenant := sim.CreateSubaccount("tenant-a")
 	parent := sim.Parent()
 
@@ -563,7 +558,7 @@ func runInEmptyRoot(t *testing.T, img image, bin string, uid, gid int, version s
 	cfg := parseYAML(t, readRepoFile(t, "deploy/container/config.yaml"))
 	setYAML(t, cfg, "server.listen", fmt.Sprintf("127.0.0.1:%d", cbPort))
 	setYAML(t, cfg, "server.admin_listen", fmt.Sprintf("127.0.0.1:%d", adminPort))
-	setYAML(t, cfg, "twilio.api_base_url", "http://"+simLn.Addr().String())
+	setYAML(t, cfg, "twilio.api_base_url", sim.URL)
 	cfgPath := flagValue(append(img.Entrypoint, img.Cmd...), "--config")
 	put(cfgPath, marshalYAML(t, cfg), 0o644)
 	rules, _ := filepath.Glob(repoFile(t, "deploy/container/rules/*.yaml"))

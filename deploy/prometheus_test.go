@@ -182,7 +182,7 @@ type promServer struct {
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln := listen(t)
+	ln := testenv.Listen(t)
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
 }

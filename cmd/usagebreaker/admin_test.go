@@ -242,13 +242,7 @@ func (e *opsEnv) api(method, path, token, body string) (int, string) {
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return testenv.Do(e.t, req)
 }
 
 func (e *opsEnv) incidents(query string) []daemon.IncidentJSON {

@@ -8,6 +8,7 @@
 package testenv
 
 import (
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -136,4 +137,17 @@ func WriteFiles(t testing.TB, dir string, files map[string]string) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// Do sends req with http.DefaultClient and returns the answer's status and
+// body; t fails when no answer comes.
+func Do(t testing.TB, req *http.Request) (int, string) {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
