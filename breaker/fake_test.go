@@ -251,12 +251,6 @@ func (f *fakeAPI) DeleteTrigger(ctx context.Context, acct, sid string) error {
 	return nil
 }
 
-func (f *fakeAPI) UsageRecord(ctx context.Context, acct string, p twilioapi.Period, cat string) (twilioapi.UsageRecord, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return twilioapi.UsageRecord{AccountSID: acct, Category: cat}, f.call("records.read")
-}
-
 func (f *fakeAPI) SendMessage(ctx context.Context, m twilioapi.Message) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/usagebreaker/usagebreaker/internal/decimal"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 	"github.com/usagebreaker/usagebreaker/rules"
 	"github.com/usagebreaker/usagebreaker/store"
@@ -46,17 +47,9 @@ func newVelEnv(t *testing.T, ruleText string) *velEnv {
 	t.Helper()
 	ctx := context.Background()
 	base := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
-	sim := twiliosim.New(twiliosim.Options{Now: func() time.Time { return base }, RetryDelay: -1})
-	simLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	simSrv := &http.Server{Handler: sim}
-	go simSrv.Serve(simLn)
-	t.Cleanup(func() { simSrv.Close(); sim.Close() })
-
+	sim := testenv.StartSim(t, twiliosim.Options{Now: func() time.Time { return base }, RetryDelay: -1})
 	p := sim.Parent()
-	api, err := twilioapi.New(twilioapi.Options{AccountSID: p.SID, AuthToken: p.AuthToken, BaseURL: "http://" + simLn.Addr().String(),
+	api, err := twilioapi.New(twilioapi.Options{AccountSID: p.SID, AuthToken: p.AuthToken, BaseURL: sim.URL,
 		MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +68,7 @@ func newVelEnv(t *testing.T, ruleText string) *velEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &velEnv{t: t, ctx: ctx, sim: sim, st: st, rule: rs[0]}
+	e := &velEnv{t: t, ctx: ctx, sim: sim.Sim, st: st, rule: rs[0]}
 	e.b = New(Options{API: api, Store: st, Now: sim.Now, Owner: "test", Settings: Settings{
 		Instance: "test", PublicURL: "http://" + cbLn.Addr().String(), Rules: rules.NewSet(rs)}})
 	// The callback listener: the signature and account checks are the

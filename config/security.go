@@ -288,22 +288,9 @@ func IsLoopbackHost(host string) bool {
 	return err == nil && a.Unmap().IsLoopback()
 }
 
-// LoadKeyPair reads a PEM certificate chain and private key and checks that
-// they belong together. Errors name the file at fault; they never contain
-// key material.
-func LoadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
-	certPEM, err := rules.ReadFile(certFile)
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("cannot read %s: %w", certFile, err)
-	}
-	keyPEM, err := rules.ReadFile(keyFile)
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("cannot read %s: %w", keyFile, err)
-	}
-	return ParseKeyPair(certPEM, keyPEM, certFile, keyFile)
-}
-
-// ParseKeyPair is LoadKeyPair on the files' contents; the names are for errors.
+// ParseKeyPair reads a PEM certificate chain and private key (the contents
+// of certFile and keyFile, named in errors) and checks that they belong
+// together. Errors never contain key material.
 func ParseKeyPair(certPEM, keyPEM []byte, certFile, keyFile string) (tls.Certificate, error) {
 	if _, err := parseCertPEM(certPEM); err != nil {
 		return tls.Certificate{}, fmt.Errorf("%s %w", certFile, err)

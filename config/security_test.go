@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net/netip"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/usagebreaker/usagebreaker/rules"
 )
 
 func TestLoadSecurity(t *testing.T) {
@@ -139,6 +142,20 @@ func TestIsLoopbackHost(t *testing.T) {
 			t.Errorf("IsLoopbackHost(%q) = %v", host, got)
 		}
 	}
+}
+
+// LoadKeyPair is ParseKeyPair on two files, as the daemon's certificate
+// reloader reads them.
+func LoadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
+	certPEM, err := rules.ReadFile(certFile)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("cannot read %s: %w", certFile, err)
+	}
+	keyPEM, err := rules.ReadFile(keyFile)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("cannot read %s: %w", keyFile, err)
+	}
+	return ParseKeyPair(certPEM, keyPEM, certFile, keyFile)
 }
 
 func TestLoadKeyPair(t *testing.T) {

@@ -36,7 +36,7 @@ type badCallback struct {
 // metrics count every rejection.
 func TestAdversarialCallbacks(t *testing.T) {
 	const perKind = 1200
-	e := startRel(t, tenantNames(4), e2eRules, relOpts{quiet: true})
+	e := startEnvOpts(t, tenantNames(4), e2eRules, envOpts{quiet: true})
 	victim, other := e.accounts["tenant-00"], e.accounts["tenant-01"]
 	var trigger string
 	for _, tr := range e.account("tenant-00").Triggers {

@@ -2,13 +2,13 @@ package daemon_test
 
 import (
 	"encoding/json"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/usagebreaker/usagebreaker/daemon"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 )
 
 const approvalRules = `rules:
@@ -28,20 +28,14 @@ func (e *env) postJSON(path, body string) (int, string) {
 	req, _ := http.NewRequest(http.MethodPost, e.admin+path, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer s3cretAdminToken")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return testenv.Do(e.t, req)
 }
 
 // The admin API's approve and veto: a reason is required, a decision is
 // taken once, who and why are shown by /api/v1/incidents, and the daemon
 // acts on it at once.
 func TestApprovalThroughTheAdminAPI(t *testing.T) {
-	e := startRel(t, []string{"tenant-a", "tenant-b"}, approvalRules, relOpts{})
+	e := startEnvOpts(t, []string{"tenant-a", "tenant-b"}, approvalRules, envOpts{})
 	e.wait(e.addUsage("tenant-a", "totalprice", "", "60"))
 	e.wait(e.addUsage("tenant-b", "totalprice", "", "60"))
 	a, b := e.waitOutcome("spend-daily", "tenant-a"), e.waitOutcome("spend-daily", "tenant-b")
@@ -85,7 +79,7 @@ func TestApprovalThroughTheAdminAPI(t *testing.T) {
 			}
 		}
 	}
-	if s := e.account("tenant-b"); s.Status != "active" || suspendWrites(s) != 0 {
+	if s := e.account("tenant-b"); s.Status != "active" || testenv.SuspendWrites(s) != 0 {
 		t.Errorf("tenant-b was written after its veto: %+v", s.Status)
 	}
 }

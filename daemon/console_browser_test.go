@@ -153,9 +153,9 @@ func rowText(t *testing.T, ctx context.Context, name string) string {
 func TestConsoleInBrowser(t *testing.T) {
 	ctx := browser(t)
 	names := []string{"tenant-01", "tenant-02", "tenant-03", "tenant-04", "tenant-05", "internal-qa", "other-corp", "tenant-suspended"}
-	e := startRel(t, names, consoleRules, relOpts{
+	e := startEnvOpts(t, names, consoleRules, envOpts{
 		extraConfig: "guard:\n  max_suspensions: 1\n  window: 1h\n",
-		setup: func(e *relEnv) {
+		setup: func(e *env) {
 			// tenant-suspended is suspended before the daemon starts.
 			if code, body := e.twilioPost("/2010-04-01/Accounts/"+e.accounts["tenant-suspended"].SID+".json",
 				url.Values{"Status": {"suspended"}}); code != 200 {

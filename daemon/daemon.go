@@ -249,12 +249,6 @@ func (d *Daemon) Config() *config.Config { return d.cfg.Load() }
 // Ready reports whether the first reconcile is done.
 func (d *Daemon) Ready() bool { return d.ready.Load() && d.rep.backendUp.Load() }
 
-// CallbackAddr and AdminAddr are the listeners' addresses once Run has started them.
-func (d *Daemon) CallbackAddr() net.Addr { return d.cbLn.Addr() }
-
-// AdminAddr is the admin listener's address.
-func (d *Daemon) AdminAddr() net.Addr { return d.adminLn.Addr() }
-
 // Listen opens both listeners (unless given in Options). Run calls it if it
 // was not called; calling it first lets a caller learn the addresses.
 func (d *Daemon) Listen() error {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/usagebreaker/usagebreaker/config"
 	"github.com/usagebreaker/usagebreaker/daemon"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 )
 
 const dryRunRules = `rules:
@@ -38,7 +39,7 @@ func (e *env) waitOutcome(rule, account string) daemon.IncidentJSON {
 // trips records dry_run and writes nothing to Twilio; /config, the metric
 // and the start log say so. A reload without it makes the rule act again.
 func TestGlobalDryRun(t *testing.T) {
-	e := startRel(t, []string{"tenant-a", "tenant-b"}, dryRunRules, relOpts{extraConfig: "dry_run: true\n"})
+	e := startEnvOpts(t, []string{"tenant-a", "tenant-b"}, dryRunRules, envOpts{extraConfig: "dry_run: true\n"})
 	if v := e.metric("usagebreaker_dry_run"); v != 1 {
 		t.Errorf("usagebreaker_dry_run = %v, want 1", v)
 	}
@@ -54,8 +55,8 @@ func TestGlobalDryRun(t *testing.T) {
 	if inc.Outcome != "dry_run" || !inc.DryRun || !strings.Contains(inc.Detail, "global dry_run") {
 		t.Fatalf("incident %+v, want a global dry run", inc)
 	}
-	if a := e.account("tenant-a"); a.Status != "active" || suspendWrites(a) != 0 {
-		t.Fatalf("tenant-a %s, %d suspend writes: a dry run wrote to Twilio", a.Status, suspendWrites(a))
+	if a := e.account("tenant-a"); a.Status != "active" || testenv.SuspendWrites(a) != 0 {
+		t.Fatalf("tenant-a %s, %d suspend writes: a dry run wrote to Twilio", a.Status, testenv.SuspendWrites(a))
 	}
 	if v := e.metric(`usagebreaker_suspensions_total{outcome="dry_run",rule="spend-daily"}`); v != 1 {
 		t.Errorf(`suspensions_total{outcome="dry_run"} = %v`, v)
@@ -86,7 +87,7 @@ func TestGlobalDryRun(t *testing.T) {
 // TestDryRunFlag: run --dry-run (Options.DryRun) makes every rule a dry run
 // whatever the config says, also after a reload.
 func TestDryRunFlag(t *testing.T) {
-	e := startRel(t, []string{"tenant-a"}, dryRunRules, relOpts{setup: func(e *relEnv) { e.opts.DryRun = true }})
+	e := startEnvOpts(t, []string{"tenant-a"}, dryRunRules, envOpts{setup: func(e *env) { e.opts.DryRun = true }})
 	if e.logLines(`"by":"run --dry-run"`) != 1 {
 		t.Errorf("the start log does not say --dry-run:\n%s", e.logs.String())
 	}
@@ -100,7 +101,7 @@ func TestDryRunFlag(t *testing.T) {
 	if inc := e.waitOutcome("spend-daily", "tenant-a"); inc.Outcome != "dry_run" {
 		t.Fatalf("incident %+v", inc)
 	}
-	if a := e.account("tenant-a"); a.Status != "active" || suspendWrites(a) != 0 {
-		t.Fatalf("tenant-a %s, %d suspend writes", a.Status, suspendWrites(a))
+	if a := e.account("tenant-a"); a.Status != "active" || testenv.SuspendWrites(a) != 0 {
+		t.Fatalf("tenant-a %s, %d suspend writes", a.Status, testenv.SuspendWrites(a))
 	}
 }

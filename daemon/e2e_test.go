@@ -4,20 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/usagebreaker/usagebreaker/daemon"
 	"github.com/usagebreaker/usagebreaker/internal/decimal"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 )
 
@@ -50,140 +45,6 @@ const e2eRules = `rules:
     action: notify
 `
 
-// env is a simulator on loopback and a daemon configured against it.
-type env struct {
-	t        *testing.T
-	sim      *twiliosim.Sim
-	simURL   string
-	dir      string
-	cfgPath  string
-	d        *daemon.Daemon
-	admin    string
-	public   string
-	cancel   context.CancelFunc
-	runErr   chan error
-	logs     *syncBuffer
-	accounts map[string]twiliosim.Account // by friendly name
-	options  func(*daemon.Options)        // set by a setup func: more daemon options
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func listen(t *testing.T) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln
-}
-
-func startEnv(t *testing.T, names []string, ruleText string, setup func(e *env)) *env {
-	t.Helper()
-	e := &env{t: t, dir: t.TempDir(), logs: &syncBuffer{}, accounts: map[string]twiliosim.Account{}}
-	e.sim = twiliosim.New(twiliosim.Options{RetryDelay: -1})
-	simLn := listen(t)
-	simSrv := &http.Server{Handler: e.sim}
-	go simSrv.Serve(simLn)
-	t.Cleanup(func() { simSrv.Close(); e.sim.Close() })
-	e.simURL = "http://" + simLn.Addr().String()
-	for _, n := range names {
-		e.accounts[n] = e.sim.CreateSubaccount(n)
-	}
-	if setup != nil {
-		setup(e)
-	}
-
-	cbLn, adminLn := listen(t), listen(t)
-	e.public = "http://" + cbLn.Addr().String()
-	e.admin = "http://" + adminLn.Addr().String()
-	p := e.sim.Parent()
-	os.MkdirAll(filepath.Join(e.dir, "rules"), 0o755)
-	os.WriteFile(filepath.Join(e.dir, "admin-token"), []byte("s3cretAdminToken\n"), 0o600)
-	cfg := fmt.Sprintf(`instance: e2e
-twilio:
-  account_sid: %s
-  auth_token: %s
-  api_base_url: %s
-  max_concurrency: 8
-server:
-  listen: %q
-  public_url: %s
-  admin_listen: %q
-state:
-  path: state.db
-reconcile:
-  schedule: "@every 1h"
-rule_files: ["rules/*.yaml"]
-poll:
-  schedule: ""
-admin:
-  token_file: admin-token
-`, p.SID, p.AuthToken, e.simURL, cbLn.Addr().String(), e.public, adminLn.Addr().String())
-	e.cfgPath = filepath.Join(e.dir, "config.yaml")
-	os.WriteFile(e.cfgPath, []byte(cfg), 0o600)
-	e.writeRules(ruleText)
-
-	log := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	opts := daemon.Options{ConfigPath: e.cfgPath, Logger: log,
-		CallbackListener: cbLn, AdminListener: adminLn, ShutdownTimeout: 5 * time.Second}
-	if e.options != nil {
-		e.options(&opts)
-	}
-	d, err := daemon.New(context.Background(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.d = d
-	ctx, cancel := context.WithCancel(context.Background())
-	e.cancel = cancel
-	e.runErr = make(chan error, 1)
-	go func() { e.runErr <- d.Run(ctx) }()
-	t.Cleanup(e.stop)
-	e.waitFor("ready", func() bool { return d.Ready() })
-	return e
-}
-
-func (e *env) stop() {
-	if e.cancel == nil {
-		return
-	}
-	e.cancel()
-	e.cancel = nil
-	select {
-	case err := <-e.runErr:
-		if err != nil {
-			e.t.Errorf("daemon: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		e.t.Error("daemon did not stop")
-	}
-	if e.t.Failed() {
-		e.t.Logf("daemon logs:\n%s", e.logs.String())
-	}
-}
-
-func (e *env) writeRules(text string) {
-	if err := os.WriteFile(filepath.Join(e.dir, "rules", "main.yaml"), []byte(text), 0o644); err != nil {
-		e.t.Fatal(err)
-	}
-}
-
 // waitForSamples polls /metrics until every sample in want starts a line
 // (so a HELP text never matches), and returns those still missing when the
 // wait runs out.
@@ -205,29 +66,9 @@ func (e *env) waitForSamples(want []string) (missing []string) {
 	}
 }
 
-// waitFor polls cond; the limit is generous because CI is a loaded 2-core machine.
-func (e *env) waitFor(what string, cond func() bool) {
-	e.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			e.t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func (e *env) state() twiliosim.State { return e.sim.State() }
 
-func (e *env) account(name string) twiliosim.AccountState {
-	for _, a := range e.sim.State().Accounts {
-		if a.FriendlyName == name {
-			return a
-		}
-	}
-	e.t.Fatalf("no account %s", name)
-	return twiliosim.AccountState{}
-}
+func (e *env) account(name string) twiliosim.AccountState { return e.sim.Account(e.t, name) }
 
 func (e *env) addUsage(name, category string, count, price string) []twiliosim.Firing {
 	e.t.Helper()
@@ -263,13 +104,7 @@ func (e *env) get(path string, auth bool) (int, string) {
 	if auth {
 		req.Header.Set("Authorization", "Bearer s3cretAdminToken")
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return testenv.Do(e.t, req)
 }
 
 func (e *env) post(base, path string, form url.Values, hdr map[string]string) (int, string) {
@@ -279,13 +114,7 @@ func (e *env) post(base, path string, form url.Values, hdr map[string]string) (i
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return testenv.Do(e.t, req)
 }
 
 func accountNames() []string {
@@ -311,13 +140,7 @@ func (e *env) twilioPost(path string, form url.Values) (int, string) {
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	p := e.sim.Parent()
 	req.SetBasicAuth(p.SID, p.AuthToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return testenv.Do(e.t, req)
 }
 
 // replay POSTs a recorded delivery again, with the params possibly changed.
@@ -348,16 +171,6 @@ func (e *env) incidents(query string) []daemon.IncidentJSON {
 		e.t.Fatal(err)
 	}
 	return out
-}
-
-func suspendWrites(a twiliosim.AccountState) int {
-	n := 0
-	for _, h := range a.StatusHistory {
-		if h.Status == "suspended" {
-			n++
-		}
-	}
-	return n
 }
 
 func TestEndToEnd(t *testing.T) {
@@ -519,7 +332,7 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 		time.Sleep(100 * time.Millisecond) // give a (wrong) second action time to run
-		if n := suspendWrites(e.account("tenant-07")); n != 1 {
+		if n := testenv.SuspendWrites(e.account("tenant-07")); n != 1 {
 			t.Fatalf("%d suspend writes", n)
 		}
 		if incs := e.incidents("?account=" + e.accounts["tenant-07"].SID); len(incs) != 1 || incs[0].Firings != 1 {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 )
 
@@ -28,7 +29,7 @@ func wantTriggers(name string) []string {
 
 // triggersConverged reports whether every active account has exactly the
 // triggers the rules want (no duplicate, none missing), and what differs.
-func (e *relEnv) triggersConverged() (bool, string) {
+func (e *env) triggersConverged() (bool, string) {
 	for _, a := range e.state().Accounts {
 		if a.Status != "active" {
 			continue
@@ -62,10 +63,10 @@ func TestTwilioFaults(t *testing.T) {
 	const seed = 20261124
 	t0 := time.Now()
 	var start twiliosim.State
-	e := startRel(t, tenantNames(49), e2eRules, relOpts{
+	e := startEnvOpts(t, tenantNames(49), e2eRules, envOpts{
 		poll: "@every 1h", timeout: "400ms", quiet: true,
 		simOpts: twiliosim.Options{Seed: seed},
-		setup: func(e *relEnv) {
+		setup: func(e *env) {
 			p := 1 - math.Pow(0.7, 0.25) // four faults, each this likely: 30% of requests fail
 			for _, f := range []twiliosim.Fault{
 				{Status: 500},
@@ -150,7 +151,7 @@ func TestTwilioFaults(t *testing.T) {
 		if tripped[a.FriendlyName] {
 			want = 1
 		}
-		if n := suspendWrites(a); n != want {
+		if n := testenv.SuspendWrites(a); n != want {
 			t.Errorf("%s: %d suspend writes, want %d", a.FriendlyName, n, want)
 		}
 	}

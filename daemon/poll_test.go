@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/usagebreaker/usagebreaker/internal/decimal"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 )
 
@@ -17,7 +18,7 @@ func tenantNames(n int) []string {
 	return append(names, "internal-qa")
 }
 
-func (e *relEnv) spend(name, price string) []twiliosim.Firing {
+func (e *env) spend(name, price string) []twiliosim.Firing {
 	e.t.Helper()
 	f, err := e.sim.AddUsage(twiliosim.UsageInput{AccountSID: e.accounts[name].SID, Category: "sms",
 		Count: decimal.FromInt(1), Usage: decimal.FromInt(1), Price: decimal.MustParse(price)})
@@ -28,7 +29,7 @@ func (e *relEnv) spend(name, price string) []twiliosim.Firing {
 }
 
 func TestPollingCatchesWhatCallbacksMissed(t *testing.T) {
-	e := startRel(t, tenantNames(20), e2eRules, relOpts{poll: "@every 1h"})
+	e := startEnvOpts(t, tenantNames(20), e2eRules, envOpts{poll: "@every 1h"})
 	// The first poll ran after the first reconcile and found nothing.
 	e.waitFor("the first poll", func() bool { return e.metric(`usagebreaker_polls_total{result="ok"}`) == 1 })
 	if n := e.metric(`usagebreaker_incidents_total{rule="spend-daily",source="poll"}`); n != 0 {
@@ -117,7 +118,7 @@ func TestPollingCatchesWhatCallbacksMissed(t *testing.T) {
 		if len(incs) != 1 || incs[0].Source != "callback" || incs[0].Firings != 1 {
 			t.Fatalf("incidents = %+v", incs)
 		}
-		if s := suspendWrites(e.account("tenant-05")); s != 1 {
+		if s := testenv.SuspendWrites(e.account("tenant-05")); s != 1 {
 			t.Errorf("tenant-05 suspend writes = %d", s)
 		}
 	})

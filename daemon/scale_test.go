@@ -3,13 +3,13 @@ package daemon_test
 import (
 	"context"
 	"fmt"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
 
 	"github.com/usagebreaker/usagebreaker/breaker"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 	"github.com/usagebreaker/usagebreaker/rules"
 	"github.com/usagebreaker/usagebreaker/store"
@@ -51,15 +51,12 @@ func TestReconcileSteadyStateAtScale(t *testing.T) {
 	} else if testing.Short() {
 		n = 1000
 	}
-	sim := twiliosim.New(twiliosim.Options{RetryDelay: -1})
-	defer sim.Close()
-	srv := httptest.NewServer(sim)
-	defer srv.Close()
+	sim := testenv.StartSim(t, twiliosim.Options{RetryDelay: -1})
 	for i := 0; i < n; i++ {
 		sim.CreateSubaccount(fmt.Sprintf("tenant-%05d", i))
 	}
 	p := sim.Parent()
-	api, err := twilioapi.New(twilioapi.Options{AccountSID: p.SID, AuthToken: p.AuthToken, BaseURL: srv.URL, MaxConcurrency: 10})
+	api, err := twilioapi.New(twilioapi.Options{AccountSID: p.SID, AuthToken: p.AuthToken, BaseURL: sim.URL, MaxConcurrency: 10})
 	if err != nil {
 		t.Fatal(err)
 	}

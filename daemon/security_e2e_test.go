@@ -2,7 +2,6 @@ package daemon_test
 
 import (
 	"bufio"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -26,6 +25,7 @@ import (
 	"time"
 
 	"github.com/usagebreaker/usagebreaker/daemon"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 	"github.com/usagebreaker/usagebreaker/webhook"
 )
@@ -102,7 +102,7 @@ type secureEnv struct {
 	*env
 	ca       *testCA
 	client   *http.Client // HTTPS, trusting the test CA, no keep-alive
-	simLogs  *syncBuffer
+	simLogs  *testenv.Buffer
 	password string
 	secrets  map[string]string // name -> value that must never be logged
 }
@@ -124,95 +124,58 @@ func startSecureEnv(t *testing.T, names []string, ruleText string, limit webhook
 // DefaultTLSCheckInterval in the background).
 func startSecureEnvTLS(t *testing.T, names []string, ruleText string, limit webhook.RejectLimit, tlsInterval time.Duration) *secureEnv {
 	t.Helper()
-	se := &secureEnv{ca: newTestCA(t), simLogs: &syncBuffer{}, password: password1, secrets: map[string]string{}}
-	e := &env{t: t, dir: t.TempDir(), logs: &syncBuffer{}, accounts: map[string]twiliosim.Account{}}
-	se.env = e
+	se := &secureEnv{ca: newTestCA(t), simLogs: &testenv.Buffer{}, password: password1, secrets: map[string]string{}}
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: se.ca.pool}, DisableKeepAlives: true}
 	se.client = &http.Client{Transport: tr, Timeout: 30 * time.Second,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 
-	e.sim = twiliosim.New(twiliosim.Options{
-		RetryDelay: -1, ParentAuthToken: parentToken,
-		// Twilio's callbacks come over HTTPS and verify the certificate.
-		CallbackClient: &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: se.ca.pool}}},
-		Logger:         slog.New(slog.NewJSONHandler(se.simLogs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	se.env = startEnvOpts(t, names, ruleText, envOpts{
+		instance: "sec",
+		simOpts: twiliosim.Options{
+			RetryDelay: -1, ParentAuthToken: parentToken,
+			// Twilio's callbacks come over HTTPS and verify the certificate.
+			CallbackClient: &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: se.ca.pool}}},
+			Logger:         slog.New(slog.NewJSONHandler(se.simLogs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		},
+		// The API itself is on loopback: plain HTTP is allowed there.
+		config: func(c *testenv.Config) {
+			c.AuthToken, c.Twilio = "", "auth_token_file: secrets/twilio-token"
+			c.PublicURL = "https://" + c.Listen
+			c.Server = `tls:
+  cert_file: tls/tls.crt
+  key_file: tls/tls.key
+basic_auth:
+  username: twilio
+  password_file: secrets/callback-password
+trusted_proxies: ["127.0.0.1"]`
+			c.AdminTokenFile = "secrets/admin-token"
+		},
+		setup: func(e *env) {
+			for n, a := range e.accounts {
+				se.secrets["auth token of "+n] = a.AuthToken
+			}
+			p := e.sim.Parent()
+			se.secrets["parent auth token"] = parentToken
+			se.secrets["parent basic auth header"] = base64.StdEncoding.EncodeToString([]byte(p.SID + ":" + parentToken))
+			se.secrets["admin token"] = adminToken
+			se.secrets["callback password 1"] = password1
+			se.secrets["callback password 2"] = password2
+			se.secrets["callback basic auth header 1"] = base64.StdEncoding.EncodeToString([]byte("twilio:" + password1))
+			se.secrets["callback basic auth header 2"] = base64.StdEncoding.EncodeToString([]byte("twilio:" + password2))
+
+			certPEM, keyPEM := se.ca.leaf(t, 1001, time.Now().Add(24*time.Hour))
+			os.MkdirAll(filepath.Join(e.dir, "tls"), 0o755)
+			os.MkdirAll(filepath.Join(e.dir, "secrets"), 0o755)
+			writeAtomic(t, filepath.Join(e.dir, "tls", "tls.crt"), certPEM)
+			writeAtomic(t, filepath.Join(e.dir, "tls", "tls.key"), keyPEM)
+			writeAtomic(t, filepath.Join(e.dir, "secrets", "admin-token"), []byte(adminToken+"\n"))
+			writeAtomic(t, filepath.Join(e.dir, "secrets", "twilio-token"), []byte(parentToken+"\n"))
+			writeAtomic(t, filepath.Join(e.dir, "secrets", "callback-password"), []byte(password1+"\n"))
+			e.options = func(o *daemon.Options) {
+				o.TLSCheckInterval, o.RejectLimit, o.CallbackAuthGrace = tlsInterval, limit, -1
+			}
+		},
 	})
-	simLn := listen(t)
-	simSrv := &http.Server{Handler: e.sim}
-	go simSrv.Serve(simLn)
-	t.Cleanup(func() { simSrv.Close(); e.sim.Close() })
-	e.simURL = "http://" + simLn.Addr().String() // the API itself on loopback: plain HTTP is allowed there
-	for _, n := range names {
-		a := e.sim.CreateSubaccount(n)
-		e.accounts[n] = a
-		se.secrets["auth token of "+n] = a.AuthToken
-	}
-	p := e.sim.Parent()
-	se.secrets["parent auth token"] = parentToken
-	se.secrets["parent basic auth header"] = base64.StdEncoding.EncodeToString([]byte(p.SID + ":" + parentToken))
-	se.secrets["admin token"] = adminToken
-	se.secrets["callback password 1"] = password1
-	se.secrets["callback password 2"] = password2
-	se.secrets["callback basic auth header 1"] = base64.StdEncoding.EncodeToString([]byte("twilio:" + password1))
-	se.secrets["callback basic auth header 2"] = base64.StdEncoding.EncodeToString([]byte("twilio:" + password2))
-
-	cbLn, adminLn := listen(t), listen(t)
-	e.public = "https://" + cbLn.Addr().String()
-	e.admin = "http://" + adminLn.Addr().String()
-	certPEM, keyPEM := se.ca.leaf(t, 1001, time.Now().Add(24*time.Hour))
-	os.MkdirAll(filepath.Join(e.dir, "rules"), 0o755)
-	os.MkdirAll(filepath.Join(e.dir, "tls"), 0o755)
-	os.MkdirAll(filepath.Join(e.dir, "secrets"), 0o755)
-	writeAtomic(t, filepath.Join(e.dir, "tls", "tls.crt"), certPEM)
-	writeAtomic(t, filepath.Join(e.dir, "tls", "tls.key"), keyPEM)
-	writeAtomic(t, filepath.Join(e.dir, "secrets", "admin-token"), []byte(adminToken+"\n"))
-	writeAtomic(t, filepath.Join(e.dir, "secrets", "twilio-token"), []byte(parentToken+"\n"))
-	writeAtomic(t, filepath.Join(e.dir, "secrets", "callback-password"), []byte(password1+"\n"))
-	cfg := fmt.Sprintf(`instance: sec
-twilio:
-  account_sid: %s
-  auth_token_file: secrets/twilio-token
-  api_base_url: %s
-  max_concurrency: 8
-server:
-  listen: %q
-  public_url: %s
-  admin_listen: %q
-  tls:
-    cert_file: tls/tls.crt
-    key_file: tls/tls.key
-  basic_auth:
-    username: twilio
-    password_file: secrets/callback-password
-  trusted_proxies: ["127.0.0.1"]
-state:
-  path: state.db
-reconcile:
-  schedule: "@every 1h"
-rule_files: ["rules/*.yaml"]
-poll:
-  schedule: ""
-admin:
-  token_file: secrets/admin-token
-`, p.SID, e.simURL, cbLn.Addr().String(), e.public, adminLn.Addr().String())
-	e.cfgPath = filepath.Join(e.dir, "config.yaml")
-	os.WriteFile(e.cfgPath, []byte(cfg), 0o600)
-	e.writeRules(ruleText)
-
-	log := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	d, err := daemon.New(context.Background(), daemon.Options{ConfigPath: e.cfgPath, Logger: log,
-		CallbackListener: cbLn, AdminListener: adminLn, ShutdownTimeout: 5 * time.Second,
-		TLSCheckInterval: tlsInterval, RejectLimit: limit, CallbackAuthGrace: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.d = d
-	ctx, cancel := context.WithCancel(context.Background())
-	e.cancel = cancel
-	e.runErr = make(chan error, 1)
-	go func() { e.runErr <- d.Run(ctx) }()
-	t.Cleanup(e.stop)
-	e.waitFor("ready", func() bool { return d.Ready() })
 	return se
 }
 
@@ -353,7 +316,7 @@ func TestSecureEndToEnd(t *testing.T) {
 		if code := se.replayAs(trip, "twilio", password1); code != 200 {
 			t.Errorf("replay with the credentials: %d", code)
 		}
-		if n := suspendWrites(se.account("tenant-a")); n != 1 {
+		if n := testenv.SuspendWrites(se.account("tenant-a")); n != 1 {
 			t.Errorf("%d suspend writes", n)
 		}
 	})

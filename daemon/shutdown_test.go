@@ -5,12 +5,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 )
 
 func TestShutdownIsBoundedAndKeepsUnfinishedWork(t *testing.T) {
 	const shutdown = 300 * time.Millisecond
-	e := startRel(t, tenantNames(3), e2eRules, relOpts{timeout: "2s", shutdown: shutdown})
+	e := startEnvOpts(t, tenantNames(3), e2eRules, envOpts{timeout: "2s", shutdown: shutdown})
 	// The suspend write hangs at Twilio longer than the shutdown may take.
 	if _, err := e.sim.AddFault(twiliosim.Fault{Path: `^/2010-04-01/Accounts/AC[0-9a-f]{32}\.json$`, Method: "POST",
 		Delay: 1500 * time.Millisecond, Times: -1}); err != nil {
@@ -52,7 +53,7 @@ func TestShutdownIsBoundedAndKeepsUnfinishedWork(t *testing.T) {
 		incs := e.incidents("")
 		return len(incs) == 1 && incs[0].State == "done" && incs[0].Outcome == "suspended"
 	})
-	if n := suspendWrites(e.account("tenant-01")); n != 1 {
+	if n := testenv.SuspendWrites(e.account("tenant-01")); n != 1 {
 		t.Fatalf("%d suspend writes", n)
 	}
 }

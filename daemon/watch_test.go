@@ -26,10 +26,10 @@ func save(t *testing.T, path, text string) {
 	}
 }
 
-func (e *relEnv) saveRules(text string) { save(e.t, filepath.Join(e.dir, "rules", "main.yaml"), text) }
+func (e *env) saveRules(text string) { save(e.t, filepath.Join(e.dir, "rules", "main.yaml"), text) }
 
 // spendTriggerValues are the values of the spend-daily triggers on active tenants.
-func (e *relEnv) spendTriggerValues() map[string]bool {
+func (e *env) spendTriggerValues() map[string]bool {
 	vals := map[string]bool{}
 	for _, a := range e.state().Accounts {
 		if a.Status != "active" {
@@ -44,7 +44,7 @@ func (e *relEnv) spendTriggerValues() map[string]bool {
 	return vals
 }
 
-func (e *relEnv) waitSpendThreshold(v string) {
+func (e *env) waitSpendThreshold(v string) {
 	e.t.Helper()
 	e.waitFor("spend-daily triggers at "+v, func() bool {
 		vals := e.spendTriggerValues()
@@ -54,7 +54,7 @@ func (e *relEnv) waitSpendThreshold(v string) {
 
 // quietFor checks that nothing matching substr is logged for a while (many
 // watch intervals): an absence can only be observed by waiting.
-func (e *relEnv) quietFor(substr string) {
+func (e *env) quietFor(substr string) {
 	e.t.Helper()
 	before := e.logLines(substr)
 	time.Sleep(25 * watchEvery)
@@ -64,7 +64,7 @@ func (e *relEnv) quietFor(substr string) {
 }
 
 func TestWatcherReloadsChangedFiles(t *testing.T) {
-	e := startRel(t, tenantNames(4), e2eRules, relOpts{watch: watchEvery})
+	e := startEnvOpts(t, tenantNames(4), e2eRules, envOpts{watch: watchEvery})
 	e.quietFor("config files changed")
 
 	// A bad save: rejected, the old rules keep running, the gauge drops, the
@@ -164,8 +164,8 @@ func (c *configMap) update(files map[string]string) {
 
 func TestWatcherFollowsKubernetesConfigMapSwaps(t *testing.T) {
 	var cfgMap, rulesMap *configMap
-	e := startRel(t, tenantNames(4), e2eRules, relOpts{watch: watchEvery, rulesGlob: "../rules/*.yaml",
-		install: func(e *relEnv, ruleText string) {
+	e := startEnvOpts(t, tenantNames(4), e2eRules, envOpts{watch: watchEvery, rulesGlob: "../rules/*.yaml",
+		install: func(e *env, ruleText string) {
 			cfgMap = &configMap{t: t, dir: filepath.Join(e.dir, "config")}
 			rulesMap = &configMap{t: t, dir: filepath.Join(e.dir, "rules")}
 			cfgMap.update(map[string]string{"config.yaml": e.cfgText})

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path"
@@ -24,6 +23,7 @@ import (
 	"time"
 
 	"github.com/usagebreaker/usagebreaker/internal/decimal"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 	ubrules "github.com/usagebreaker/usagebreaker/rules"
 )
@@ -549,11 +549,7 @@ func runInEmptyRoot(t *testing.T, img image, bin string, uid, gid int, version s
 	}
 
 	// The simulator: a stand-in Twilio on loopback, with a tenant.
-	sim := twiliosim.New(twiliosim.Options{RetryDelay: -1})
-	simLn := listen(t)
-	simSrv := &http.Server{Handler: sim}
-	go simSrv.Serve(simLn)
-	t.Cleanup(func() { sim.Close(); simSrv.Close() })
+	sim := testenv.StartSim(t, twiliosim.Options{RetryDelay: -1})
 	tenant := sim.CreateSubaccount("tenant-a")
 	parent := sim.Parent()
 
@@ -562,7 +558,7 @@ func runInEmptyRoot(t *testing.T, img image, bin string, uid, gid int, version s
 	cfg := parseYAML(t, readRepoFile(t, "deploy/container/config.yaml"))
 	setYAML(t, cfg, "server.listen", fmt.Sprintf("127.0.0.1:%d", cbPort))
 	setYAML(t, cfg, "server.admin_listen", fmt.Sprintf("127.0.0.1:%d", adminPort))
-	setYAML(t, cfg, "twilio.api_base_url", "http://"+simLn.Addr().String())
+	setYAML(t, cfg, "twilio.api_base_url", sim.URL)
 	cfgPath := flagValue(append(img.Entrypoint, img.Cmd...), "--config")
 	put(cfgPath, marshalYAML(t, cfg), 0o644)
 	rules, _ := filepath.Glob(repoFile(t, "deploy/container/rules/*.yaml"))
@@ -595,7 +591,7 @@ func runInEmptyRoot(t *testing.T, img image, bin string, uid, gid int, version s
 	}
 
 	// ENTRYPOINT + CMD.
-	logs := &syncBuffer{}
+	logs := &testenv.Buffer{}
 	run := chrooted(context.Background(), append(slices.Clone(img.Entrypoint), img.Cmd...)...)
 	run.Stdout, run.Stderr = logs, logs
 	if err := run.Start(); err != nil {

@@ -10,24 +10,22 @@
 package deploy_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/usagebreaker/usagebreaker/daemon"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 )
 
@@ -81,26 +79,11 @@ func tool(t testing.TB, name, install string) string {
 	return p
 }
 
-func listen(t testing.TB) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln
-}
-
 // waitFor polls cond until it holds; the limit is generous because CI is a
 // loaded 2-core machine.
 func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", limit, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testenv.WaitFor(t, what, limit, cond)
 }
 
 func httpGet(url string) (int, string, error) {
@@ -112,24 +95,6 @@ func httpGet(url string) (int, string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b), err
-}
-
-// syncBuffer collects logs from goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // ---- YAML config editing ----
@@ -222,13 +187,13 @@ type stackOptions struct {
 
 // stack is a simulator and a daemon configured against it.
 type stack struct {
-	sim    *twiliosim.Sim
+	sim    *testenv.Sim
 	simURL string
 	d      *daemon.Daemon
 	admin  string // http://127.0.0.1:PORT of the admin listener
 	public string // the callback listener's base URL
 	dir    string
-	logs   *syncBuffer
+	logs   *testenv.Buffer
 }
 
 // startStack starts the simulator and the daemon, with the config's listen
@@ -236,15 +201,11 @@ type stack struct {
 // a temp dir, and waits until the daemon is ready.
 func startStack(t *testing.T, o stackOptions) *stack {
 	t.Helper()
-	s := &stack{dir: t.TempDir(), logs: &syncBuffer{}}
-	s.sim = twiliosim.New(twiliosim.Options{ParentSID: o.ParentSID, ParentAuthToken: o.ParentToken, RetryDelay: -1})
-	simLn := listen(t)
-	simSrv := &http.Server{Handler: s.sim}
-	go simSrv.Serve(simLn)
-	t.Cleanup(func() { s.sim.Close(); simSrv.Close() })
-	s.simURL = "http://" + simLn.Addr().String()
+	s := &stack{dir: t.TempDir(), logs: &testenv.Buffer{}}
+	s.sim = testenv.StartSim(t, twiliosim.Options{ParentSID: o.ParentSID, ParentAuthToken: o.ParentToken, RetryDelay: -1})
+	s.simURL = s.sim.URL
 
-	cbLn, adminLn := listen(t), listen(t)
+	cbLn, adminLn := testenv.Listen(t), testenv.Listen(t)
 	s.public = "http://" + cbLn.Addr().String()
 	s.admin = "http://" + adminLn.Addr().String()
 	doc := parseYAML(t, o.Config)
@@ -259,15 +220,7 @@ func startStack(t *testing.T, o stackOptions) *stack {
 	if err := os.MkdirAll(filepath.Join(s.dir, "state"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	for name, content := range o.Files {
-		p := filepath.Join(s.dir, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	testenv.WriteFiles(t, s.dir, o.Files)
 	cfgPath := filepath.Join(s.dir, "config.yaml")
 	if err := os.WriteFile(cfgPath, marshalYAML(t, doc), 0o600); err != nil {
 		t.Fatal(err)
@@ -281,19 +234,9 @@ func startStack(t *testing.T, o stackOptions) *stack {
 		t.Fatalf("daemon: %v", err)
 	}
 	s.d = d
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() { runErr <- d.Run(ctx) }()
+	run := testenv.Run(d.Run)
 	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-runErr:
-			if err != nil {
-				t.Errorf("daemon: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("daemon did not stop")
-		}
+		run.Stop(t)
 		if t.Failed() {
 			t.Logf("daemon logs:\n%s", s.logs.String())
 		}

@@ -18,6 +18,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/usagebreaker/usagebreaker/internal/decimal"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 )
 
@@ -175,13 +176,13 @@ func TestAlertRulesPromtool(t *testing.T) {
 type promServer struct {
 	url  string
 	cmd  *exec.Cmd
-	logs *syncBuffer
+	logs *testenv.Buffer
 	done chan struct{}
 }
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln := listen(t)
+	ln := testenv.Listen(t)
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
 }
@@ -211,7 +212,7 @@ scrape_configs:
 	}
 	var last string
 	for attempt := 0; attempt < 3; attempt++ { // a free port can be taken before Prometheus binds it
-		p := &promServer{logs: &syncBuffer{}, done: make(chan struct{})}
+		p := &promServer{logs: &testenv.Buffer{}, done: make(chan struct{})}
 		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 		p.url = "http://" + addr
 		p.cmd = exec.Command(bin, "--config.file="+cfgPath, "--storage.tsdb.path="+filepath.Join(dir, fmt.Sprintf("data%d", attempt)),

@@ -148,8 +148,6 @@ type API interface {
 	// DeleteTrigger deletes a trigger; deleting one that is already gone is not an error.
 	DeleteTrigger(ctx context.Context, accountSID, triggerSID string) error
 
-	// UsageRecord reads an account's usage of one category in the current period.
-	UsageRecord(ctx context.Context, accountSID string, period Period, category string) (UsageRecord, error)
 	// UsageRecords reads every category of an account's usage in the current
 	// period in one call (at most one record per category).
 	UsageRecords(ctx context.Context, accountSID string, period Period) ([]UsageRecord, error)

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/usagebreaker/usagebreaker/internal/decimal"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 )
 
 func TestParentSID(t *testing.T) {
@@ -355,7 +356,7 @@ func TestRetryAfterUsedByClient(t *testing.T) {
 	})
 	opts := testOptions(f.URL)
 	opts.MinBackoff, opts.MaxBackoff = time.Millisecond, 3*time.Millisecond
-	var logs logBuffer
+	var logs testenv.Buffer
 	opts.Logger = debugLogger(&logs)
 	c := newTestClient(t, opts)
 	if _, err := c.FetchAccount(context.Background(), testSub); err != nil {
@@ -935,7 +936,7 @@ func TestUsageRecordExactDecimals(t *testing.T) {
 	var paths []string
 	f := newFake(t, func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
-		if q.Get("Category") != "totalprice" || q.Get("IncludeSubaccounts") != "false" {
+		if q.Get("IncludeSubaccounts") != "false" {
 			t.Errorf("query %v", q)
 		}
 		mu.Lock()
@@ -957,7 +958,17 @@ func TestUsageRecordExactDecimals(t *testing.T) {
 	c.now = func() time.Time { return time.Date(2026, 5, 1, 23, 30, 0, 0, time.FixedZone("x", -5*3600)) } // 2026-05-02 GMT
 	ctx := context.Background()
 
-	rec, err := c.UsageRecord(ctx, testSub, PeriodDaily, "totalprice")
+	// read is the totalprice record of a period (at most one).
+	read := func(p Period) (UsageRecord, int, error) {
+		recs, err := c.UsageRecords(ctx, testSub, p)
+		for _, r := range recs {
+			if r.Category == "totalprice" {
+				return r, len(recs), err
+			}
+		}
+		return UsageRecord{}, len(recs), err
+	}
+	rec, _, err := read(PeriodDaily)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -966,23 +977,23 @@ func TestUsageRecordExactDecimals(t *testing.T) {
 		rec.StartDate != "2026-05-01" || rec.AccountSID != testSub || rec.Value("price").String() != "2192.84855" {
 		t.Errorf("daily %+v", rec)
 	}
-	if _, err := c.UsageRecord(ctx, testSub, PeriodMonthly, "totalprice"); err != nil {
+	if _, _, err := read(PeriodMonthly); err != nil {
 		t.Fatal(err)
 	}
-	rec, err = c.UsageRecord(ctx, testSub, PeriodYearly, "totalprice")
+	rec, _, err = read(PeriodYearly)
 	if err != nil || rec.Price.String() != "12.5" {
 		t.Fatalf("yearly %+v %v", rec, err)
 	}
-	rec, err = c.UsageRecord(ctx, testSub, PeriodAllTime, "totalprice")
-	if err != nil || !rec.Price.IsZero() || rec.Category != "totalprice" || rec.AccountSID != testSub {
-		t.Fatalf("alltime %+v %v", rec, err)
+	rec, n, err := read(PeriodAllTime)
+	if err != nil || !rec.Price.IsZero() || n != 0 {
+		t.Fatalf("alltime %+v (%d records) %v", rec, n, err)
 	}
 	prefix := "/2010-04-01/Accounts/" + testSub + "/Usage/Records/"
 	want := []string{prefix + "Today.json?", prefix + "ThisMonth.json?", prefix + "Yearly.json?2026-01-01", prefix + "AllTime.json?"}
 	if fmt.Sprint(paths) != fmt.Sprint(want) {
 		t.Errorf("paths %v, want %v", paths, want)
 	}
-	if _, err := c.UsageRecord(ctx, testSub, Period("weekly"), "totalprice"); !IsPermanent(err) || !errors.Is(err, ErrInvalidArgument) {
+	if _, err := c.UsageRecords(ctx, testSub, Period("weekly")); !IsPermanent(err) || !errors.Is(err, ErrInvalidArgument) {
 		t.Errorf("unknown period: %v", err)
 	}
 }
@@ -1150,7 +1161,7 @@ func TestCredentialsNeverInErrorsOrLogs(t *testing.T) {
 	})
 	opts := testOptions(f.URL)
 	opts.MaxAttempts = 2
-	var logs logBuffer
+	var logs testenv.Buffer
 	opts.Logger = debugLogger(&logs)
 	c := newTestClient(t, opts)
 	_, err := c.FetchAccount(context.Background(), testSub)

@@ -1,7 +1,6 @@
 package twilioapi
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 )
 
 const (
@@ -169,25 +170,7 @@ func metricValue(t *testing.T, reg prometheus.Gatherer, name string, labels map[
 
 func registry(opts Options) *prometheus.Registry { return opts.Registerer.(*prometheus.Registry) }
 
-// logBuffer collects log output; safe for concurrent use.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func debugLogger(b *logBuffer) *slog.Logger {
+func debugLogger(b *testenv.Buffer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 

@@ -12,9 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -24,6 +22,7 @@ import (
 	"github.com/usagebreaker/usagebreaker/daemon"
 	"github.com/usagebreaker/usagebreaker/internal/decimal"
 	"github.com/usagebreaker/usagebreaker/internal/smtptest"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 	"github.com/usagebreaker/usagebreaker/notify"
 )
@@ -79,8 +78,7 @@ type hookReq struct {
 func newHookReceiver(t *testing.T, fail ...int) *hookReceiver {
 	t.Helper()
 	h := &hookReceiver{fail: fail}
-	ln := loopback(t)
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr := testenv.Serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		h.mu.Lock()
 		status := 200
@@ -90,10 +88,8 @@ func newHookReceiver(t *testing.T, fail ...int) *hookReceiver {
 		h.reqs = append(h.reqs, hookReq{status, r.Header.Clone(), body})
 		h.mu.Unlock()
 		w.WriteHeader(status)
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	h.url = "http://" + ln.Addr().String() + "/hook/T000/B000/secret"
+	}))
+	h.url = "http://" + addr + "/hook/T000/B000/secret"
 	return h
 }
 
@@ -109,42 +105,16 @@ func (h *hookReceiver) delivered() []hookReq {
 	return out
 }
 
-func loopback(t *testing.T) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln
-}
-
 type opsEnv struct {
 	t           *testing.T
-	sim         *twiliosim.Sim
+	sim         *testenv.Sim
 	d           *daemon.Daemon
 	admin       string
 	dir         string
 	slack, hook *hookReceiver
 	smtp        *smtptest.Server
-	logs        *lockedBuf
+	logs        *testenv.Buffer
 	accts       map[string]twiliosim.Account
-}
-
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 type opsOptions struct {
@@ -160,17 +130,11 @@ type opsOptions struct {
 // daemon on loopback with all four notifier types.
 func startOps(t *testing.T, o opsOptions) *opsEnv {
 	t.Helper()
-	e := &opsEnv{t: t, dir: t.TempDir(), logs: &lockedBuf{}, accts: map[string]twiliosim.Account{}}
+	e := &opsEnv{t: t, dir: t.TempDir(), logs: &testenv.Buffer{}}
 	y, m, d := time.Now().UTC().Date()
 	base, start := time.Date(y, m, d, 8, 0, 0, 0, time.UTC), time.Now()
-	e.sim = twiliosim.New(twiliosim.Options{RetryDelay: -1, Now: func() time.Time { return base.Add(time.Since(start)) }})
-	simLn := loopback(t)
-	simSrv := &http.Server{Handler: e.sim}
-	go simSrv.Serve(simLn)
-	t.Cleanup(func() { simSrv.Close(); e.sim.Close() })
-	for _, n := range o.names {
-		e.accts[n] = e.sim.CreateSubaccount(n)
-	}
+	e.sim = testenv.StartSim(t, twiliosim.Options{RetryDelay: -1, Now: func() time.Time { return base.Add(time.Since(start)) }})
+	e.accts = e.sim.Subaccounts(o.names...)
 
 	var fail []int
 	if o.failFirst {
@@ -189,7 +153,7 @@ func startOps(t *testing.T, o opsOptions) *opsEnv {
 		e.smtp.FailNext(2, 451)
 	}
 
-	cbLn, adminLn := loopback(t), loopback(t)
+	cbLn, adminLn := testenv.Listen(t), testenv.Listen(t)
 	e.admin = "http://" + adminLn.Addr().String()
 	p := e.sim.Parent()
 	files := map[string]string{
@@ -203,25 +167,10 @@ func startOps(t *testing.T, o opsOptions) *opsEnv {
 	if notifiers == nil {
 		notifiers = []string{"oncall-sms", "ops-slack", "siem", "ops-mail"}
 	}
-	files["config.yaml"] = fmt.Sprintf(`instance: e2e
-twilio:
-  account_sid: %s
-  auth_token: %s
-  api_base_url: http://%s
-server:
-  listen: %q
-  public_url: http://%s
-  admin_listen: %q
-state:
-  path: state.db
-reconcile:
-  schedule: "@every 1h"
-rule_files: ["rules/*.yaml"]
-poll:
-  schedule: ""
-admin:
-  token_file: admin-token
-%s
+	c := testenv.Config{Instance: "e2e", AccountSID: p.SID, AuthToken: p.AuthToken, APIBaseURL: e.sim.URL,
+		Listen: cbLn.Addr().String(), PublicURL: "http://" + cbLn.Addr().String(), AdminListen: adminLn.Addr().String(),
+		RuleFiles: "rules/*.yaml", AdminTokenFile: "admin-token"}
+	c.Extra = fmt.Sprintf(`%s
 notifiers:
   - name: oncall-sms
     type: twilio_sms
@@ -243,34 +192,18 @@ notifiers:
     to: [ops@example.com]
     tls_ca_file: ca.pem
 default_notifiers: [%s]
-`, p.SID, p.AuthToken, simLn.Addr(), cbLn.Addr(), cbLn.Addr(), adminLn.Addr(), o.guard,
-		opsSMSFrom, opsSMSTo, e.slack.url, e.hook.url, e.smtp.Addr, opsSMTPUser, strings.Join(notifiers, ", "))
-	for name, content := range files {
-		path := filepath.Join(e.dir, name)
-		os.MkdirAll(filepath.Dir(path), 0o755)
-		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+`, o.guard, opsSMSFrom, opsSMSTo, e.slack.url, e.hook.url, e.smtp.Addr, opsSMTPUser, strings.Join(notifiers, ", "))
+	files["config.yaml"] = c.YAML()
+	testenv.WriteFiles(t, e.dir, files)
 	log := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	e.d, err = daemon.New(context.Background(), daemon.Options{ConfigPath: filepath.Join(e.dir, "config.yaml"), Logger: log,
 		CallbackListener: cbLn, AdminListener: adminLn, ShutdownTimeout: 5 * time.Second, Now: e.sim.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.d.Run(ctx) }()
+	run := testenv.Run(e.d.Run)
 	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("daemon: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("daemon did not stop")
-		}
+		run.Stop(t)
 		if t.Failed() {
 			t.Logf("daemon logs:\n%s", e.logs.String())
 		}
@@ -283,24 +216,10 @@ default_notifiers: [%s]
 // waitFor polls cond; generous, for a loaded 2-core machine.
 func (e *opsEnv) waitFor(what string, cond func() bool) {
 	e.t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			e.t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	testenv.WaitFor(e.t, what, 90*time.Second, cond)
 }
 
-func (e *opsEnv) account(name string) twiliosim.AccountState {
-	for _, a := range e.sim.State().Accounts {
-		if a.FriendlyName == name {
-			return a
-		}
-	}
-	e.t.Fatalf("no account %s", name)
-	return twiliosim.AccountState{}
-}
+func (e *opsEnv) account(name string) twiliosim.AccountState { return e.sim.Account(e.t, name) }
 
 func (e *opsEnv) spend(name, price string) []twiliosim.Firing {
 	e.t.Helper()
@@ -323,13 +242,7 @@ func (e *opsEnv) api(method, path, token, body string) (int, string) {
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return testenv.Do(e.t, req)
 }
 
 func (e *opsEnv) incidents(query string) []daemon.IncidentJSON {

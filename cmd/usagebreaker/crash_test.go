@@ -1,306 +1,56 @@
 package main
 
 import (
-	"context"
 	"database/sql"
 	"encoding/json"
-	"fmt"
-	"go/build"
-	"io"
 	"math/rand/v2"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	_ "modernc.org/sqlite"
 
 	"github.com/usagebreaker/usagebreaker/internal/decimal"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 )
 
-// The crash test's rules: two that only notify (each fires on every day's
-// first SMS, so every cycle brings a storm of distinct firings), and four
-// that suspend, all crossed by one purchase, so four suspend actions of one
-// subaccount race each other.
-const crashRules = `rules:
-  - name: n-sms-count
-    accounts: {include: ["*"]}
-    usage_category: sms
-    trigger_by: count
-    recurring: daily
-    threshold: 1
-    action: notify
-  - name: n-sms-usage
-    accounts: {include: ["*"]}
-    usage_category: sms
-    trigger_by: usage
-    recurring: daily
-    threshold: 1
-    action: notify
-  - name: s-spend-daily
-    accounts: {include: ["*"]}
-    usage_category: totalprice
-    trigger_by: price
-    recurring: daily
-    threshold: "20"
-    action: suspend
-  - name: s-spend-monthly
-    accounts: {include: ["*"]}
-    usage_category: totalprice
-    trigger_by: price
-    recurring: monthly
-    threshold: "20"
-    action: suspend
-  - name: s-spend-alltime
-    accounts: {include: ["*"]}
-    usage_category: totalprice
-    trigger_by: price
-    recurring: alltime
-    threshold: "20"
-    action: suspend
-  - name: s-sms-monthly
-    accounts: {include: ["*"]}
-    usage_category: sms
-    trigger_by: count
-    recurring: monthly
-    threshold: 1000
-    action: suspend
-`
-
-var suspendRule = map[string]bool{"s-spend-daily": true, "s-spend-monthly": true, "s-spend-alltime": true, "s-sms-monthly": true}
-
-// crashEnv is the simulator (in this process, on loopback) and the daemon
-// binary run as a child process on a fixed config, state and addresses.
+// crashEnv is a storm (storm_test.go) with one daemon on SQLite.
 type crashEnv struct {
-	t          *testing.T
-	bin        string
-	dir        string
-	cfg        string
-	admin      string
-	sim        *twiliosim.Sim
-	cmd        *exec.Cmd
-	exited     chan struct{} // closed when cmd has exited
-	logf       *os.File
-	starts     int
-	names      map[string]string // SID -> friendly name
-	httpClient *http.Client
-}
-
-func freeAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// buildBinary builds the real usagebreaker into dir (with -race when this
-// test has it, so the build reuses what is already compiled).
-func buildBinary(t *testing.T, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "usagebreaker")
-	args := []string{"build", "-o", bin}
-	if raceBuild {
-		args = append(args, "-race")
-	}
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		goTool = filepath.Join(build.Default.GOROOT, "bin", "go")
-	}
-	out, err := exec.Command(goTool, append(args, ".")...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
+	*storm
+	d *testenv.Process
 }
 
 func newCrashEnv(t *testing.T, accounts int) *crashEnv {
 	t.Helper()
-	e := &crashEnv{t: t, dir: t.TempDir(), names: map[string]string{}, httpClient: &http.Client{Timeout: 10 * time.Second}}
-	e.bin = buildBinary(t, e.dir)
-	e.sim = twiliosim.New(twiliosim.Options{}) // Twilio-like quick callback retries (50 ms)
-	simLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	simSrv := &http.Server{Handler: e.sim}
-	go simSrv.Serve(simLn)
-	t.Cleanup(func() { simSrv.Close(); e.sim.Close() })
-	for i := 0; i < accounts; i++ {
-		a := e.sim.CreateSubaccount(fmt.Sprintf("tenant-%02d", i))
-		e.names[a.SID] = a.FriendlyName
-	}
-	// Half the status writes take 400 ms at Twilio, so kills often land while
-	// one is in flight, and such a write lands after its process died.
-	if _, err := e.sim.AddFault(twiliosim.Fault{Path: `^/2010-04-01/Accounts/AC[0-9a-f]{32}\.json$`, Method: "POST",
-		Delay: 400 * time.Millisecond, Probability: 0.5, Times: -1}); err != nil {
-		t.Fatal(err)
-	}
-	cb, admin := freeAddr(t), freeAddr(t)
-	e.admin = "http://" + admin
-	p := e.sim.Parent()
-	os.WriteFile(filepath.Join(e.dir, "admin-token"), []byte("crashTestAdminToken\n"), 0o600)
-	os.WriteFile(filepath.Join(e.dir, "rules.yaml"), []byte(crashRules), 0o600)
-	e.cfg = filepath.Join(e.dir, "config.yaml")
-	cfg := fmt.Sprintf(`instance: crash
-twilio:
-  account_sid: %s
-  auth_token: %s
-  api_base_url: http://%s
-  max_concurrency: 8
-  timeout: 2s
-server:
-  listen: %q
-  public_url: http://%s
-  admin_listen: %q
-state:
-  path: state.db
-reconcile:
-  schedule: "@every 1h"
-rule_files: [rules.yaml]
-poll:
-  schedule: ""          # the storm tests the callback path alone; the end polls on demand
-admin:
-  token_file: admin-token
-`, p.SID, p.AuthToken, simLn.Addr().String(), cb, cb, admin)
-	if err := os.WriteFile(e.cfg, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if e.cmd != nil {
-			e.cmd.Process.Kill()
-			<-e.exited
-		}
-		if t.Failed() {
-			t.Logf("last daemon log:\n%s", tail(filepath.Join(e.dir, fmt.Sprintf("daemon-%d.log", e.starts)), 60))
-		}
-	})
-	return e
-}
-
-func tail(path string, n int) string {
-	b, _ := os.ReadFile(path)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	s := newStorm(t, accounts)
+	cb, admin := testenv.FreeAddr(t), testenv.FreeAddr(t)
+	return &crashEnv{storm: s, d: s.process("daemon", s.config(cb, cb, admin, "path: state.db"))}
 }
 
 // start runs the daemon and waits until it is ready (first reconcile done).
 func (e *crashEnv) start() {
 	e.t.Helper()
-	e.starts++
-	f, err := os.Create(filepath.Join(e.dir, fmt.Sprintf("daemon-%d.log", e.starts)))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.logf = f
-	e.cmd = exec.Command(e.bin, "run", "--config", e.cfg, "--log-level", "info", "--shutdown-timeout", "5s", "--watch-interval", "0")
-	e.cmd.Stdout, e.cmd.Stderr = f, f
-	if err := e.cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	e.exited = exited
-	go func(cmd *exec.Cmd) { cmd.Wait(); close(exited) }(e.cmd)
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		select {
-		case <-exited:
-			e.t.Fatalf("start %d: the daemon exited: %v\n%s", e.starts, e.cmd.ProcessState, tail(f.Name(), 40))
-		default:
-		}
-		resp, err := e.httpClient.Get(e.admin + "/-/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("start %d: not ready in time\n%s", e.starts, tail(f.Name(), 40))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (e *crashEnv) kill() {
-	e.t.Helper()
-	if err := e.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		e.t.Fatal(err)
-	}
-	<-e.exited
-	e.logf.Close()
-}
-
-// stop sends SIGTERM and expects a clean exit (status 0).
-func (e *crashEnv) stop() {
-	e.t.Helper()
-	if err := e.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		e.t.Fatal(err)
-	}
-	select {
-	case <-e.exited:
-		if code := e.cmd.ProcessState.ExitCode(); code != 0 {
-			e.t.Fatalf("daemon exited with %v after SIGTERM\n%s", e.cmd.ProcessState, tail(e.logf.Name(), 40))
-		}
-	case <-time.After(60 * time.Second):
-		e.t.Fatal("daemon did not exit after SIGTERM")
-	}
-	e.logf.Close()
+	e.d.Start(e.t)
+	e.d.WaitReady(e.t)
 }
 
 func (e *crashEnv) metric(sample string) float64 {
 	e.t.Helper()
-	resp, err := e.httpClient.Get(e.admin + "/metrics")
+	v, err := e.d.Metric(sample)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(sample) + ` (\S+)$`)
-	if g := re.FindSubmatch(b); g != nil {
-		v, _ := strconv.ParseFloat(string(g[1]), 64)
-		return v
-	}
-	return 0
+	return v
 }
 
 func (e *crashEnv) waitFor(what string, cond func() bool) {
 	e.t.Helper()
-	deadline := time.Now().Add(120 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			e.t.Fatalf("timed out waiting for %s\n%s", what, tail(e.logf.Name(), 40))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// crashCycles is 20 by default (CI), or USAGEBREAKER_CRASH_CYCLES.
-func crashCycles(t *testing.T) int {
-	n := 20
-	if testing.Short() {
-		n = 3
-	}
-	if v := os.Getenv("USAGEBREAKER_CRASH_CYCLES"); v != "" {
-		var err error
-		if n, err = strconv.Atoi(v); err != nil || n < 1 {
-			t.Fatalf("USAGEBREAKER_CRASH_CYCLES=%q: want a positive number", v)
-		}
-	}
-	return n
+	testenv.WaitFor(e.t, what, 120*time.Second, cond, func() string { return testenv.Tail(e.d.LogPath(), 40) })
 }
 
 // TestCrashStorm builds the real binary and runs it against the simulator
@@ -328,21 +78,18 @@ func crashCycles(t *testing.T) int {
 // USAGEBREAKER_CRASH_SEED replays the kill times of a run.
 func TestCrashStorm(t *testing.T) {
 	const accounts = 50
-	cycles := crashCycles(t)
-	seed := uint64(time.Now().UnixNano())
-	if v := os.Getenv("USAGEBREAKER_CRASH_SEED"); v != "" {
-		seed, _ = strconv.ParseUint(v, 10, 64)
+	cycles := 20
+	if testing.Short() {
+		cycles = 3
 	}
+	cycles = stormCycles(t, "USAGEBREAKER_CRASH_CYCLES", cycles)
+	seed := stormSeed()
 	t.Logf("%d cycles, seed %d (USAGEBREAKER_CRASH_SEED replays the kill times)", cycles, seed)
 	rng := rand.New(rand.NewPCG(seed, seed>>1|1))
 	began := time.Now()
 	e := newCrashEnv(t, accounts)
 	built := time.Since(began)
 
-	var sids []string
-	for _, a := range e.sim.State().Accounts {
-		sids = append(sids, a.SID)
-	}
 	var (
 		firingsMu sync.Mutex
 		firings   []twiliosim.Firing
@@ -363,81 +110,20 @@ func TestCrashStorm(t *testing.T) {
 		e.start()
 		// The storm: every subaccount sends an SMS; this cycle's share of the
 		// subaccounts also overspends, crossing all four suspend rules at once.
-		window := 500 * time.Millisecond
-		var wg sync.WaitGroup
-		for i, sid := range sids {
-			trips := i*cycles/accounts == c
-			wg.Add(1)
-			go func(sid string, trips bool, at, tripAt time.Duration) {
-				defer wg.Done()
-				time.Sleep(at)
-				addUsage(twiliosim.UsageInput{AccountSID: sid, Category: "sms", Count: decimal.FromInt(1), Usage: decimal.FromInt(1)})
-				if trips {
-					time.Sleep(tripAt)
-					addUsage(twiliosim.UsageInput{AccountSID: sid, Category: "sms", Count: decimal.FromInt(1000),
-						Usage: decimal.FromInt(1000), Price: decimal.MustParse("25")})
-				}
-			}(sid, trips, time.Duration(rng.Int64N(int64(window))), time.Duration(rng.Int64N(int64(window/5))))
-		}
+		wg := e.cycle(rng, func(i int) bool { return i*cycles/accounts == c }, addUsage)
 		// SIGKILL at a random moment: before, during or just after the storm.
-		kill := time.Duration(rng.Int64N(int64(window + 300*time.Millisecond)))
+		kill := time.Duration(rng.Int64N(int64(stormWindow + 300*time.Millisecond)))
 		killedAt = append(killedAt, kill)
 		time.Sleep(kill)
-		e.kill()
+		e.d.Kill(t)
 		wg.Wait()
 	}
 
 	// The last start, with no kill: let everything settle.
 	e.start()
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
-	if err := e.sim.WaitIdle(ctx); err != nil {
-		t.Fatalf("callback deliveries did not finish: %v", err)
-	}
+	e.waitDeliveries()
 	e.waitFor("no pending action", func() bool { return e.metric("usagebreaker_actions_pending") == 0 })
 	stormTook := time.Since(stormStart)
-
-	st := e.sim.State()
-	writes := map[string]int{}
-	for _, a := range st.Accounts {
-		for _, h := range a.StatusHistory {
-			if h.Status == "suspended" {
-				writes[a.SID]++
-			}
-		}
-	}
-	type answered struct{ token, account, rule string }
-	var ok200 []answered
-	var deliveries, failedDeliveries int
-	got200 := map[string]bool{}
-	for _, d := range st.Deliveries {
-		deliveries++
-		if d.Status != 200 {
-			failedDeliveries++
-			continue
-		}
-		rule := d.URL[strings.LastIndex(d.URL, "/")+1:]
-		if !got200[d.IdempotencyToken] {
-			ok200 = append(ok200, answered{d.IdempotencyToken, d.AccountSID, rule})
-		}
-		got200[d.IdempotencyToken] = true
-	}
-	var suspendOK int
-	for _, a := range ok200 {
-		if !suspendRule[a.rule] {
-			continue
-		}
-		suspendOK++
-		if writes[a.account] != 1 {
-			t.Errorf("%s: firing %s of %s was answered 200 but the account has %d suspend writes", e.names[a.account], a.token, a.rule, writes[a.account])
-		}
-	}
-	for sid, n := range writes {
-		if n > 1 {
-			t.Errorf("%s: %d suspend writes", e.names[sid], n)
-		}
-	}
-	suspendedBeforePoll := len(writes)
 
 	// Everything the store holds, as the daemon left it (read-only, while it runs).
 	db, err := sql.Open("sqlite", "file:"+filepath.Join(e.dir, "state.db")+"?mode=ro&_pragma=busy_timeout(10000)")
@@ -445,25 +131,14 @@ func TestCrashStorm(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	recorded := map[string]bool{}
-	rows, err := db.Query(`SELECT idempotency_token FROM firings`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rows.Next() {
-		var tok string
-		rows.Scan(&tok)
-		recorded[tok] = true
-	}
-	rows.Close()
-	for _, a := range ok200 {
-		if !recorded[a.token] {
-			t.Errorf("firing %s was answered 200 but is not in the store", a.token)
-		}
-	}
+	res := e.result()
+	writes, ok200 := res.writes, res.ok200
+	_, suspendOK, _ := e.checkAnswered(db, res)
+	suspendedBeforePoll := len(writes)
+
 	type incident struct{ rule, account, state, outcome, detail string }
 	var incidents []incident
-	rows, err = db.Query(`SELECT rule, account_sid, state, outcome, detail FROM incidents`)
+	rows, err := db.Query(`SELECT rule, account_sid, state, outcome, detail FROM incidents`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -514,13 +189,7 @@ func TestCrashStorm(t *testing.T) {
 
 	// The polling fallback catches the trips whose callbacks all went unanswered.
 	before := e.metric(`usagebreaker_polls_total{result="ok"}`)
-	req, _ := http.NewRequest(http.MethodPost, e.admin+"/api/v1/poll", nil)
-	req.Header.Set("Authorization", "Bearer crashTestAdminToken")
-	resp, err := e.httpClient.Do(req)
-	if err != nil || resp.StatusCode != 202 {
-		t.Fatalf("poll: %v %v", resp, err)
-	}
-	resp.Body.Close()
+	e.d.Post(t, "/api/v1/poll", stormAdminToken)
 	e.waitFor("the poll", func() bool { return e.metric(`usagebreaker_polls_total{result="ok"}`) > before })
 	e.waitFor("no pending action after the poll", func() bool { return e.metric("usagebreaker_actions_pending") == 0 })
 	// actions_pending is read from the store every second, so it may still
@@ -535,14 +204,8 @@ func TestCrashStorm(t *testing.T) {
 		return true
 	})
 	fromPoll := e.metric(`usagebreaker_incidents_total{rule="s-spend-alltime",source="poll"}`)
-	st = e.sim.State()
-	for _, a := range st.Accounts {
-		n := 0
-		for _, h := range a.StatusHistory {
-			if h.Status == "suspended" {
-				n++
-			}
-		}
+	for _, a := range e.sim.State().Accounts {
+		n := testenv.SuspendWrites(a)
 		over := a.Usage["alltime"]["totalprice"].Price.Cmp(decimal.FromInt(20)) >= 0
 		if over && n != 1 {
 			t.Errorf("%s spent %s in all and has %d suspend writes after the poll", a.FriendlyName, a.Usage["alltime"]["totalprice"].Price, n)
@@ -551,7 +214,7 @@ func TestCrashStorm(t *testing.T) {
 			t.Errorf("%s is under every threshold and has %d suspend writes", a.FriendlyName, n)
 		}
 	}
-	e.stop()
+	e.d.Stop(t)
 
 	held := map[string]bool{} // incidents whose claimed trip a kill cut off, rescued (account held) at a restart
 	logs, _ := filepath.Glob(filepath.Join(e.dir, "daemon-*.log"))
@@ -568,7 +231,7 @@ func TestCrashStorm(t *testing.T) {
 	firingsMu.Unlock()
 	summary := map[string]any{
 		"cycles": cycles, "subaccounts": accounts, "seed": seed, "kills": len(killedAt),
-		"firings": firingCount, "callback_attempts": deliveries, "attempts_not_answered_200": failedDeliveries,
+		"firings": firingCount, "callback_attempts": res.deliveries, "attempts_not_answered_200": res.failed,
 		"firings_answered_200": len(ok200), "suspend_firings_answered_200": suspendOK, "incidents": len(incidents),
 		"suspended_by_callbacks": suspendedBeforePoll, "suspended_by_the_final_poll": int(fromPoll),
 		"trip_claims_cut_by_a_kill_and_rescued_at_restart": len(held), "suspensions_found_landed_after_a_kill": resumedWrites,

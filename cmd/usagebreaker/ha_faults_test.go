@@ -101,15 +101,6 @@ func pgAddr(t *testing.T, dsn string) string {
 	return u.Host
 }
 
-func (e *haEnv) status(url string) int {
-	resp, err := e.client.Get(url)
-	if err != nil {
-		return 0
-	}
-	resp.Body.Close()
-	return resp.StatusCode
-}
-
 // TestPostgresUnreachable: one replica loses the database. It answers
 // /-/ready and callbacks with 503 and usagebreaker_state_backend_up is 0,
 // while the other replica keeps serving; when the database is back, so is
@@ -134,7 +125,7 @@ func TestPostgresUnreachable(t *testing.T) {
 	}
 
 	proxy.setCut(true)
-	e.waitFor("replica-0 unready", 30*time.Second, func() bool { return e.status("http://"+cut.admin+"/-/ready") == 503 })
+	e.waitFor("replica-0 unready", 30*time.Second, func() bool { return cut.Status("/-/ready") == 503 })
 	if v := e.metric(cut, "usagebreaker_state_backend_up"); v != 0 {
 		t.Fatalf("backend up %v while cut off", v)
 	}
@@ -160,7 +151,7 @@ func TestPostgresUnreachable(t *testing.T) {
 		}
 	}
 	// The other replica serves: ready, and records the next firing.
-	if s := e.status("http://" + ok.admin + "/-/ready"); s != 200 {
+	if s := ok.Status("/-/ready"); s != 200 {
 		t.Fatalf("replica-1 ready: %d", s)
 	}
 	e.setOut(0, true)
@@ -183,7 +174,7 @@ func TestPostgresUnreachable(t *testing.T) {
 	}
 
 	proxy.setCut(false)
-	e.waitFor("replica-0 ready again", 30*time.Second, func() bool { return e.status("http://"+cut.admin+"/-/ready") == 200 })
+	e.waitFor("replica-0 ready again", 30*time.Second, func() bool { return cut.Status("/-/ready") == 200 })
 	if v := e.metric(cut, "usagebreaker_state_backend_up"); v != 1 {
 		t.Fatalf("backend up %v after the cut", v)
 	}
@@ -197,12 +188,7 @@ func TestPostgresUnreachable(t *testing.T) {
 // answered 200 within Twilio's retries and recorded.
 func TestPostgresRollingRestart(t *testing.T) {
 	e := newHAEnv(t, 3, 20, 2, nil)
-	for _, r := range e.replicas {
-		e.start(r, false)
-	}
-	for _, r := range e.replicas {
-		e.waitReady(r)
-	}
+	e.startAll()
 	var sids []string
 	for _, a := range e.sim.State().Accounts {
 		sids = append(sids, a.SID)
@@ -284,12 +270,7 @@ func TestPostgresRollingRestart(t *testing.T) {
 func TestPostgresGuardAcrossReplicas(t *testing.T) {
 	const accounts, max = 12, 4
 	e := newHAEnv(t, 3, accounts, 3, nil, "guard:\n  max_suspensions: 4\n  window: 1h\n")
-	for _, r := range e.replicas {
-		e.start(r, false)
-	}
-	for _, r := range e.replicas {
-		e.waitReady(r)
-	}
+	e.startAll()
 	var wg sync.WaitGroup
 	for _, a := range e.sim.State().Accounts {
 		wg.Add(1)

@@ -2,26 +2,22 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/usagebreaker/usagebreaker/internal/decimal"
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 	"github.com/usagebreaker/usagebreaker/internal/twiliosim"
 	"github.com/usagebreaker/usagebreaker/store/storetest"
 )
@@ -31,19 +27,14 @@ import (
 // two at once.
 
 type haReplica struct {
-	name, cfg, admin, callback string
-	cmd                        *exec.Cmd
-	exited                     chan struct{}
-	logf                       *os.File
-	starts                     int
+	*testenv.Process
+	name, cfg, callback string
 }
 
+// haEnv is a storm (storm_test.go) on replicas.
 type haEnv struct {
-	t         *testing.T
-	bin, dir  string
+	*storm
 	dsn       string
-	sim       *twiliosim.Sim
-	names     map[string]string
 	replicas  []*haReplica
 	client    *http.Client
 	rng       *rand.Rand
@@ -83,119 +74,39 @@ func (e *haEnv) pool() []int {
 func newHAEnv(t *testing.T, replicas, accounts int, seed uint64, dsnOf func(i int, dsn string) string, extra ...string) *haEnv {
 	t.Helper()
 	dsn := storetest.Schema(t)
-	e := &haEnv{t: t, dir: t.TempDir(), dsn: dsn, names: map[string]string{}, client: &http.Client{Timeout: 10 * time.Second},
+	e := &haEnv{storm: newStorm(t, accounts), dsn: dsn, client: &http.Client{Timeout: 10 * time.Second},
 		rng: rand.New(rand.NewPCG(seed, seed>>1|1)), twoAtOnce: 0.25, out: map[int]bool{}}
-	e.bin = buildBinary(t, e.dir)
-	e.sim = twiliosim.New(twiliosim.Options{})
-	simLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	simSrv := &http.Server{Handler: e.sim}
-	go simSrv.Serve(simLn)
-	t.Cleanup(func() { simSrv.Close(); e.sim.Close() })
-	for i := 0; i < accounts; i++ {
-		a := e.sim.CreateSubaccount(fmt.Sprintf("tenant-%02d", i))
-		e.names[a.SID] = a.FriendlyName
-	}
-	if _, err := e.sim.AddFault(twiliosim.Fault{Path: `^/2010-04-01/Accounts/AC[0-9a-f]{32}\.json$`, Method: "POST",
-		Delay: 400 * time.Millisecond, Probability: 0.5, Times: -1}); err != nil {
-		t.Fatal(err)
-	}
 	// The notifier's receiver counts each notification's deliveries.
 	e.hooks = map[string]int{}
-	hookLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hook := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	hookAddr := testenv.Serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		e.hookMu.Lock()
 		e.hooks[r.Header.Get("X-Usagebreaker-Delivery")]++
 		e.hookMu.Unlock()
-	})}
-	go hook.Serve(hookLn)
-	t.Cleanup(func() { hook.Close() })
+	}))
 	// The balancer: Twilio's callbacks reach it at the public URL.
-	lbLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lb := &http.Server{Handler: http.HandlerFunc(e.balance)}
-	go lb.Serve(lbLn)
-	t.Cleanup(func() { lb.Close() })
+	lbAddr := testenv.Serve(t, http.HandlerFunc(e.balance))
 
-	p := e.sim.Parent()
-	os.WriteFile(filepath.Join(e.dir, "admin-token"), []byte("crashTestAdminToken\n"), 0o600)
-	os.WriteFile(filepath.Join(e.dir, "rules.yaml"), []byte(crashRules), 0o600)
 	for i := range replicas {
-		r := &haReplica{name: fmt.Sprintf("replica-%d", i), callback: freeAddr(t), admin: freeAddr(t)}
+		r := &haReplica{name: fmt.Sprintf("replica-%d", i), callback: testenv.FreeAddr(t)}
 		rdsn := dsn
 		if dsnOf != nil {
 			rdsn = dsnOf(i, dsn)
 		}
-		os.WriteFile(filepath.Join(e.dir, r.name+".dsn"), []byte(rdsn+"\n"), 0o600)
-		r.cfg = filepath.Join(e.dir, r.name+".yaml")
-		cfg := fmt.Sprintf(`instance: crash
-twilio:
-  account_sid: %s
-  auth_token: %s
-  api_base_url: http://%s
-  max_concurrency: 8
-  timeout: 2s
-server:
-  listen: %q
-  public_url: http://%s
-  admin_listen: %q
-state:
-  postgres:
-    dsn_file: %s.dsn
-    claim_lease: 1s
-reconcile:
-  schedule: "@every 1h"
-rule_files: [rules.yaml]
-poll:
-  schedule: ""
-admin:
-  token_file: admin-token
-notifiers:
+		testenv.WriteFiles(t, e.dir, map[string]string{r.name + ".dsn": rdsn + "\n"})
+		c := e.config(r.callback, lbAddr, testenv.FreeAddr(t), "postgres:\n  dsn_file: "+r.name+".dsn\n  claim_lease: 1s")
+		c.Extra = fmt.Sprintf(`notifiers:
   - name: hook
     type: webhook
     url: http://%s/hook
     secret: crash-test-secret-0123456789
 default_notifiers: [hook]
-%s`, p.SID, p.AuthToken, simLn.Addr().String(), r.callback, lbLn.Addr().String(), r.admin, r.name, hookLn.Addr().String(), strings.Join(extra, "\n"))
-		if err := os.WriteFile(r.cfg, []byte(cfg), 0o600); err != nil {
-			t.Fatal(err)
-		}
+%s`, hookAddr, strings.Join(extra, "\n"))
+		r.Process = e.process(r.name, c, "--replica", r.name)
+		r.cfg = filepath.Join(e.dir, r.name+".yaml")
 		e.replicas = append(e.replicas, r)
 	}
-	t.Cleanup(func() {
-		for _, r := range e.replicas {
-			if r.running() {
-				r.cmd.Process.Kill()
-				<-r.exited
-			}
-		}
-		if t.Failed() {
-			for _, r := range e.replicas {
-				t.Logf("last log of %s:\n%s", r.name, tail(filepath.Join(e.dir, fmt.Sprintf("%s-%d.log", r.name, r.starts)), 30))
-			}
-		}
-	})
 	return e
-}
-
-func (r *haReplica) running() bool {
-	if r.cmd == nil {
-		return false
-	}
-	select {
-	case <-r.exited:
-		return false
-	default:
-		return true
-	}
 }
 
 func (e *haEnv) intn(n int) int {
@@ -256,98 +167,44 @@ func (e *haEnv) balance(w http.ResponseWriter, r *http.Request) {
 // start starts replica r; wait makes it wait until r is ready.
 func (e *haEnv) start(r *haReplica, wait bool) {
 	e.t.Helper()
-	r.starts++
-	f, err := os.Create(filepath.Join(e.dir, fmt.Sprintf("%s-%d.log", r.name, r.starts)))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	r.logf = f
-	r.cmd = exec.Command(e.bin, "run", "--config", r.cfg, "--replica", r.name, "--log-level", "info", "--shutdown-timeout", "5s", "--watch-interval", "0")
-	r.cmd.Stdout, r.cmd.Stderr = f, f
-	if err := r.cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	r.exited = exited
-	go func(cmd *exec.Cmd) { cmd.Wait(); close(exited) }(r.cmd)
+	r.Start(e.t)
 	if wait {
+		r.WaitReady(e.t)
+	}
+}
+
+func (e *haEnv) waitReady(r *haReplica) { e.t.Helper(); r.WaitReady(e.t) }
+
+func (e *haEnv) kill(r *haReplica) { e.t.Helper(); r.Kill(e.t) }
+
+func (e *haEnv) stop(r *haReplica) { e.t.Helper(); r.Stop(e.t) }
+
+// startAll starts the replicas that are not running, and waits until all
+// are ready.
+func (e *haEnv) startAll() {
+	e.t.Helper()
+	for _, r := range e.replicas {
+		if !r.Running() {
+			e.start(r, false)
+		}
+	}
+	for _, r := range e.replicas {
 		e.waitReady(r)
 	}
 }
 
-func (e *haEnv) waitReady(r *haReplica) {
-	e.t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		select {
-		case <-r.exited:
-			e.t.Fatalf("%s exited: %v\n%s", r.name, r.cmd.ProcessState, tail(r.logf.Name(), 40))
-		default:
-		}
-		resp, err := e.client.Get("http://" + r.admin + "/-/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("%s not ready in time\n%s", r.name, tail(r.logf.Name(), 40))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (e *haEnv) kill(r *haReplica) {
-	e.t.Helper()
-	if err := r.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		e.t.Fatal(err)
-	}
-	<-r.exited
-	r.logf.Close()
-}
-
-func (e *haEnv) stop(r *haReplica) {
-	e.t.Helper()
-	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		e.t.Fatal(err)
-	}
-	select {
-	case <-r.exited:
-		if code := r.cmd.ProcessState.ExitCode(); code != 0 {
-			e.t.Fatalf("%s exited with %v after SIGTERM\n%s", r.name, r.cmd.ProcessState, tail(r.logf.Name(), 40))
-		}
-	case <-time.After(60 * time.Second):
-		e.t.Fatalf("%s did not exit after SIGTERM", r.name)
-	}
-	r.logf.Close()
-}
-
+// metric is a sample of r's /metrics, -1 when r does not answer.
 func (e *haEnv) metric(r *haReplica, sample string) float64 {
-	e.t.Helper()
-	resp, err := e.client.Get("http://" + r.admin + "/metrics")
+	v, err := r.Metric(sample)
 	if err != nil {
 		return -1
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(sample) + ` (\S+)$`)
-	if g := re.FindSubmatch(b); g != nil {
-		v, _ := strconv.ParseFloat(string(g[1]), 64)
-		return v
-	}
-	return 0
+	return v
 }
 
 func (e *haEnv) waitFor(what string, limit time.Duration, cond func() bool) {
 	e.t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			e.t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testenv.WaitFor(e.t, what, limit, cond)
 }
 
 // leader is the replica leading loop (waiting until one does).
@@ -356,7 +213,7 @@ func (e *haEnv) leader(loop string) *haReplica {
 	var l *haReplica
 	e.waitFor("a "+loop+" leader", 60*time.Second, func() bool {
 		for _, r := range e.replicas {
-			if r.running() && e.metric(r, `usagebreaker_leader{loop="`+loop+`"}`) == 1 {
+			if r.Running() && e.metric(r, `usagebreaker_leader{loop="`+loop+`"}`) == 1 {
 				l = r
 				return true
 			}
@@ -368,13 +225,7 @@ func (e *haEnv) leader(loop string) *haReplica {
 
 func (e *haEnv) post(r *haReplica, path string) {
 	e.t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, "http://"+r.admin+path, nil)
-	req.Header.Set("Authorization", "Bearer crashTestAdminToken")
-	resp, err := e.client.Do(req)
-	if err != nil || resp.StatusCode != http.StatusAccepted {
-		e.t.Fatalf("POST %s on %s: %v %v", path, r.name, resp, err)
-	}
-	resp.Body.Close()
+	r.Post(e.t, path, stormAdminToken)
 }
 
 func (e *haEnv) db() *sql.DB {
@@ -410,17 +261,6 @@ func (e *haEnv) grepLogs(pattern string) string {
 	return strings.Join(out, "\n")
 }
 
-func haCycles(t *testing.T) int {
-	n := 10
-	if v := os.Getenv("USAGEBREAKER_HA_CYCLES"); v != "" {
-		var err error
-		if n, err = strconv.Atoi(v); err != nil || n < 1 {
-			t.Fatalf("USAGEBREAKER_HA_CYCLES=%q: want a positive number", v)
-		}
-	}
-	return n
-}
-
 // TestPostgresCrashStorm: 3 replica processes of the real binary on one
 // Postgres, callbacks delivered by a balancer to random replicas (a quarter
 // to two at once), one or two replicas killed with SIGKILL at random moments
@@ -434,135 +274,42 @@ func haCycles(t *testing.T) int {
 // replays a run.
 func TestPostgresCrashStorm(t *testing.T) {
 	const accounts, nReplicas = 30, 3
-	cycles := haCycles(t)
-	seed := uint64(time.Now().UnixNano())
-	if v := os.Getenv("USAGEBREAKER_CRASH_SEED"); v != "" {
-		seed, _ = strconv.ParseUint(v, 10, 64)
-	}
+	cycles := stormCycles(t, "USAGEBREAKER_HA_CYCLES", 10)
+	seed := stormSeed()
 	t.Logf("%d cycles on %d replicas, seed %d", cycles, nReplicas, seed)
 	began := time.Now()
 	e := newHAEnv(t, nReplicas, accounts, seed, nil)
 	rng := rand.New(rand.NewPCG(seed+1, seed>>2|1))
-	for _, r := range e.replicas {
-		e.start(r, false)
-	}
-	for _, r := range e.replicas {
-		e.waitReady(r)
-	}
-	var sids []string
-	for _, a := range e.sim.State().Accounts {
-		sids = append(sids, a.SID)
-	}
+	e.startAll()
 	kills := 0
 	stormStart := time.Now()
 	for c := 0; c < cycles; c++ {
 		e.sim.Advance(24 * time.Hour)
-		for _, r := range e.replicas {
-			if !r.running() {
-				e.start(r, false)
-			}
-		}
-		for _, r := range e.replicas {
-			e.waitReady(r)
-		}
-		window := 500 * time.Millisecond
-		var wg sync.WaitGroup
-		for i, sid := range sids {
-			trips := i*cycles/accounts == c || (cycles > accounts && i == c%accounts && c < accounts)
-			wg.Add(1)
-			go func(sid string, trips bool, at, tripAt time.Duration) {
-				defer wg.Done()
-				time.Sleep(at)
-				e.sim.AddUsage(twiliosim.UsageInput{AccountSID: sid, Category: "sms", Count: decimal.FromInt(1), Usage: decimal.FromInt(1)})
-				if trips {
-					time.Sleep(tripAt)
-					e.sim.AddUsage(twiliosim.UsageInput{AccountSID: sid, Category: "sms", Count: decimal.FromInt(1000),
-						Usage: decimal.FromInt(1000), Price: decimal.MustParse("25")})
-				}
-			}(sid, trips, time.Duration(rng.Int64N(int64(window))), time.Duration(rng.Int64N(int64(window/5))))
-		}
+		e.startAll()
+		wg := e.cycle(rng, func(i int) bool {
+			return i*cycles/accounts == c || (cycles > accounts && i == c%accounts && c < accounts)
+		}, func(in twiliosim.UsageInput) { e.sim.AddUsage(in) })
 		// Kill one replica, sometimes two, at random moments of the storm.
 		victims := []int{rng.IntN(nReplicas)}
 		if rng.IntN(3) == 0 {
 			victims = append(victims, (victims[0]+1)%nReplicas)
 		}
 		for _, v := range victims {
-			time.Sleep(time.Duration(rng.Int64N(int64(window/2 + 150*time.Millisecond))))
+			time.Sleep(time.Duration(rng.Int64N(int64(stormWindow/2 + 150*time.Millisecond))))
 			e.kill(e.replicas[v])
 			kills++
 		}
 		wg.Wait()
 	}
-	for _, r := range e.replicas {
-		if !r.running() {
-			e.start(r, false)
-		}
-	}
-	for _, r := range e.replicas {
-		e.waitReady(r)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
-	if err := e.sim.WaitIdle(ctx); err != nil {
-		t.Fatalf("callback deliveries did not finish: %v", err)
-	}
+	e.startAll()
+	e.waitDeliveries()
 	db := e.db()
 	e.waitFor("no pending action", 120*time.Second, func() bool { return e.pendingActions(db) == 0 })
 	stormTook := time.Since(stormStart)
 
-	st := e.sim.State()
-	writes := map[string]int{}
-	for _, a := range st.Accounts {
-		for _, h := range a.StatusHistory {
-			if h.Status == "suspended" {
-				writes[a.SID]++
-			}
-		}
-	}
-	got200 := map[string]bool{}
-	type answered struct{ token, account, rule string }
-	var ok200 []answered
-	deliveries := 0
-	for _, d := range st.Deliveries {
-		deliveries++
-		if d.Status != 200 || got200[d.IdempotencyToken] {
-			continue
-		}
-		got200[d.IdempotencyToken] = true
-		ok200 = append(ok200, answered{d.IdempotencyToken, d.AccountSID, d.URL[strings.LastIndex(d.URL, "/")+1:]})
-	}
-	recorded := map[string]bool{}
-	rows, err := db.Query(`SELECT idempotency_token FROM firings`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rows.Next() {
-		var tok string
-		rows.Scan(&tok)
-		recorded[tok] = true
-	}
-	rows.Close()
-	lost := 0
-	suspendOK := 0
-	for _, a := range ok200 {
-		if !recorded[a.token] {
-			lost++
-			t.Errorf("firing %s was answered 200 but is not recorded", a.token)
-		}
-		if suspendRule[a.rule] {
-			suspendOK++
-			if writes[a.account] != 1 {
-				t.Errorf("%s: firing %s of %s answered 200, %d suspend writes", e.names[a.account], a.token, a.rule, writes[a.account])
-			}
-		}
-	}
-	doubles := 0
-	for sid, n := range writes {
-		if n > 1 {
-			doubles++
-			t.Errorf("%s: %d suspend writes", e.names[sid], n)
-		}
-	}
+	res := e.result()
+	writes, ok200 := res.writes, res.ok200
+	lost, suspendOK, doubles := e.checkAnswered(db, res)
 	var notDone int
 	db.QueryRow(`SELECT count(*) FROM incidents WHERE state <> 'done'`).Scan(&notDone)
 	if notDone != 0 {
@@ -633,7 +380,7 @@ func TestPostgresCrashStorm(t *testing.T) {
 	}
 	summary := map[string]any{
 		"cycles": cycles, "replicas": nReplicas, "subaccounts": accounts, "seed": seed, "kills": kills,
-		"callback_attempts": deliveries, "firings_answered_200": len(ok200), "suspend_firings_answered_200": suspendOK,
+		"callback_attempts": res.deliveries, "firings_answered_200": len(ok200), "suspend_firings_answered_200": suspendOK,
 		"incidents": incidents, "suspended_accounts": len(writes), "trips_lost": lost, "double_suspend_writes": doubles,
 		"notify_actions": notifies, "notify_actions_rescued": notifyRetried, "notifications_received": hookDeliveries,
 		"duplicate_notifications": dupNotifications, "notifications_resent_after_a_kill": resentAfterKill, "trigger_problems": triggerProblems,

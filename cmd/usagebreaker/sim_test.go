@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os/exec"
@@ -11,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/usagebreaker/usagebreaker/internal/testenv"
 )
 
 // TestSimCommand runs `usagebreaker sim` as a process and uses it the way the
@@ -18,13 +19,8 @@ import (
 // API with the parent's Basic auth (and 401 without it), usage, the state;
 // SIGTERM ends it with exit status 0.
 func TestSimCommand(t *testing.T) {
-	bin := buildBinary(t, t.TempDir())
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	bin := testenv.BuildBinary(t, t.TempDir(), ".", raceBuild)
+	addr := testenv.FreeAddr(t)
 	const sid, token = "AC00000000000000000000000000000001", "0123456789abcdef0123456789abcdef"
 	cmd := exec.Command(bin, "sim", "--listen", addr, "--account-sid", sid, "--auth-token", token)
 	var out strings.Builder
