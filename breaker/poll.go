@@ -239,24 +239,7 @@ func (po *Poller) pollPeriod(ctx context.Context, acct twilioapi.Account, p twil
 			pp.known++
 			continue
 		}
-		f := store.Firing{
-			Source:           store.SourcePoll,
-			IdempotencyToken: PollToken(r.Name, acct.SID, period),
-			Rule:             r.Name,
-			AccountSID:       acct.SID,
-			AccountName:      acct.FriendlyName,
-			Period:           period,
-			UsageCategory:    r.UsageCategory,
-			TriggerBy:        r.TriggerBy,
-			Recurring:        r.Recurring,
-			TriggerValue:     limit.String(),
-			CurrentValue:     value.String(),
-			DateFired:        now.UTC().Format(time.RFC1123Z),
-			Action:           r.Action,
-			DryRun:           po.trips.dryRun(r),
-			ReceivedAt:       now,
-			Actions:          po.trips.ActionKinds(r), // with the rule's notifications and end_calls
-		}
+		f := po.firing(r, acct, period, limit, value, now, now)
 		res, err := po.trips.record(ctx, nil, f)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("poll %s rule %s: %w", acct.SID, r.Name, err))
@@ -391,23 +374,7 @@ func (po *Poller) pollVelocity(ctx context.Context, acct twilioapi.Account, r *r
 	}
 	growth := value.Sub(base.value)
 	period := VelocityPeriod(base.at)
-	res, err := po.trips.record(ctx, nil, store.Firing{
-		Source:           store.SourcePoll,
-		IdempotencyToken: PollToken(r.Name, acct.SID, period),
-		Rule:             r.Name,
-		AccountSID:       acct.SID,
-		AccountName:      acct.FriendlyName,
-		Period:           period,
-		UsageCategory:    r.UsageCategory,
-		TriggerBy:        r.TriggerBy,
-		TriggerValue:     r.Velocity.Amount.String(),
-		CurrentValue:     growth.String(),
-		DateFired:        at.UTC().Format(time.RFC1123Z),
-		Action:           r.Action,
-		DryRun:           r.DryRun,
-		ReceivedAt:       now,
-		Actions:          po.trips.ActionKinds(r),
-	})
+	res, err := po.trips.record(ctx, nil, po.firing(r, acct, period, r.Velocity.Amount, growth, at, now))
 	if err != nil {
 		return 1, 0, 0, fmt.Errorf("poll %s rule %s: %w", acct.SID, r.Name, err)
 	}
@@ -418,4 +385,27 @@ func (po *Poller) pollVelocity(ctx context.Context, acct twilioapi.Account, r *r
 		"account", acct.SID, "account_name", acct.FriendlyName, "period", period, "growth", growth.String(),
 		"over", at.Sub(base.at), "amount", r.Velocity.Amount.String(), "within", r.Velocity.Within)
 	return 1, 1, 0, nil
+}
+
+// firing is what a poll records for rule r on acct: value over limit, seen
+// at at (as Twilio dates a firing).
+func (po *Poller) firing(r *rules.Rule, acct twilioapi.Account, period string, limit, value decimal.Decimal, at, now time.Time) store.Firing {
+	return store.Firing{
+		Source:           store.SourcePoll,
+		IdempotencyToken: PollToken(r.Name, acct.SID, period),
+		Rule:             r.Name,
+		AccountSID:       acct.SID,
+		AccountName:      acct.FriendlyName,
+		Period:           period,
+		UsageCategory:    r.UsageCategory,
+		TriggerBy:        r.TriggerBy,
+		Recurring:        r.Recurring,
+		TriggerValue:     limit.String(),
+		CurrentValue:     value.String(),
+		DateFired:        at.UTC().Format(time.RFC1123Z),
+		Action:           r.Action,
+		DryRun:           po.trips.dryRun(r),
+		ReceivedAt:       now,
+		Actions:          po.trips.ActionKinds(r), // with the rule's notifications and end_calls
+	}
 }
