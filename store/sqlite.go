@@ -42,7 +42,7 @@ const (
 //   - w, the write pool, has exactly one connection and begins transactions
 //     with BEGIN IMMEDIATE (_txlock=immediate). Every write goes through it
 //     (RecordFiring by way of the group-committing writer goroutine, see
-//     batch.go), so our own writers queue in Go, honouring their ctx, instead
+//     groupcommit.go), so our own writers queue in Go, honouring their ctx, instead
 //     of contending for SQLite's write lock: they cannot get SQLITE_BUSY from
 //     each other, and the deadlock of two DEFERRED transactions both upgrading
 //     from read to write cannot happen. IMMEDIATE takes the write lock at BEGIN,
@@ -178,7 +178,7 @@ func open(ctx context.Context, path string) (_ *DB, err error) {
 	// The write pool is opened, checked and migrated first: it is the one
 	// that may convert a new file to WAL, before any reader exists.
 	// temp_store=MEMORY keeps the sub-journals of the group commit's
-	// savepoints (batch.go) in memory rather than in temporary files.
+	// savepoints (groupcommit.go) in memory rather than in temporary files.
 	// wal_autocheckpoint=0: checkpoints run in the background (checkpoint.go).
 	if s.w, err = sql.Open("sqlite", dsn(abs, "_txlock=immediate", "_pragma=temp_store(MEMORY)", "_pragma=wal_autocheckpoint(0)")); err != nil {
 		return nil, err
@@ -413,7 +413,7 @@ func (s *DB) check(op string) error {
 // whose trip ended skipped or failed reopens it in the same savepoint
 // (reopenTx, RecordResult.Reopened).
 //
-// Concurrent calls are group-committed by the writer goroutine (batch.go):
+// Concurrent calls are group-committed by the writer goroutine (groupcommit.go):
 // each firing is its own savepoint, so it is atomic on its own, and the batch
 // shares one commit (one fsync). Nil is returned only after that commit.
 func (s *DB) RecordFiring(ctx context.Context, f Firing) (RecordResult, error) {
