@@ -139,8 +139,7 @@ func (s *DB) MarkWriteSent(ctx context.Context, id int64, owner string, attempt 
 	if err != nil {
 		return fmt.Errorf("store: mark write sent of action %d: lease: %w", id, err)
 	}
-	_, err = submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) (struct{}, error) {
-		r, err := tx.StmtContext(ctx, s.wMark).ExecContext(ctx, sent, lease, sent, id, owner, attempt)
+	mark := func(r sql.Result, err error) (struct{}, error) {
 		if err != nil {
 			return struct{}{}, err
 		}
@@ -148,7 +147,17 @@ func (s *DB) MarkWriteSent(ctx context.Context, id int64, owner string, attempt 
 			return struct{}{}, ErrNotFound // finished, or claimed by another owner
 		}
 		return struct{}{}, nil
-	})
+	}
+	if s.pg {
+		// One statement, no transaction around it: one round trip.
+		_, err = oneAs(ctx, s, func(ctx context.Context, q querier) (struct{}, error) {
+			return mark(q.ExecContext(ctx, s.q(markQuery), sent, lease, sent, id, owner, attempt))
+		})
+	} else {
+		_, err = submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) (struct{}, error) {
+			return mark(tx.StmtContext(ctx, s.wMark).ExecContext(ctx, sent, lease, sent, id, owner, attempt))
+		})
+	}
 	if err != nil {
 		return fmt.Errorf("store: mark write sent of action %d: %w", id, err)
 	}
@@ -160,9 +169,15 @@ func (s *DB) CompleteAction(ctx context.Context, id int64, owner string, c Compl
 	if err := s.check("complete action"); err != nil {
 		return Completed{}, err
 	}
-	done, err := submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) (Completed, error) {
-		return s.completeTx(ctx, tx, id, owner, c)
-	})
+	var done Completed
+	var err error
+	if s.pg && c.State != ActionHeld {
+		err = s.completePG(ctx, id, owner, c) // one round trip (postgres.go)
+	} else {
+		done, err = submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) (Completed, error) {
+			return s.completeTx(ctx, tx, id, owner, c)
+		})
+	}
 	if err != nil {
 		return Completed{}, fmt.Errorf("store: complete action %d (%s): %w", id, c.State, err)
 	}
