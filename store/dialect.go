@@ -132,8 +132,11 @@ func pgCode(err error) string {
 
 // retryable reports whether a Postgres transaction that failed with err
 // may succeed when run again from the start.
-func retryable(err error) bool {
-	switch pgCode(err) {
+func retryable(err error) bool { return retryableCode(pgCode(err)) }
+
+// retryableCode reports whether a Postgres error code is one of retryable's.
+func retryableCode(code string) bool {
+	switch code {
 	case pgSerializationFailure, pgDeadlockDetected, pgUniqueViolation:
 		return true
 	}

@@ -297,6 +297,7 @@ var pgMigrations = []migration{
 		name: "record_firing(), claim_actions(), actions in claim order",
 		stmts: []string{
 			recordFiringFunc,
+			recordFiringsFunc,
 			claimActionsFunc,
 			// The claim reads the due actions in this order and stops at
 			// its limit, instead of reading and sorting every available
@@ -340,8 +341,8 @@ var claimActionsFunc = fmt.Sprintf(`CREATE FUNCTION claim_actions(p_owner TEXT, 
 // before the lock was granted, as in claimPG.
 //
 // p_kinds are the new incident's action kinds (each once), p_locks whether
-// each locks the account; p_owner and p_lease the claim of the trip (” and
-// 0: none). The result: 'duplicate' (the token was recorded: nothing
+// each locks the account; p_owner and p_lease the claim of the trip (an
+// empty owner: none). The result: 'duplicate' (the token was recorded: nothing
 // written), 'new', 'reopened' or 'repeat' (another firing of an existing
 // incident, not reopened); the incident as it is now; the trip created with
 // a new incident (0: none) and whether it was claimed.
@@ -554,65 +555,102 @@ func (s *DB) claimPG(ctx context.Context, owner string, lease, at int64, limit i
 	})
 }
 
-// recordFiringPG is RecordFiring's work on Postgres: one call of
-// record_firing (recordFiringFunc), one round trip. f is valid and
-// received is f.ReceivedAt in unix nanoseconds.
-func (s *DB) recordFiringPG(ctx context.Context, f *Firing, received int64) (RecordResult, error) {
-	var (
-		kinds []string
-		locks []bool
-		seen  = map[ActionKind]bool{}
-	)
+// pgFiring is a firing as record_firing's arguments (and, in JSON, as an
+// element of record_firings' batch).
+type pgFiring struct {
+	I            int      `json:"i"` // its place in a batch
+	Token        string   `json:"token"`
+	Source       string   `json:"source"`
+	Rule         string   `json:"rule"`
+	Account      string   `json:"account"`
+	AccountName  string   `json:"account_name"`
+	Period       string   `json:"period"`
+	TriggerSID   string   `json:"trigger_sid"`
+	Category     string   `json:"category"`
+	TriggerBy    string   `json:"trigger_by"`
+	Recurring    string   `json:"recurring"`
+	TriggerValue string   `json:"trigger_value"`
+	CurrentValue string   `json:"current_value"`
+	DateFired    string   `json:"date_fired"`
+	Action       string   `json:"action"`
+	DryRun       int64    `json:"dry_run"`
+	Received     int64    `json:"received"`
+	Kinds        []string `json:"kinds"`
+	Locks        []bool   `json:"locks"`
+	Owner        string   `json:"owner"`
+	Lease        int64    `json:"lease"`
+}
+
+func newPGFiring(f *Firing, received int64) pgFiring {
+	p := pgFiring{Token: f.IdempotencyToken, Source: string(f.Source), Rule: f.Rule, Account: f.AccountSID,
+		AccountName: f.AccountName, Period: f.Period, TriggerSID: f.UsageTriggerSID, Category: f.UsageCategory,
+		TriggerBy: f.TriggerBy, Recurring: f.Recurring, TriggerValue: f.TriggerValue, CurrentValue: f.CurrentValue,
+		DateFired: f.DateFired, Action: f.Action, DryRun: boolInt(f.DryRun), Received: received,
+		Kinds: []string{}, Locks: []bool{}}
+	seen := map[ActionKind]bool{}
 	for _, k := range f.Actions {
 		if !seen[k] {
 			seen[k] = true
-			kinds, locks = append(kinds, string(k)), append(locks, k.LocksAccount())
+			p.Kinds, p.Locks = append(p.Kinds, string(k)), append(p.Locks, k.LocksAccount())
 		}
 	}
-	owner, lease := "", int64(0)
 	if f.ClaimBy != nil {
-		owner, lease = f.ClaimBy.Owner, timeCol(f.ClaimBy.LeaseUntil)
+		p.Owner, p.Lease = f.ClaimBy.Owner, timeCol(f.ClaimBy.LeaseUntil)
 	}
+	return p
+}
+
+// recordFiringOne is RecordFiring's work on Postgres for one firing: one
+// call of record_firing (recordFiringFunc), one round trip. f is valid and
+// received is f.ReceivedAt in unix nanoseconds.
+func (s *DB) recordFiringOne(ctx context.Context, f *Firing, received int64) (RecordResult, error) {
+	p := newPGFiring(f, received)
 	return oneAs(ctx, s, func(ctx context.Context, q querier) (RecordResult, error) {
 		var (
-			res     RecordResult
 			result  string
 			tripID  int64
 			claimed bool
 		)
-		row := q.QueryRowContext(ctx, recordFiringCall, f.IdempotencyToken, f.Source, f.Rule, f.AccountSID,
-			f.AccountName, f.Period, f.UsageTriggerSID, f.UsageCategory, f.TriggerBy, f.Recurring,
-			f.TriggerValue, f.CurrentValue, f.DateFired, f.Action, boolInt(f.DryRun), received,
-			kinds, locks, owner, lease)
+		row := q.QueryRowContext(ctx, recordFiringCall, p.Token, p.Source, p.Rule, p.Account,
+			p.AccountName, p.Period, p.TriggerSID, p.Category, p.TriggerBy, p.Recurring,
+			p.TriggerValue, p.CurrentValue, p.DateFired, p.Action, p.DryRun, p.Received,
+			p.Kinds, p.Locks, p.Owner, p.Lease)
 		inc, err := scanIncident(scanFunc(func(dest ...any) error {
 			return row.Scan(append([]any{&result, &tripID, &claimed}, dest...)...)
 		}))
 		if err != nil {
-			return res, err
+			return RecordResult{}, err
 		}
-		res.Incident = inc
-		switch result {
-		case "duplicate":
-			res.DuplicateToken = true
-		case "new":
-			res.NewIncident = true
-		case "reopened":
-			res.Reopened = true
-		}
-		if tripID != 0 {
-			res.Trip = Action{ID: tripID, IncidentID: inc.ID, Kind: ActionTrip, AccountSID: f.AccountSID,
-				State: ActionAvailable, NextAttemptAt: f.ReceivedAt, CreatedAt: f.ReceivedAt, UpdatedAt: f.ReceivedAt}
-			if claimed {
-				res.Trip.State, res.Trip.Owner, res.Trip.LeaseUntil = ActionRunning, f.ClaimBy.Owner, f.ClaimBy.LeaseUntil
-			}
-		}
-		return res, nil
+		return firingResult(f, result, tripID, claimed, inc), nil
 	})
 }
 
+// firingResult is the RecordResult of f from record_firing's answer.
+func firingResult(f *Firing, result string, tripID int64, claimed bool, inc Incident) RecordResult {
+	res := RecordResult{Incident: inc}
+	switch result {
+	case "duplicate":
+		res.DuplicateToken = true
+	case "new":
+		res.NewIncident = true
+	case "reopened":
+		res.Reopened = true
+	}
+	if tripID != 0 {
+		res.Trip = Action{ID: tripID, IncidentID: inc.ID, Kind: ActionTrip, AccountSID: f.AccountSID,
+			State: ActionAvailable, NextAttemptAt: f.ReceivedAt, CreatedAt: f.ReceivedAt, UpdatedAt: f.ReceivedAt}
+		if claimed {
+			res.Trip.State, res.Trip.Owner, res.Trip.LeaseUntil = ActionRunning, f.ClaimBy.Owner, f.ClaimBy.LeaseUntil
+		}
+	}
+	return res
+}
+
+// incidentOf is incidentCols as columns of the composite o_inc.
+var incidentOf = `(o_inc).` + strings.Join(strings.Split(strings.Join(strings.Fields(incidentCols), " "), ", "), ", (o_inc).")
+
 // recordFiringCall calls record_firing, the incident's columns in incidentCols' order.
-var recordFiringCall = `SELECT o_result, o_trip, o_claimed, (o_inc).` +
-	strings.Join(strings.Split(strings.Join(strings.Fields(incidentCols), " "), ", "), ", (o_inc).") +
+var recordFiringCall = `SELECT o_result, o_trip, o_claimed, ` + incidentOf +
 	` FROM record_firing($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)`
 
 // scanFunc is a scanner from a function.

@@ -83,6 +83,9 @@ type DB struct {
 	ckNow  chan struct{}
 	ckDone chan struct{} // closed when checkpointLoop returns
 
+	// Group commit on Postgres, of firings (pgbatch.go).
+	firings firingBatcher
+
 	// Group commit (groupcommit.go).
 	ops        chan *writeOp // unbuffered
 	stop       chan struct{} // closed by Close
