@@ -139,29 +139,28 @@ func (s *DB) MarkWriteSent(ctx context.Context, id int64, owner string, attempt 
 	if err != nil {
 		return fmt.Errorf("store: mark write sent of action %d: lease: %w", id, err)
 	}
-	mark := func(r sql.Result, err error) (struct{}, error) {
-		if err != nil {
-			return struct{}{}, err
-		}
-		if n, err := r.RowsAffected(); err != nil || n == 0 {
-			return struct{}{}, ErrNotFound // finished, or claimed by another owner
-		}
-		return struct{}{}, nil
-	}
 	if s.pg {
-		// One statement, no transaction around it: one round trip.
-		_, err = oneAs(ctx, s, func(ctx context.Context, q querier) (struct{}, error) {
-			return mark(q.ExecContext(ctx, s.q(markQuery), sent, lease, sent, id, owner, attempt))
-		})
+		err = s.markPG(ctx, &pgMarkOp{id: id, owner: owner, attempt: attempt, sent: sent, lease: lease}) // pgbatch.go
 	} else {
 		_, err = submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) (struct{}, error) {
-			return mark(tx.StmtContext(ctx, s.wMark).ExecContext(ctx, sent, lease, sent, id, owner, attempt))
+			return marked(tx.StmtContext(ctx, s.wMark).ExecContext(ctx, sent, lease, sent, id, owner, attempt))
 		})
 	}
 	if err != nil {
 		return fmt.Errorf("store: mark write sent of action %d: %w", id, err)
 	}
 	return nil
+}
+
+// marked is a write mark's outcome from its UPDATE's.
+func marked(r sql.Result, err error) (struct{}, error) {
+	if err != nil {
+		return struct{}{}, err
+	}
+	if n, err := r.RowsAffected(); err != nil || n == 0 {
+		return struct{}{}, ErrNotFound // finished, or claimed by another owner
+	}
+	return struct{}{}, nil
 }
 
 // CompleteAction implements ActionStore.

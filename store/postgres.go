@@ -97,6 +97,7 @@ func openPostgres(ctx context.Context, dsn, name string) (_ *DB, err error) {
 	s.stop = make(chan struct{})
 	s.writerDone = make(chan struct{})
 	s.ckDone = make(chan struct{})
+	s.firings.run, s.marks.run, s.completions.run = s.recordFirings, s.markBatch, s.completeBatch
 	close(s.writerDone) // no writer goroutine: each write is its own transaction
 	close(s.ckDone)     // no checkpoints: Postgres does its own
 	return s, nil
@@ -292,12 +293,14 @@ var pgMigrations = []migration{
 		},
 	},
 	{
-		// RecordFiring and ClaimActions in one round trip each
-		// (recordFiringPG, claimPG), and an index in the claim's order.
-		name: "record_firing(), claim_actions(), actions in claim order",
+		// The suspension path's writes in one round trip each, and in
+		// batches (recordFiringPG, claimPG, pgbatch.go), and an index in the
+		// claim's order.
+		name: "record_firing(s), complete_actions, claim_actions, actions in claim order",
 		stmts: []string{
 			recordFiringFunc,
 			recordFiringsFunc,
+			completeActionsFunc,
 			claimActionsFunc,
 			// The claim reads the due actions in this order and stops at
 			// its limit, instead of reading and sorting every available
@@ -658,34 +661,58 @@ type scanFunc func(dest ...any) error
 
 func (f scanFunc) Scan(dest ...any) error { return f(dest...) }
 
+// pgCompletion is a completion as pgCompleteQuery's arguments (and, in
+// JSON, as an element of complete_actions' batch).
+type pgCompletion struct {
+	I         int      `json:"i"` // its place in a batch
+	State     string   `json:"state"`
+	Outcome   string   `json:"outcome"`
+	Detail    string   `json:"detail"`
+	Attempted int64    `json:"attempted"`
+	Next      int64    `json:"next"`
+	Lease     int64    `json:"lease"`
+	Sent      int64    `json:"sent"`
+	Progress  string   `json:"progress"`
+	Now       int64    `json:"now"`
+	ID        int64    `json:"id"`
+	Owner     string   `json:"owner"`
+	ClearSent bool     `json:"clear_sent"`
+	IncState  string   `json:"inc_state"`
+	Kinds     []string `json:"kinds"`
+	Locks     []bool   `json:"locks"`
+	Ats       []int64  `json:"ats"`
+}
+
+func (p *pgCompletion) args() []any {
+	return []any{p.State, p.Outcome, p.Detail, p.Attempted, p.Next, p.Lease, p.Sent, p.Progress, p.Now,
+		p.ID, p.Owner, p.ClearSent, p.IncState, p.Kinds, p.Locks, p.Ats}
+}
+
 // completePG is completeTx on Postgres for an attempt that does not end
 // held (held takes the guard's lock and may page): the action, its
 // incident if it is a trip, and the actions it schedules, in one statement
-// (pgCompleteQuery), one round trip instead of four or more.
+// (pgCompleteQuery), group-committed with other completions (pgbatch.go).
 func (s *DB) completePG(ctx context.Context, id int64, owner string, c Completion) error {
 	now, err := unixNano(s.now())
 	if err != nil {
 		return err
 	}
-	next, lease, incState := now, int64(0), ""
+	p := pgCompletion{State: string(c.State), Outcome: string(c.Outcome), Detail: c.Detail, Attempted: boolInt(c.Attempted),
+		Next: now, Sent: timeCol(c.WriteSentAt), Progress: c.Progress, Now: now, ID: id, Owner: owner,
+		ClearSent: c.ClearWriteSent, Kinds: []string{}, Locks: []bool{}, Ats: []int64{}}
 	switch c.State {
 	case ActionDone:
-		incState = string(StateDone)
+		p.IncState = string(StateDone)
 	case ActionFailed:
-		incState = string(StateFailed)
+		p.IncState = string(StateFailed)
 	case ActionAvailable:
-		if next, err = unixNano(c.NextAttemptAt); err != nil {
+		if p.Next, err = unixNano(c.NextAttemptAt); err != nil {
 			return fmt.Errorf("next attempt: %w", err)
 		}
-		lease = timeCol(c.HoldAccountUntil)
+		p.Lease = timeCol(c.HoldAccountUntil)
 	default:
 		return fmt.Errorf("cannot complete an attempt as %q", c.State)
 	}
-	var (
-		kinds []string
-		locks []bool
-		ats   []int64
-	)
 	if c.State == ActionDone || c.State == ActionAvailable {
 		for _, sc := range c.Then {
 			if sc.Kind == "" {
@@ -695,17 +722,28 @@ func (s *DB) completePG(ctx context.Context, id int64, owner string, c Completio
 			if err != nil {
 				return fmt.Errorf("scheduled %s: %w", sc.Kind, err)
 			}
-			kinds, locks, ats = append(kinds, string(sc.Kind)), append(locks, sc.Kind.LocksAccount()), append(ats, at)
+			p.Kinds, p.Locks, p.Ats = append(p.Kinds, string(sc.Kind)), append(p.Locks, sc.Kind.LocksAccount()), append(p.Ats, at)
 		}
 	}
-	_, err = oneAs(ctx, s, func(ctx context.Context, q querier) (struct{}, error) {
+	if _, fenced := fenceOf(ctx); fenced {
+		return s.completeOne(ctx, &p)
+	}
+	op := &pgCompleteOp{p: p}
+	alone, err := s.completions.do(ctx, op)
+	if alone {
+		return s.completeOne(ctx, &p)
+	}
+	return err
+}
+
+// completeOne records one completion: one statement.
+func (s *DB) completeOne(ctx context.Context, p *pgCompletion) error {
+	_, err := oneAs(ctx, s, func(ctx context.Context, q querier) (struct{}, error) {
 		var (
 			incident sql.NullInt64
 			kind     string
 		)
-		err := q.QueryRowContext(ctx, pgCompleteQuery, c.State, c.Outcome, c.Detail, boolInt(c.Attempted),
-			next, lease, timeCol(c.WriteSentAt), c.Progress, now, id, owner, c.ClearWriteSent,
-			incState, kinds, locks, ats).Scan(&incident, &kind)
+		err := q.QueryRowContext(ctx, pgCompleteQuery, p.args()...).Scan(&incident, &kind)
 		if errors.Is(err, sql.ErrNoRows) {
 			return struct{}{}, ErrNotFound // not running, or claimed by another owner
 		}

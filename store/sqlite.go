@@ -83,8 +83,10 @@ type DB struct {
 	ckNow  chan struct{}
 	ckDone chan struct{} // closed when checkpointLoop returns
 
-	// Group commit on Postgres, of firings (pgbatch.go).
-	firings firingBatcher
+	// Group commit on Postgres (pgbatch.go).
+	firings     pgBatcher[*pgFiringOp]
+	marks       pgBatcher[*pgMarkOp]
+	completions pgBatcher[*pgCompleteOp]
 
 	// Group commit (groupcommit.go).
 	ops        chan *writeOp // unbuffered
