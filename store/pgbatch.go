@@ -33,7 +33,7 @@ import (
 // for the batch's outcome.
 
 const (
-	pgBatchRunners = 4  // batches of one kind in flight at once (the pool has pgPoolSize connections)
+	pgBatchRunners = 2  // batches of one kind in flight at once (the pool has pgPoolSize connections)
 	pgMaxBatch     = 64 // ops in one batch
 )
 
@@ -263,9 +263,17 @@ func (s *DB) markBatch(batch []*pgMarkOp) {
 		if err != nil {
 			return err
 		}
-		rows, err := s.w.QueryContext(ctx, `UPDATE actions a
+		// The rows are locked in id order, as complete_actions goes: a
+		// batch of marks and one of completions wait for each other, never
+		// in a circle.
+		rows, err := s.w.QueryContext(ctx, `WITH m AS (
+				SELECT * FROM jsonb_to_recordset($1::JSONB) AS m (i INT, id BIGINT, owner TEXT, attempt BIGINT, sent BIGINT, lease BIGINT)
+			), l AS (
+				SELECT a.id FROM actions a JOIN m ON a.id = m.id ORDER BY a.id FOR UPDATE OF a
+			)
+			UPDATE actions a
 			SET write_sent_at = m.sent, lease_until = GREATEST(a.lease_until, m.lease), updated_at = m.sent
-			FROM jsonb_to_recordset($1::JSONB) AS m (i INT, id BIGINT, owner TEXT, attempt BIGINT, sent BIGINT, lease BIGINT)
+			FROM m JOIN l ON l.id = m.id
 			WHERE a.id = m.id AND a.state = 'running' AND a.owner = m.owner AND a.attempts = m.attempt AND a.lease_until > m.sent
 			RETURNING m.i`, string(js))
 		if err != nil {
