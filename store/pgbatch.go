@@ -34,7 +34,7 @@ import (
 
 const (
 	pgBatchRunners = 2  // batches of one kind in flight at once (the pool has pgPoolSize connections)
-	pgMaxBatch     = 64 // ops in one batch
+	pgMaxBatch     = 48 // ops in one batch: fewer than the 64 subtransaction ids a backend caches (PGPROC_MAX_CACHED_SUBXIDS)
 )
 
 // pgOp is an op waiting for a batch, or in one.
