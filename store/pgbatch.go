@@ -9,28 +9,34 @@ import (
 	"sync/atomic"
 )
 
-// Group commit on Postgres, for firings.
+// Group commit on Postgres: firings, write marks and completions.
 //
-// A burst of callbacks is a burst of firings, each one round trip and one
-// commit (record_firing). Concurrent firings are gathered instead (as the
-// SQLite writer gathers its ops, groupcommit.go) and recorded by one call
-// of record_firings: one round trip and one commit for the batch, a WAL
-// flush shared by all of it. Up to pgFiringRunners batches run at once,
-// each on a connection of the pool, so a batch never waits for another.
+// A burst of callbacks is a burst of firings, then of write marks and of
+// completions, each one statement, one round trip and one commit. The
+// concurrent ones of a kind are gathered instead (as the SQLite writer
+// gathers its ops, groupcommit.go) and done by one statement: record_firings,
+// an UPDATE of the marked actions, complete_actions. One round trip and one
+// commit for the batch: a WAL flush shared by all of it, and a connection of
+// the pool held once. Up to pgBatchRunners batches of a kind run at once,
+// each on a connection of its own.
 //
-// Each firing of a batch runs in a subtransaction of its own (a PL/pgSQL
-// block with an EXCEPTION clause): one that fails is undone alone and the
-// others are recorded. A failure that may pass (a deadlock, a serialization
-// failure, a concurrent insert of the same key) sends that firing back to
-// its caller, which records it alone (recordFiringOne, with its retries);
-// nil is returned only after the batch's commit. The batch takes its
-// firings in the order of their accounts' lock keys (hashtext, then the
-// account), the order claim_actions locks in, so two batches, or a batch and
-// a claim, on several replicas wait for each other in one direction only.
+// Each firing and each completion of a batch runs in a subtransaction of
+// its own (a PL/pgSQL block with an EXCEPTION clause): one that fails is
+// undone alone and the others are done. A failure that may pass (a
+// deadlock, a serialization failure, a concurrent insert of the same key)
+// sends the op back to its caller, which does it alone (with runOne's
+// retries); nil is returned only after the batch's commit, and if the
+// batch's statement fails as a whole every op in it gets the error (or, if
+// the error may pass, is done alone). A batch takes its firings in the
+// order of their accounts' lock keys (hashtext, then the account), the
+// order claim_actions locks in, and its marks and completions in action id
+// order, so two batches, or a batch and a claim, on several replicas wait
+// for each other in one direction only.
 //
-// A caller whose ctx ends while its firing waits for a batch withdraws it
-// (the firing did not happen); once a batch has taken it, the caller waits
-// for the batch's outcome.
+// A caller whose ctx ends while its op waits for a batch withdraws it (the
+// op did not happen); once a batch has taken it, the caller waits for the
+// batch's outcome. A write made with a fence (WithFence) is not batched:
+// the fence is checked in its own transaction.
 
 const (
 	pgBatchRunners = 2  // batches of one kind in flight at once (the pool has pgPoolSize connections)
