@@ -128,7 +128,7 @@ func batchOutcome(ops []*pgOp, err error) {
 	}
 }
 
-// opOutcome is an op's outcome from the code and message of the error a
+// outcome sets an op's outcome from the code and message of the error a
 // batch's function caught ("": none).
 func (o *pgOp) outcome(code, msg string) {
 	switch {
