@@ -139,20 +139,28 @@ func (s *DB) MarkWriteSent(ctx context.Context, id int64, owner string, attempt 
 	if err != nil {
 		return fmt.Errorf("store: mark write sent of action %d: lease: %w", id, err)
 	}
-	_, err = submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) (struct{}, error) {
-		r, err := tx.StmtContext(ctx, s.wMark).ExecContext(ctx, sent, lease, sent, id, owner, attempt)
-		if err != nil {
-			return struct{}{}, err
-		}
-		if n, err := r.RowsAffected(); err != nil || n == 0 {
-			return struct{}{}, ErrNotFound // finished, or claimed by another owner
-		}
-		return struct{}{}, nil
-	})
+	if s.pg {
+		err = s.markPG(ctx, &pgMarkOp{id: id, owner: owner, attempt: attempt, sent: sent, lease: lease}) // pgbatch.go
+	} else {
+		_, err = submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) (struct{}, error) {
+			return marked(tx.StmtContext(ctx, s.wMark).ExecContext(ctx, sent, lease, sent, id, owner, attempt))
+		})
+	}
 	if err != nil {
 		return fmt.Errorf("store: mark write sent of action %d: %w", id, err)
 	}
 	return nil
+}
+
+// marked is a write mark's outcome from its UPDATE's.
+func marked(r sql.Result, err error) (struct{}, error) {
+	if err != nil {
+		return struct{}{}, err
+	}
+	if n, err := r.RowsAffected(); err != nil || n == 0 {
+		return struct{}{}, ErrNotFound // finished, or claimed by another owner
+	}
+	return struct{}{}, nil
 }
 
 // CompleteAction implements ActionStore.
@@ -160,9 +168,15 @@ func (s *DB) CompleteAction(ctx context.Context, id int64, owner string, c Compl
 	if err := s.check("complete action"); err != nil {
 		return Completed{}, err
 	}
-	done, err := submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) (Completed, error) {
-		return s.completeTx(ctx, tx, id, owner, c)
-	})
+	var done Completed
+	var err error
+	if s.pg && c.State != ActionHeld {
+		err = s.completePG(ctx, id, owner, c) // one round trip (postgres.go)
+	} else {
+		done, err = submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) (Completed, error) {
+			return s.completeTx(ctx, tx, id, owner, c)
+		})
+	}
 	if err != nil {
 		return Completed{}, fmt.Errorf("store: complete action %d (%s): %w", id, c.State, err)
 	}

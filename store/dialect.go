@@ -29,7 +29,8 @@ import (
 //     the suspension path are group-committed (groupcommit.go) on one
 //     connection, in WAL mode with synchronous=FULL.
 //   - Postgres: several processes share the database. Each write is its own
-//     READ COMMITTED transaction on a pool (runTx), retried when Postgres
+//     READ COMMITTED transaction on a pool (runTx; on the suspension path a
+//     single statement, runOne, postgres.go), retried when Postgres
 //     aborts it for a deadlock or a serialization failure or when a
 //     concurrent insert of the same unique key made it fail (RecordFiring:
 //     the retry finds the token and answers DuplicateToken). Actions are
@@ -131,8 +132,11 @@ func pgCode(err error) string {
 
 // retryable reports whether a Postgres transaction that failed with err
 // may succeed when run again from the start.
-func retryable(err error) bool {
-	switch pgCode(err) {
+func retryable(err error) bool { return retryableCode(pgCode(err)) }
+
+// retryableCode reports whether a Postgres error code is one of retryable's.
+func retryableCode(code string) bool {
+	switch code {
 	case pgSerializationFailure, pgDeadlockDetected, pgUniqueViolation:
 		return true
 	}
@@ -147,6 +151,47 @@ const pgTxTimeout = 15 * time.Second
 // pgRetries is how many times runTx runs a transaction that Postgres
 // aborted for a conflict.
 const pgRetries = 10
+
+// querier is what one statement needs: the pool (*sql.DB) or a transaction.
+type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// runOne runs fn, which sends one statement, on Postgres outside an explicit
+// transaction: a single statement is a transaction of its own, committed
+// (its WAL flushed, with synchronous_commit on) before its result comes
+// back, so it saves BEGIN's and COMMIT's round trips and nothing else. With
+// a fenced ctx (WithFence) the fence must be checked in the same
+// transaction: fn then runs in runTx. Retries and the timeout are runTx's.
+func (s *DB) runOne(ctx context.Context, fn func(ctx context.Context, q querier) (any, error)) (any, error) {
+	if _, fenced := fenceOf(ctx); fenced {
+		return s.runTx(ctx, func(ctx context.Context, tx *sql.Tx) (any, error) { return fn(ctx, tx) })
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pgTxTimeout)
+	defer cancel()
+	for attempt := 0; ; attempt++ {
+		res, err := fn(tctx, s.w)
+		if err == nil || !retryable(err) || attempt >= pgRetries || tctx.Err() != nil {
+			return res, err
+		}
+		time.Sleep(time.Duration(rand.N(2*(attempt+1))) * time.Millisecond)
+	}
+}
+
+// oneAs is runOne for a result of type T.
+func oneAs[T any](ctx context.Context, s *DB, fn func(ctx context.Context, q querier) (T, error)) (T, error) {
+	res, err := s.runOne(ctx, func(ctx context.Context, q querier) (any, error) { return fn(ctx, q) })
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return res.(T), nil
+}
 
 // runTx runs fn in a transaction of its own on Postgres, checking the
 // context's fence first (WithFence), and retries it when Postgres aborted

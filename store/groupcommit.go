@@ -67,7 +67,7 @@ func (s *DB) submit(ctx context.Context, run func(ctx context.Context, tx *sql.T
 		return nil, err
 	}
 	if s.pg {
-		return s.runTx(ctx, run) // no group commit on Postgres (dialect.go)
+		return s.runTx(ctx, run) // Postgres batches the suspension path its own way (pgbatch.go)
 	}
 	op := &writeOp{run: run, done: make(chan struct{})}
 	select {

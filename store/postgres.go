@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"sort"
 	"strings"
 	"time"
 
@@ -18,17 +17,23 @@ import (
 // Claims. An action that locks an account must never be claimed while
 // another action of that account holds a lease, and two replicas claiming
 // at once see each other's claims only once they commit. So every
-// transaction that gives an account a lease (ClaimActions, and RecordFiring
-// when it records the trip already claimed) first takes a transaction-level
-// advisory lock on each account it may claim for (lockAccounts), in one
-// order (so two claimers cannot deadlock; if Postgres finds a deadlock all
-// the same, runTx retries). The lock is held until commit, and in READ
-// COMMITTED each statement sees what was committed before it started: the
-// statement that reads an account's leases after taking its lock sees the
-// claim of any claimer that held the lock before. The rows themselves are
-// taken FOR UPDATE SKIP LOCKED, so two claimers never claim one action
-// (account-less actions, notifications, rely on that alone), and a row a
-// concurrent transaction changed is re-checked on its newest version.
+// transaction that gives an account a lease (claim_actions, and
+// record_firing when it records the trip already claimed: server-side
+// functions, one round trip each) first takes a transaction-level advisory
+// lock on each account it may claim for, in one order (hashtext's, so two
+// claimers cannot deadlock; if Postgres finds a deadlock all the same, the
+// statement is retried). The lock is held until commit, and in READ
+// COMMITTED each statement of a function sees what was committed before it
+// started: the statement that reads an account's leases after taking its
+// lock sees the claim of any claimer that held the lock before. The rows
+// themselves are taken FOR UPDATE SKIP LOCKED, so two claimers never claim
+// one action (account-less actions, notifications, rely on that alone), and
+// a row a concurrent transaction changed is re-checked on its newest version.
+//
+// Round trips. A write on the suspension path is one statement, sent
+// outside an explicit transaction (runOne): a firing (record_firing), a
+// claim (claim_actions), a write mark, a completion (one statement with
+// data-modifying CTEs). Postgres commits each before it answers.
 //
 // Fencing. An action's claim is its owner (a process incarnation: the
 // replica's name and a random part) and its lease; MarkWriteSent and
@@ -92,6 +97,7 @@ func openPostgres(ctx context.Context, dsn, name string) (_ *DB, err error) {
 	s.stop = make(chan struct{})
 	s.writerDone = make(chan struct{})
 	s.ckDone = make(chan struct{})
+	s.firings.run, s.marks.run, s.completions.run = s.recordFirings, s.markBatch, s.completeBatch
 	close(s.writerDone) // no writer goroutine: each write is its own transaction
 	close(s.ckDone)     // no checkpoints: Postgres does its own
 	return s, nil
@@ -286,7 +292,158 @@ var pgMigrations = []migration{
 			`CREATE UNIQUE INDEX actions_step ON actions (step_token, kind) WHERE step_token <> ''`,
 		},
 	},
+	{
+		// The suspension path's writes in one round trip each, and in
+		// batches (recordFiringPG, claimPG, pgbatch.go), and an index in the
+		// claim's order.
+		name: "record_firing(s), complete_actions, claim_actions, actions in claim order",
+		stmts: []string{
+			recordFiringFunc,
+			recordFiringsFunc,
+			completeActionsFunc,
+			claimActionsFunc,
+			// The claim reads the due actions in this order and stops at
+			// its limit, instead of reading and sorting every available
+			// one (a burst's end_calls wait, available, for their trips).
+			`CREATE INDEX actions_claim_order ON actions ((kind <> 'trip'), next_attempt_at, id) WHERE state = 'available'`,
+		},
+	},
 }
+
+// claimActionsFunc is ClaimActions on Postgres as a server-side function:
+// which accounts have due actions, their locks and the claim
+// (pgClaimQuery), one round trip instead of five. VOLATILE: the claim's
+// statement takes its snapshot after the locks were granted.
+var claimActionsFunc = fmt.Sprintf(`CREATE FUNCTION claim_actions(p_owner TEXT, p_lease BIGINT, p_at BIGINT, p_limit BIGINT)
+	RETURNS SETOF actions LANGUAGE plpgsql VOLATILE AS $fn$
+	DECLARE
+		v_due BOOLEAN;
+		v_accounts TEXT[];
+	BEGIN
+		SELECT count(*) > 0, coalesce(array_agg(DISTINCT account_sid) FILTER (WHERE account_sid <> ''), '{}')
+			INTO v_due, v_accounts
+			FROM (SELECT account_sid FROM actions WHERE state = 'available' AND next_attempt_at <= p_at
+				ORDER BY kind <> 'trip', next_attempt_at, id LIMIT 8 * p_limit) d;
+		IF NOT v_due THEN
+			RETURN;
+		END IF;
+		PERFORM count(pg_advisory_xact_lock(%d, k))
+			FROM (SELECT DISTINCT hashtext(a) AS k FROM unnest(v_accounts) a ORDER BY k) o;
+		RETURN QUERY %s;
+	END
+	$fn$`, lockNSAccount, strings.NewReplacer(
+	"$1", "p_owner", "$2", "p_lease", "$3", "p_at", "$4", "p_limit", "$5::TEXT[]", "v_accounts", "$6", "8 * p_limit",
+	"RETURNING "+pgActionCols, "RETURNING actions.*").Replace(pgClaimQuery))
+
+// recordFiringFunc is recordFiringTx (sqlite.go) as a server-side function,
+// so that a firing costs one round trip instead of eight (BEGIN, the token,
+// the incident, the firing, the account's lock, its leases, the actions,
+// COMMIT). It runs as one statement, a transaction of its own. It is
+// VOLATILE: under READ COMMITTED each statement in it takes a new snapshot,
+// so the read of the account's leases after its lock sees every claim made
+// before the lock was granted, as in claimPG.
+//
+// p_kinds are the new incident's action kinds (each once), p_locks whether
+// each locks the account; p_owner and p_lease the claim of the trip (an
+// empty owner: none). The result: 'duplicate' (the token was recorded: nothing
+// written), 'new', 'reopened' or 'repeat' (another firing of an existing
+// incident, not reopened); the incident as it is now; the trip created with
+// a new incident (0: none) and whether it was claimed.
+var recordFiringFunc = fmt.Sprintf(`CREATE FUNCTION record_firing(
+		p_token TEXT, p_source TEXT, p_rule TEXT, p_account TEXT, p_account_name TEXT, p_period TEXT,
+		p_trigger_sid TEXT, p_category TEXT, p_trigger_by TEXT, p_recurring TEXT, p_trigger_value TEXT,
+		p_current_value TEXT, p_date_fired TEXT, p_action TEXT, p_dry_run BIGINT, p_received BIGINT,
+		p_kinds TEXT[], p_locks BOOLEAN[], p_owner TEXT, p_lease BIGINT,
+		OUT o_result TEXT, OUT o_inc incidents, OUT o_trip BIGINT, OUT o_claimed BOOLEAN)
+	LANGUAGE plpgsql VOLATILE AS $fn$
+	DECLARE
+		v_id BIGINT;
+		v_state TEXT;
+		v_outcome TEXT;
+		v_detail TEXT;
+		v_n BIGINT;
+	BEGIN
+		o_trip := 0;
+		o_claimed := false;
+		SELECT incident_id INTO v_id FROM firings WHERE idempotency_token = p_token;
+		IF FOUND THEN
+			SELECT * INTO o_inc FROM incidents WHERE id = v_id;
+			o_result := 'duplicate';
+			RETURN;
+		END IF;
+
+		INSERT INTO incidents AS i (rule, account_sid, account_name, period, source, idempotency_token,
+				usage_trigger_sid, usage_category, trigger_by, recurring, trigger_value, current_value,
+				date_fired, action, dry_run, state, detail, firings, created_at, updated_at)
+			VALUES (p_rule, p_account, p_account_name, p_period, p_source, p_token, p_trigger_sid,
+				p_category, p_trigger_by, p_recurring, p_trigger_value, p_current_value, p_date_fired,
+				p_action, p_dry_run, 'pending', '', 1, p_received, p_received)
+			ON CONFLICT (rule, account_sid, period) DO UPDATE
+				SET firings = i.firings + 1, updated_at = GREATEST(i.updated_at, excluded.updated_at)
+			RETURNING * INTO o_inc;
+		INSERT INTO firings (idempotency_token, incident_id, source, rule, account_sid, account_name,
+				period, usage_trigger_sid, usage_category, trigger_by, recurring, trigger_value,
+				current_value, date_fired, action, dry_run, received_at)
+			VALUES (p_token, o_inc.id, p_source, p_rule, p_account, p_account_name, p_period,
+				p_trigger_sid, p_category, p_trigger_by, p_recurring, p_trigger_value, p_current_value,
+				p_date_fired, p_action, p_dry_run, p_received);
+
+		IF o_inc.firings <> 1 THEN
+			-- reopenTx: a trip that ended skipped or failed is put back to work.
+			o_result := 'repeat';
+			SELECT id, state, outcome, detail INTO v_id, v_state, v_outcome, v_detail
+				FROM actions WHERE incident_id = o_inc.id AND kind = 'trip';
+			IF NOT FOUND OR NOT ((v_state = 'done' AND v_outcome = 'skipped') OR v_state = 'failed') THEN
+				RETURN;
+			END IF;
+			v_detail := format('reopened by a new firing (current value %%s); the trip had ended %%s: %%s',
+				p_current_value, v_outcome, v_detail);
+			UPDATE actions
+				SET state = 'available', outcome = '', detail = v_detail, next_attempt_at = p_received,
+					released = 0, updated_at = p_received
+				WHERE id = v_id AND ((state = 'done' AND outcome = 'skipped') OR state = 'failed');
+			GET DIAGNOSTICS v_n = ROW_COUNT;
+			IF v_n <> 1 THEN
+				RAISE EXCEPTION 'reopen trip action %%: %% rows changed', v_id, v_n;
+			END IF;
+			UPDATE actions
+				SET state = 'available', outcome = '', detail = '', next_attempt_at = p_received, updated_at = p_received
+				WHERE incident_id = o_inc.id AND kind = 'end_calls' AND state = 'done' AND outcome = 'skipped';
+			UPDATE incidents
+				SET account_name = p_account_name, usage_trigger_sid = p_trigger_sid, usage_category = p_category,
+					trigger_by = p_trigger_by, recurring = p_recurring, trigger_value = p_trigger_value,
+					current_value = p_current_value, date_fired = p_date_fired, action = p_action,
+					dry_run = p_dry_run, state = 'pending', outcome = '', detail = v_detail,
+					updated_at = GREATEST(updated_at, p_received)
+				WHERE id = o_inc.id
+				RETURNING * INTO o_inc;
+			o_result := 'reopened';
+			RETURN;
+		END IF;
+
+		o_result := 'new';
+		IF p_owner <> '' THEN
+			-- Other replicas claim actions of this account too (claimPG).
+			PERFORM pg_advisory_xact_lock(%d, hashtext(p_account));
+			o_claimed := NOT EXISTS (SELECT 1 FROM actions
+				WHERE account_sid = p_account AND lease_until > 0 AND lease_until > p_received);
+		END IF;
+		WITH ins AS (
+			INSERT INTO actions (incident_id, kind, account_sid, state, attempts, next_attempt_at,
+					owner, lease_until, created_at, updated_at)
+				SELECT o_inc.id, k.kind, CASE WHEN k.locks THEN p_account ELSE '' END,
+					CASE WHEN o_claimed AND k.kind = 'trip' THEN 'running' ELSE 'available' END, 0, p_received,
+					CASE WHEN o_claimed AND k.kind = 'trip' THEN p_owner ELSE '' END,
+					CASE WHEN o_claimed AND k.kind = 'trip' THEN p_lease ELSE 0 END,
+					p_received, p_received
+				FROM unnest(p_kinds, p_locks) AS k (kind, locks)
+				ON CONFLICT (incident_id, kind) DO NOTHING
+				RETURNING id, kind)
+		SELECT id INTO o_trip FROM ins WHERE kind = 'trip';
+		o_trip := coalesce(o_trip, 0);
+		o_claimed := o_claimed AND o_trip <> 0;
+	END
+	$fn$`, lockNSAccount)
 
 // migratePostgres brings the schema to len(pgMigrations) in one transaction
 // under an advisory transaction lock, so replicas that start together
@@ -344,25 +501,6 @@ func migratePostgres(ctx context.Context, db *sql.DB) (err error) {
 	return tx.Commit()
 }
 
-// lockAccounts takes the advisory transaction lock of each account, in key
-// order. Collisions of the hash only serialise two accounts' claims.
-func lockAccounts(ctx context.Context, tx *sql.Tx, accounts []string) error {
-	if len(accounts) == 0 {
-		return nil
-	}
-	if len(accounts) == 1 {
-		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, lockNSAccount, accounts[0]); err != nil {
-			return fmt.Errorf("lock account: %w", err)
-		}
-		return nil
-	}
-	if _, err := tx.ExecContext(ctx, `SELECT count(pg_advisory_xact_lock($1, k))
-		FROM (SELECT DISTINCT hashtext(a) AS k FROM unnest($2::TEXT[]) a ORDER BY k) o`, lockNSAccount, accounts); err != nil {
-		return fmt.Errorf("lock accounts: %w", err)
-	}
-	return nil
-}
-
 // lockGuard serialises the guard's holds across replicas.
 func lockGuard(ctx context.Context, tx *sql.Tx) error {
 	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1, 0)`, lockNSGuard); err != nil {
@@ -407,44 +545,12 @@ var pgClaimQuery = `WITH cand AS (
 // pgActionCols is actionCols qualified (UPDATE ... FROM has two tables).
 var pgActionCols = "actions." + strings.Join(strings.Split(strings.Join(strings.Fields(actionCols), " "), ", "), ", actions.")
 
-// claimPG is ClaimActions' work on Postgres: which accounts have due
-// actions (outside a transaction: most looks find nothing, and the claim
-// checks everything again), then, in one transaction, their locks and the
-// claim.
+// claimPG is ClaimActions' work on Postgres: one call of claim_actions
+// (claimActionsFunc), which finds the accounts with due actions, takes
+// their locks and claims, in one transaction.
 func (s *DB) claimPG(ctx context.Context, owner string, lease, at int64, limit int) ([]Action, error) {
-	rows, err := s.w.QueryContext(ctx, `SELECT DISTINCT account_sid FROM (
-			SELECT account_sid FROM actions WHERE state = 'available' AND next_attempt_at <= $1
-			ORDER BY kind <> 'trip', next_attempt_at, id LIMIT $2) d`, at, 8*limit)
-	if err != nil {
-		return nil, fmt.Errorf("due accounts: %w", err)
-	}
-	accounts := []string{}
-	due := false
-	for rows.Next() {
-		var a string
-		if err := rows.Scan(&a); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("due accounts: %w", err)
-		}
-		due = true
-		if a != "" {
-			accounts = append(accounts, a)
-		}
-	}
-	if err := rows.Err(); err != nil {
-		rows.Close()
-		return nil, fmt.Errorf("due accounts: %w", err)
-	}
-	rows.Close()
-	if !due {
-		return nil, nil
-	}
-	sort.Strings(accounts)
-	return submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) ([]Action, error) {
-		if err := lockAccounts(ctx, tx, accounts); err != nil {
-			return nil, err
-		}
-		rows, err := tx.QueryContext(ctx, pgClaimQuery, owner, lease, at, limit, accounts, 8*limit)
+	return oneAs(ctx, s, func(ctx context.Context, q querier) ([]Action, error) {
+		rows, err := q.QueryContext(ctx, `SELECT `+actionCols+` FROM claim_actions($1, $2, $3, $4)`, owner, lease, at, limit)
 		if err != nil {
 			return nil, err
 		}
@@ -452,68 +558,217 @@ func (s *DB) claimPG(ctx context.Context, owner string, lease, at int64, limit i
 	})
 }
 
-// insertActionsPG creates a new incident's actions in one statement (one
-// round trip): f.Actions, each kind once, the first trip claimed by claim
-// if set. It returns the trip as stored (zero ID: none).
-func insertActionsPG(ctx context.Context, tx *sql.Tx, f *Firing, incidentID int64, claim *Claim, received int64) (Action, error) {
-	var (
-		trip Action
-		vals []string
-		args []any
-		seen = map[ActionKind]bool{}
-	)
-	for _, kind := range f.Actions {
-		if seen[kind] {
-			continue
-		}
-		seen[kind] = true
-		a := Action{IncidentID: incidentID, Kind: kind, State: ActionAvailable, NextAttemptAt: f.ReceivedAt,
-			CreatedAt: f.ReceivedAt, UpdatedAt: f.ReceivedAt}
-		if kind.LocksAccount() {
-			a.AccountSID = f.AccountSID
-		}
-		if kind == ActionTrip {
-			if claim != nil {
-				a.State, a.Owner, a.LeaseUntil = ActionRunning, claim.Owner, claim.LeaseUntil
-			}
-			trip = a
-		}
-		n := len(args)
-		vals = append(vals, fmt.Sprintf("($%d, $%d, $%d, $%d, 0, $%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8, n+9))
-		args = append(args, a.IncidentID, string(a.Kind), a.AccountSID, string(a.State), received, a.Owner, timeCol(a.LeaseUntil), received, received)
-	}
-	if len(vals) == 0 {
-		return trip, nil
-	}
-	rows, err := tx.QueryContext(ctx, `INSERT INTO actions (incident_id, kind, account_sid, state, attempts,
-			next_attempt_at, owner, lease_until, created_at, updated_at)
-		VALUES `+strings.Join(vals, ", ")+`
-		ON CONFLICT (incident_id, kind) DO NOTHING
-		RETURNING id, kind`, args...)
-	if err != nil {
-		return Action{}, fmt.Errorf("insert actions: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var (
-			id   int64
-			kind string
-		)
-		if err := rows.Scan(&id, &kind); err != nil {
-			return Action{}, fmt.Errorf("insert actions: %w", err)
-		}
-		if ActionKind(kind) == ActionTrip {
-			trip.ID = id
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return Action{}, fmt.Errorf("insert actions: %w", err)
-	}
-	if trip.ID == 0 {
-		return Action{}, nil // no trip among the kinds (or it existed)
-	}
-	return trip, nil
+// pgFiring is a firing as record_firing's arguments (and, in JSON, as an
+// element of record_firings' batch).
+type pgFiring struct {
+	I            int      `json:"i"` // its place in a batch
+	Token        string   `json:"token"`
+	Source       string   `json:"source"`
+	Rule         string   `json:"rule"`
+	Account      string   `json:"account"`
+	AccountName  string   `json:"account_name"`
+	Period       string   `json:"period"`
+	TriggerSID   string   `json:"trigger_sid"`
+	Category     string   `json:"category"`
+	TriggerBy    string   `json:"trigger_by"`
+	Recurring    string   `json:"recurring"`
+	TriggerValue string   `json:"trigger_value"`
+	CurrentValue string   `json:"current_value"`
+	DateFired    string   `json:"date_fired"`
+	Action       string   `json:"action"`
+	DryRun       int64    `json:"dry_run"`
+	Received     int64    `json:"received"`
+	Kinds        []string `json:"kinds"`
+	Locks        []bool   `json:"locks"`
+	Owner        string   `json:"owner"`
+	Lease        int64    `json:"lease"`
 }
+
+func newPGFiring(f *Firing, received int64) pgFiring {
+	p := pgFiring{Token: f.IdempotencyToken, Source: string(f.Source), Rule: f.Rule, Account: f.AccountSID,
+		AccountName: f.AccountName, Period: f.Period, TriggerSID: f.UsageTriggerSID, Category: f.UsageCategory,
+		TriggerBy: f.TriggerBy, Recurring: f.Recurring, TriggerValue: f.TriggerValue, CurrentValue: f.CurrentValue,
+		DateFired: f.DateFired, Action: f.Action, DryRun: boolInt(f.DryRun), Received: received,
+		Kinds: []string{}, Locks: []bool{}}
+	seen := map[ActionKind]bool{}
+	for _, k := range f.Actions {
+		if !seen[k] {
+			seen[k] = true
+			p.Kinds, p.Locks = append(p.Kinds, string(k)), append(p.Locks, k.LocksAccount())
+		}
+	}
+	if f.ClaimBy != nil {
+		p.Owner, p.Lease = f.ClaimBy.Owner, timeCol(f.ClaimBy.LeaseUntil)
+	}
+	return p
+}
+
+// recordFiringOne is RecordFiring's work on Postgres for one firing: one
+// call of record_firing (recordFiringFunc), one round trip. f is valid and
+// received is f.ReceivedAt in unix nanoseconds.
+func (s *DB) recordFiringOne(ctx context.Context, f *Firing, received int64) (RecordResult, error) {
+	p := newPGFiring(f, received)
+	return oneAs(ctx, s, func(ctx context.Context, q querier) (RecordResult, error) {
+		var (
+			result  string
+			tripID  int64
+			claimed bool
+		)
+		row := q.QueryRowContext(ctx, recordFiringCall, p.Token, p.Source, p.Rule, p.Account,
+			p.AccountName, p.Period, p.TriggerSID, p.Category, p.TriggerBy, p.Recurring,
+			p.TriggerValue, p.CurrentValue, p.DateFired, p.Action, p.DryRun, p.Received,
+			p.Kinds, p.Locks, p.Owner, p.Lease)
+		inc, err := scanIncident(scanFunc(func(dest ...any) error {
+			return row.Scan(append([]any{&result, &tripID, &claimed}, dest...)...)
+		}))
+		if err != nil {
+			return RecordResult{}, err
+		}
+		return firingResult(f, result, tripID, claimed, inc), nil
+	})
+}
+
+// firingResult is the RecordResult of f from record_firing's answer.
+func firingResult(f *Firing, result string, tripID int64, claimed bool, inc Incident) RecordResult {
+	res := RecordResult{Incident: inc}
+	switch result {
+	case "duplicate":
+		res.DuplicateToken = true
+	case "new":
+		res.NewIncident = true
+	case "reopened":
+		res.Reopened = true
+	}
+	if tripID != 0 {
+		res.Trip = Action{ID: tripID, IncidentID: inc.ID, Kind: ActionTrip, AccountSID: f.AccountSID,
+			State: ActionAvailable, NextAttemptAt: f.ReceivedAt, CreatedAt: f.ReceivedAt, UpdatedAt: f.ReceivedAt}
+		if claimed {
+			res.Trip.State, res.Trip.Owner, res.Trip.LeaseUntil = ActionRunning, f.ClaimBy.Owner, f.ClaimBy.LeaseUntil
+		}
+	}
+	return res
+}
+
+// incidentOf is incidentCols as columns of the composite o_inc.
+var incidentOf = `(o_inc).` + strings.Join(strings.Split(strings.Join(strings.Fields(incidentCols), " "), ", "), ", (o_inc).")
+
+// recordFiringCall calls record_firing, the incident's columns in incidentCols' order.
+var recordFiringCall = `SELECT o_result, o_trip, o_claimed, ` + incidentOf +
+	` FROM record_firing($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)`
+
+// scanFunc is a scanner from a function.
+type scanFunc func(dest ...any) error
+
+func (f scanFunc) Scan(dest ...any) error { return f(dest...) }
+
+// pgCompletion is a completion as pgCompleteQuery's arguments (and, in
+// JSON, as an element of complete_actions' batch).
+type pgCompletion struct {
+	I         int      `json:"i"` // its place in a batch
+	State     string   `json:"state"`
+	Outcome   string   `json:"outcome"`
+	Detail    string   `json:"detail"`
+	Attempted int64    `json:"attempted"`
+	Next      int64    `json:"next"`
+	Lease     int64    `json:"lease"`
+	Sent      int64    `json:"sent"`
+	Progress  string   `json:"progress"`
+	Now       int64    `json:"now"`
+	ID        int64    `json:"id"`
+	Owner     string   `json:"owner"`
+	ClearSent bool     `json:"clear_sent"`
+	IncState  string   `json:"inc_state"`
+	Kinds     []string `json:"kinds"`
+	Locks     []bool   `json:"locks"`
+	Ats       []int64  `json:"ats"`
+}
+
+func (p *pgCompletion) args() []any {
+	return []any{p.State, p.Outcome, p.Detail, p.Attempted, p.Next, p.Lease, p.Sent, p.Progress, p.Now,
+		p.ID, p.Owner, p.ClearSent, p.IncState, p.Kinds, p.Locks, p.Ats}
+}
+
+// completePG is completeTx on Postgres for an attempt that does not end
+// held (held takes the guard's lock and may page): the action, its
+// incident if it is a trip, and the actions it schedules, in one statement
+// (pgCompleteQuery), group-committed with other completions (pgbatch.go).
+func (s *DB) completePG(ctx context.Context, id int64, owner string, c Completion) error {
+	now, err := unixNano(s.now())
+	if err != nil {
+		return err
+	}
+	p := pgCompletion{State: string(c.State), Outcome: string(c.Outcome), Detail: c.Detail, Attempted: boolInt(c.Attempted),
+		Next: now, Sent: timeCol(c.WriteSentAt), Progress: c.Progress, Now: now, ID: id, Owner: owner,
+		ClearSent: c.ClearWriteSent, Kinds: []string{}, Locks: []bool{}, Ats: []int64{}}
+	switch c.State {
+	case ActionDone:
+		p.IncState = string(StateDone)
+	case ActionFailed:
+		p.IncState = string(StateFailed)
+	case ActionAvailable:
+		if p.Next, err = unixNano(c.NextAttemptAt); err != nil {
+			return fmt.Errorf("next attempt: %w", err)
+		}
+		p.Lease = timeCol(c.HoldAccountUntil)
+	default:
+		return fmt.Errorf("cannot complete an attempt as %q", c.State)
+	}
+	if c.State == ActionDone || c.State == ActionAvailable {
+		for _, sc := range c.Then {
+			if sc.Kind == "" {
+				return errors.New("scheduled action with an empty kind")
+			}
+			at, err := unixNano(sc.At)
+			if err != nil {
+				return fmt.Errorf("scheduled %s: %w", sc.Kind, err)
+			}
+			p.Kinds, p.Locks, p.Ats = append(p.Kinds, string(sc.Kind)), append(p.Locks, sc.Kind.LocksAccount()), append(p.Ats, at)
+		}
+	}
+	if _, fenced := fenceOf(ctx); fenced {
+		return s.completeOne(ctx, &p)
+	}
+	op := &pgCompleteOp{p: p}
+	alone, err := s.completions.do(ctx, op)
+	if alone {
+		return s.completeOne(ctx, &p)
+	}
+	return err
+}
+
+// completeOne records one completion: one statement.
+func (s *DB) completeOne(ctx context.Context, p *pgCompletion) error {
+	_, err := oneAs(ctx, s, func(ctx context.Context, q querier) (struct{}, error) {
+		var (
+			incident sql.NullInt64
+			kind     string
+		)
+		err := q.QueryRowContext(ctx, pgCompleteQuery, p.args()...).Scan(&incident, &kind)
+		if errors.Is(err, sql.ErrNoRows) {
+			return struct{}{}, ErrNotFound // not running, or claimed by another owner
+		}
+		return struct{}{}, err
+	})
+	return err
+}
+
+// pgCompleteQuery is completeTx's statements as one: the attempt's end
+// (completeQuery's Postgres text), the trip's incident (state $13 when the
+// trip finished, else only its outcome and detail) and the scheduled
+// actions ($14 kinds, $15 whether each locks the account, $16 when due).
+var pgCompleteQuery = `WITH a AS (` + strings.TrimSpace(pgOverrides[completeQuery]) + `
+	), i AS (
+		UPDATE incidents SET state = CASE WHEN $13::TEXT <> '' THEN $13::TEXT ELSE incidents.state END,
+			outcome = $2, detail = $3, updated_at = $9
+		FROM a WHERE incidents.id = a.incident_id AND a.kind = 'trip'
+	), s AS (
+		INSERT INTO actions (incident_id, kind, account_sid, state, attempts, next_attempt_at, created_at, updated_at)
+		SELECT inc.id, k.kind, CASE WHEN k.locks THEN inc.account_sid ELSE '' END, 'available', 0, k.at, $9, $9
+		FROM a JOIN incidents inc ON inc.id = a.incident_id,
+			unnest($14::TEXT[], $15::BOOLEAN[], $16::BIGINT[]) AS k (kind, locks, at)
+		ON CONFLICT (incident_id, kind) DO NOTHING
+	)
+	SELECT incident_id, kind FROM a`
 
 // AdmitSuspension is the blast-radius guard's admission on a store shared
 // by several replicas: running trip action id of owner may suspend now

@@ -83,6 +83,11 @@ type DB struct {
 	ckNow  chan struct{}
 	ckDone chan struct{} // closed when checkpointLoop returns
 
+	// Group commit on Postgres (pgbatch.go).
+	firings     pgBatcher[*pgFiringOp]
+	marks       pgBatcher[*pgMarkOp]
+	completions pgBatcher[*pgCompleteOp]
+
 	// Group commit (groupcommit.go).
 	ops        chan *writeOp // unbuffered
 	stop       chan struct{} // closed by Close
@@ -430,17 +435,23 @@ func (s *DB) RecordFiring(ctx context.Context, f Firing) (RecordResult, error) {
 	if err != nil {
 		return RecordResult{}, fmt.Errorf("store: record firing %q: received_at: %w", f.IdempotencyToken, err)
 	}
-	res, err := submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) (RecordResult, error) {
-		return s.recordFiringTx(ctx, tx, &f, received)
-	})
+	var res RecordResult
+	if s.pg {
+		res, err = s.recordFiringPG(ctx, &f, received) // one round trip (postgres.go)
+	} else {
+		res, err = submitAs(ctx, s, func(ctx context.Context, tx *sql.Tx) (RecordResult, error) {
+			return s.recordFiringTx(ctx, tx, &f, received)
+		})
+	}
 	if err != nil {
 		return RecordResult{}, fmt.Errorf("store: record firing %q: %w", f.IdempotencyToken, err)
 	}
 	return res, nil
 }
 
-// recordFiringTx does RecordFiring's work inside tx. f is valid and received
-// is f.ReceivedAt in unix nanoseconds.
+// recordFiringTx does RecordFiring's work inside tx on SQLite (Postgres:
+// recordFiringPG, the same as a server-side function). f is valid and
+// received is f.ReceivedAt in unix nanoseconds.
 func (s *DB) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, received int64) (res RecordResult, err error) {
 	var incidentID int64
 	err = tx.StmtContext(ctx, s.wFiringLookup).QueryRowContext(ctx, f.IdempotencyToken).Scan(&incidentID)
@@ -480,12 +491,6 @@ func (s *DB) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, received
 	// The trip is claimed by the recording process unless another action
 	// holds the account.
 	claim := f.ClaimBy
-	if claim != nil && s.pg {
-		// Other replicas claim actions of this account too (postgres.go).
-		if err := lockAccounts(ctx, tx, []string{f.AccountSID}); err != nil {
-			return res, err
-		}
-	}
 	if claim != nil {
 		leased, err := s.accountLeased(ctx, tx, f.AccountSID, received)
 		if err != nil {
@@ -494,10 +499,6 @@ func (s *DB) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, received
 		if leased {
 			claim = nil
 		}
-	}
-	if s.pg {
-		res.Trip, err = insertActionsPG(ctx, tx, f, res.Incident.ID, claim, received) // one round trip
-		return res, err
 	}
 	ins := tx.StmtContext(ctx, s.wActionInsert)
 	for _, kind := range f.Actions {

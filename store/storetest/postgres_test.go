@@ -420,3 +420,107 @@ func TestPostgresGuardAdmission(t *testing.T) {
 		t.Fatalf("at the limit: admitted %v with %d counted (%v), want refused at 3", ok, n, err)
 	}
 }
+
+// Firings recorded at once by three replicas, each gathering its own into
+// batches (group commit): every firing is recorded once, a token sent to
+// two replicas opens one incident, and an account's trips are claimed by
+// one recorder at a time. Then the claimed trips complete, in batches too.
+func TestPostgresBatchedFirings(t *testing.T) {
+	dsn := Schema(t)
+	ctx := context.Background()
+	var replicas []*store.DB
+	for range 3 {
+		s, err := store.OpenPostgres(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		replicas = append(replicas, s)
+	}
+	const accounts, rules = 20, 8
+	type rec struct {
+		res   store.RecordResult
+		owner string
+		err   error
+	}
+	var (
+		mu   sync.Mutex
+		recs []rec
+		wg   sync.WaitGroup
+	)
+	for i := range accounts * rules {
+		for copy := range 2 { // each token to two replicas
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := (i + copy) % len(replicas)
+				owner := fmt.Sprintf("replica-%d", r)
+				f := Firing(fmt.Sprintf("tok-%d", i), fmt.Sprintf("rule-%d", i%rules), fmt.Sprintf("AC%02d", i/rules))
+				f.ClaimBy = &store.Claim{Owner: owner, LeaseUntil: time.Now().Add(time.Minute)} // completions check it against the clock
+				res, err := replicas[r].RecordFiring(ctx, f)
+				mu.Lock()
+				recs = append(recs, rec{res, owner, err})
+				mu.Unlock()
+			}()
+		}
+	}
+	wg.Wait()
+	news, dups := 0, 0
+	running := map[string][]store.Action{} // account -> trips claimed
+	for _, r := range recs {
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		switch {
+		case r.res.NewIncident:
+			news++
+			if r.res.Trip.ID == 0 {
+				t.Fatalf("new incident %d without its trip", r.res.Incident.ID)
+			}
+			if r.res.Trip.State == store.ActionRunning {
+				if r.res.Trip.Owner != r.owner {
+					t.Fatalf("trip %d claimed by %s, recorded by %s", r.res.Trip.ID, r.res.Trip.Owner, r.owner)
+				}
+				running[r.res.Incident.AccountSID] = append(running[r.res.Incident.AccountSID], r.res.Trip)
+			}
+		case r.res.DuplicateToken:
+			dups++
+		default:
+			t.Fatalf("firing neither new nor a duplicate: %+v", r.res)
+		}
+	}
+	if news != accounts*rules || dups != accounts*rules {
+		t.Fatalf("new incidents %d, duplicates %d; want %d each", news, dups, accounts*rules)
+	}
+	if len(running) != accounts {
+		t.Fatalf("%d accounts have a claimed trip, want %d", len(running), accounts)
+	}
+	for acct, trips := range running {
+		if len(trips) != 1 {
+			t.Fatalf("account %s: %d trips claimed at once, want 1", acct, len(trips))
+		}
+	}
+	// The claimed trips complete at once (a batch of completions), each
+	// once: a second completion by its owner finds it finished.
+	for round := range 2 {
+		for _, trips := range running {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a := trips[0]
+				r, _ := strconv.Atoi(strings.TrimPrefix(a.Owner, "replica-"))
+				_, err := replicas[r].CompleteAction(ctx, a.ID, a.Owner, store.Completion{State: store.ActionDone, Outcome: store.OutcomeSuspended, Attempted: true})
+				if round == 0 && err != nil || round == 1 && !errors.Is(err, store.ErrNotFound) {
+					t.Errorf("round %d: complete trip %d: %v", round, a.ID, err)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	for _, trips := range running {
+		inc, err := replicas[0].Incident(ctx, trips[0].IncidentID)
+		if err != nil || inc.State != store.StateDone || inc.Outcome != store.OutcomeSuspended {
+			t.Fatalf("incident %d: %+v, %v", trips[0].IncidentID, inc, err)
+		}
+	}
+}
