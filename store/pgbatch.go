@@ -26,12 +26,13 @@ import (
 // deadlock, a serialization failure, a concurrent insert of the same key)
 // sends the op back to its caller, which does it alone (with runOne's
 // retries); nil is returned only after the batch's commit, and if the
-// batch's statement fails as a whole every op in it gets the error (or, if
-// the error may pass, is done alone). A batch takes its firings in the
-// order of their accounts' lock keys (hashtext, then the account), the
-// order claim_actions locks in, and its marks and completions in action id
-// order, so two batches, or a batch and a claim, on several replicas wait
-// for each other in one direction only.
+// batch's statement fails as a whole (it then committed nothing) every op in
+// it is done alone. A batch takes its firings in the order of their
+// accounts' lock keys (hashtext, then the account), the order claim_actions
+// locks in, and each firing takes its account's lock before it writes
+// anything; marks and completions go in action id order. So two batches,
+// or a batch and a claim, on several replicas wait for each other in one
+// direction only.
 //
 // A caller whose ctx ends while its op waits for a batch withdraws it (the
 // op did not happen); once a batch has taken it, the caller waits for the
@@ -114,17 +115,15 @@ func (b *pgBatcher[T]) runner() {
 }
 
 // batchOutcome sets the outcome of the ops of a batch whose statement
-// failed with err (nil: each op's own outcome stands): a retryable error
-// committed nothing, and each op is done alone.
+// failed with err (nil: each op's own outcome stands). A statement that
+// failed as a whole committed nothing, so each op is done alone: one op's
+// bad input, or an error that may pass, fails only its own caller.
 func batchOutcome(ops []*pgOp, err error) {
 	if err == nil {
 		return
 	}
 	for _, o := range ops {
-		o.err, o.alone = err, retryable(err)
-		if o.alone {
-			o.err = nil
-		}
+		o.err, o.alone = nil, true
 	}
 }
 

@@ -372,6 +372,10 @@ var recordFiringFunc = fmt.Sprintf(`CREATE FUNCTION record_firing(
 			RETURN;
 		END IF;
 
+		-- The account's lock first, before any row lock: firings of several
+		-- rules of one account in two replicas' batches then queue on it
+		-- instead of locking each other's incidents (claimPG takes it too).
+		PERFORM pg_advisory_xact_lock(%[1]d, hashtext(p_account));
 		INSERT INTO incidents AS i (rule, account_sid, account_name, period, source, idempotency_token,
 				usage_trigger_sid, usage_category, trigger_by, recurring, trigger_value, current_value,
 				date_fired, action, dry_run, state, detail, firings, created_at, updated_at)
@@ -423,8 +427,7 @@ var recordFiringFunc = fmt.Sprintf(`CREATE FUNCTION record_firing(
 
 		o_result := 'new';
 		IF p_owner <> '' THEN
-			-- Other replicas claim actions of this account too (claimPG).
-			PERFORM pg_advisory_xact_lock(%d, hashtext(p_account));
+			-- Under the account's lock: the leases of every claim made before it.
 			o_claimed := NOT EXISTS (SELECT 1 FROM actions
 				WHERE account_sid = p_account AND lease_until > 0 AND lease_until > p_received);
 		END IF;

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -592,6 +593,18 @@ func validateFiring(f Firing) error {
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("invalid firing: empty %s", strings.Join(missing, ", "))
+	}
+	for _, c := range []struct{ name, v string }{
+		{"IdempotencyToken", f.IdempotencyToken}, {"Rule", f.Rule}, {"AccountSID", f.AccountSID},
+		{"AccountName", f.AccountName}, {"Period", f.Period}, {"UsageTriggerSID", f.UsageTriggerSID},
+		{"UsageCategory", f.UsageCategory}, {"TriggerBy", f.TriggerBy}, {"Recurring", f.Recurring},
+		{"TriggerValue", f.TriggerValue}, {"CurrentValue", f.CurrentValue}, {"DateFired", f.DateFired},
+	} {
+		// Both backends store the same text: Postgres refuses a NUL and
+		// invalid UTF-8.
+		if !utf8.ValidString(c.v) || strings.IndexByte(c.v, 0) >= 0 {
+			return fmt.Errorf("invalid firing: %s is not text (a NUL byte or invalid UTF-8)", c.name)
+		}
 	}
 	if f.Source != SourceCallback && f.Source != SourcePoll {
 		return fmt.Errorf("invalid firing: source %q, want %q or %q", f.Source, SourceCallback, SourcePoll)

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/usagebreaker/usagebreaker/breaker"
 	"github.com/usagebreaker/usagebreaker/rules"
@@ -56,6 +58,24 @@ func New(b Breaker, m *breaker.Metrics, log *slog.Logger) *Handler {
 
 // required are the callback parameters without which a firing means nothing.
 var required = []string{"AccountSid", "UsageTriggerSid", "IdempotencyToken", "UsageCategory", "TriggerBy", "CurrentValue"}
+
+// recorded are the callback parameters a firing records: text, as Twilio
+// sends them (valid UTF-8, no control characters).
+var recorded = []string{"AccountSid", "UsageTriggerSid", "DateFired", "Recurring", "UsageCategory", "TriggerBy",
+	"TriggerValue", "CurrentValue", "UsageRecordUri", "IdempotencyToken"}
+
+// isText reports a value with no control character, in valid UTF-8.
+func isText(v string) bool {
+	if !utf8.ValidString(v) {
+		return false
+	}
+	for _, r := range v {
+		if unicode.IsControl(r) {
+			return false
+		}
+	}
+	return true
+}
 
 // answer ends a request: status, a short plain-text body, one log line, one metric.
 type answer struct {
@@ -180,6 +200,11 @@ func (h *Handler) handle(w http.ResponseWriter, r *http.Request, arrived time.Ti
 	for _, k := range required {
 		if strings.TrimSpace(form.Get(k)) == "" {
 			return answer{http.StatusBadRequest, breaker.OutcomeBadRequest, "missing " + k, attrs}
+		}
+	}
+	for _, k := range recorded {
+		if !isText(form.Get(k)) {
+			return answer{http.StatusBadRequest, breaker.OutcomeBadRequest, k + " is not text (a control character or invalid UTF-8)", attrs}
 		}
 	}
 	cb := breaker.Callback{

@@ -184,6 +184,10 @@ func TestCallbackAnswers(t *testing.T) {
 	badSID.Set("AccountSid", "AC"+strings.Repeat("c", 32))
 	parent := firing(acctA)
 	parent.Set("AccountSid", "garbage")
+	nul := firing(acctA)
+	nul.Set("CurrentValue", "1\x002")
+	notUTF8 := firing(acctA)
+	notUTF8.Set("UsageCategory", "sms\xff")
 
 	cases := []struct {
 		name    string
@@ -223,6 +227,8 @@ func TestCallbackAnswers(t *testing.T) {
 		{"missing AccountSid", signed("tokenA", path, url.Values{"CurrentValue": {"1"}}), 400, breaker.OutcomeBadRequest},
 		{"malformed AccountSid", signed("tokenA", path, parent), 403, breaker.OutcomeUnknownAccount},
 		{"missing IdempotencyToken (signed)", signed("tokenA", path, missing), 400, breaker.OutcomeBadRequest},
+		{"a NUL byte in a field (signed)", signed("tokenA", path, nul), 400, breaker.OutcomeBadRequest},
+		{"invalid UTF-8 in a field (signed)", signed("tokenA", path, notUTF8), 400, breaker.OutcomeBadRequest},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

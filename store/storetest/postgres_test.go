@@ -524,3 +524,74 @@ func TestPostgresBatchedFirings(t *testing.T) {
 		}
 	}
 }
+
+// A firing takes its account's lock before it locks any row: two replicas'
+// batches holding firings of several rules of one account then queue on
+// the account's lock instead of locking each other's incidents (a deadlock
+// Postgres breaks only after deadlock_timeout).
+func TestPostgresFiringLocksTheAccountFirst(t *testing.T) {
+	dsn := Schema(t)
+	ctx := context.Background()
+	s, err := store.OpenPostgres(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const account = "AC-lock-order"
+	first, err := s.RecordFiring(ctx, Firing("tok-1", "rule-1", account))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+
+	// Another replica's batch holds the account's lock (store's lockNSAccount).
+	holder, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback()
+	if _, err := holder.ExecContext(ctx, `SELECT pg_advisory_xact_lock(30051, hashtext($1))`, account); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.RecordFiring(ctx, Firing("tok-2", "rule-1", account)) // the same incident
+		done <- err
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var waiting int
+		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+				AND classid = 30051`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second firing never waited for the account's lock")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// While it waits, it holds no lock on the incident.
+	probe, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id int64
+	err = probe.QueryRowContext(ctx, `SELECT id FROM incidents WHERE id = $1 FOR UPDATE NOWAIT`, first.Incident.ID).Scan(&id)
+	_ = probe.Rollback()
+	if err != nil {
+		t.Fatalf("the waiting firing holds the incident's row: %v", err)
+	}
+	if err := holder.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -104,6 +105,47 @@ func Run(t *testing.T, open Opener) {
 		}
 		if news != 1 || dups != 12 {
 			t.Fatalf("new incidents %d (want 1), duplicate tokens %d (want 12)", news, dups)
+		}
+	})
+
+	// A firing that is not text is refused, naming the field, on every
+	// backend, and refused alone: the firings recorded with it are not.
+	t.Run("FiringNotTextRefusedAlone", func(t *testing.T) {
+		s := open(t)
+		bad := map[string]store.Firing{}
+		f := Firing("tok-nul", "spend", "AC-bad")
+		f.CurrentValue = "1\x002"
+		bad["CurrentValue"] = f
+		f = Firing("tok-utf8", "spend", "AC-bad")
+		f.UsageCategory = "sms\xff"
+		bad["UsageCategory"] = f
+		var wg sync.WaitGroup
+		errs := make([]error, 20)
+		for i := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, errs[i] = s.RecordFiring(ctx, Firing(fmt.Sprintf("tok-%d", i), "spend", fmt.Sprintf("AC%d", i)))
+			}()
+		}
+		for field, f := range bad {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := s.RecordFiring(ctx, f)
+				if err == nil || !strings.Contains(err.Error(), field+" is not text") {
+					t.Errorf("firing with a bad %s: %v, want it refused naming the field", field, err)
+				}
+			}()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Errorf("good firing %d: %v", i, err)
+			}
+		}
+		if list, err := s.ListIncidents(ctx, store.IncidentFilter{AccountSID: "AC-bad"}); err != nil || len(list) != 0 {
+			t.Fatalf("incidents of the bad firings: %v %v", list, err)
 		}
 	})
 
