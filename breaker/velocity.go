@@ -161,7 +161,7 @@ func (b *Breaker) checkVelocity(ctx context.Context, r *rules.Rule, acctSID, acc
 		CurrentValue:     growth.String(),
 		DateFired:        last.DateFired,
 		Action:           r.Action,
-		DryRun:           r.DryRun,
+		DryRun:           b.dryRun(r),
 		ReceivedAt:       b.now(),
 		Actions:          b.ActionKinds(r),
 		ClaimBy:          b.engine.Claim(),

@@ -429,6 +429,7 @@ func (s *DB) RecordFiring(ctx context.Context, f Firing) (RecordResult, error) {
 	if err := validateFiring(f); err != nil {
 		return RecordResult{}, fmt.Errorf("store: record firing %q: %w", f.IdempotencyToken, err)
 	}
+	f.AccountName = displayText(f.AccountName) // Twilio's name for the account: shown, never refused
 	if f.ReceivedAt.IsZero() {
 		f.ReceivedAt = s.now()
 	}
@@ -579,6 +580,12 @@ func (s *DB) reopenTx(ctx context.Context, tx *sql.Tx, f *Firing, received int64
 	return res, nil
 }
 
+// displayText is s with invalid UTF-8 and NUL bytes replaced by U+FFFD,
+// which both backends store.
+func displayText(s string) string {
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
+}
+
 func validateFiring(f Firing) error {
 	var missing []string
 	for _, c := range []struct{ name, v string }{
@@ -596,7 +603,7 @@ func validateFiring(f Firing) error {
 	}
 	for _, c := range []struct{ name, v string }{
 		{"IdempotencyToken", f.IdempotencyToken}, {"Rule", f.Rule}, {"AccountSID", f.AccountSID},
-		{"AccountName", f.AccountName}, {"Period", f.Period}, {"UsageTriggerSID", f.UsageTriggerSID},
+		{"Period", f.Period}, {"UsageTriggerSID", f.UsageTriggerSID},
 		{"UsageCategory", f.UsageCategory}, {"TriggerBy", f.TriggerBy}, {"Recurring", f.Recurring},
 		{"TriggerValue", f.TriggerValue}, {"CurrentValue", f.CurrentValue}, {"DateFired", f.DateFired},
 	} {

@@ -64,6 +64,7 @@ func (s *SQLite) RecordStep(ctx context.Context, f StepFiring) (StepResult, erro
 	if f.IdempotencyToken == "" || f.Rule == "" || f.AccountSID == "" {
 		return StepResult{}, errors.New("store: record step: token, rule and account are required")
 	}
+	f.AccountName = displayText(f.AccountName)
 	fired, err := unixNano(f.FiredAt)
 	if err != nil {
 		return StepResult{}, fmt.Errorf("store: record step: fired at: %w", err)

@@ -147,6 +147,13 @@ func Run(t *testing.T, open Opener) {
 		if list, err := s.ListIncidents(ctx, store.IncidentFilter{AccountSID: "AC-bad"}); err != nil || len(list) != 0 {
 			t.Fatalf("incidents of the bad firings: %v %v", list, err)
 		}
+		// The account's name is Twilio's, only shown: cleaned, never refused.
+		named := Firing("tok-name", "spend", "AC-name")
+		named.AccountName = "acme\x00\xff"
+		res, err := s.RecordFiring(ctx, named)
+		if err != nil || res.Incident.AccountName != "acme\uFFFD\uFFFD" {
+			t.Fatalf("a firing whose account name is not text: %q, %v", res.Incident.AccountName, err)
+		}
 	})
 
 	t.Run("FiringClaimedByItsRecorder", func(t *testing.T) {
