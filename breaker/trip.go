@@ -89,12 +89,6 @@ func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Acco
 	if r.IsVelocity() {
 		return b.acceptStep(ctx, r, acct, cb, received)
 	}
-	// After a re-arm, a firing in the same period belongs to the re-armed
-	// generation: its own incident ("daily:2026-11-24#2"), so it trips again.
-	period, err := b.IncidentPeriod(ctx, r.Name, acct.SID, PeriodKey(r.Recurring, firedAt(cb.DateFired, now)))
-	if err != nil {
-		return AcceptResult{}, err
-	}
 	// A new suspension's read of the account starts now and runs while the
 	// firing is committed; the worker that runs the claimed trip uses it.
 	var pre chan accountRead
@@ -117,19 +111,23 @@ func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Acco
 		Rule:             r.Name,
 		AccountSID:       acct.SID,
 		AccountName:      acct.FriendlyName,
-		Period:           period,
-		UsageTriggerSID:  cb.UsageTriggerSID,
-		UsageCategory:    cb.UsageCategory,
-		TriggerBy:        cb.TriggerBy,
-		Recurring:        cb.Recurring,
-		TriggerValue:     cb.TriggerValue,
-		CurrentValue:     cb.CurrentValue,
-		DateFired:        cb.DateFired,
-		Action:           r.Action,
-		DryRun:           b.dryRun(r),
-		ReceivedAt:       received,
-		Actions:          b.ActionKinds(r),
-		ClaimBy:          claim,
+		Period:           PeriodKey(r.Recurring, firedAt(cb.DateFired, now)),
+		// After a re-arm, a firing in the same period belongs to the
+		// re-armed generation: its own incident ("daily:2026-11-24#2"), so
+		// it trips again. The store looks the re-arm up as it records.
+		ApplyRearm:      true,
+		UsageTriggerSID: cb.UsageTriggerSID,
+		UsageCategory:   cb.UsageCategory,
+		TriggerBy:       cb.TriggerBy,
+		Recurring:       cb.Recurring,
+		TriggerValue:    cb.TriggerValue,
+		CurrentValue:    cb.CurrentValue,
+		DateFired:       cb.DateFired,
+		Action:          r.Action,
+		DryRun:          b.dryRun(r),
+		ReceivedAt:      received,
+		Actions:         b.ActionKinds(r),
+		ClaimBy:         claim,
 	})
 	if err == nil {
 		b.tokens.add(cb.IdempotencyToken)

@@ -2,8 +2,6 @@ package breaker
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"strings"
 
 	"github.com/usagebreaker/usagebreaker/store"
@@ -50,21 +48,3 @@ func (b *Breaker) actionFinished(a store.Action, r Result) {
 	}
 }
 
-// IncidentPeriod is the incident period of a firing of rule on account in
-// base (its plain period key): base, or "base#N" while a re-arm exception of
-// generation N exists for it. The poller must use it too, so that its
-// firings land on the same incidents as the callbacks.
-func (b *Breaker) IncidentPeriod(ctx context.Context, rule, accountSID, base string) (string, error) {
-	return b.incidentPeriod(ctx, rule, accountSID, base)
-}
-
-func (b *Breaker) incidentPeriod(ctx context.Context, rule, accountSID, base string) (string, error) {
-	ex, err := b.store.RearmFor(ctx, accountSID, rule, base)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return base, nil
-	case err != nil:
-		return "", fmt.Errorf("read re-arm: %w", err)
-	}
-	return fmt.Sprintf("%s#%d", base, ex.Generation), nil
-}

@@ -451,7 +451,7 @@ var recordFiringsFunc = `CREATE FUNCTION record_firings(p JSONB,
 		FOR f IN SELECT * FROM jsonb_to_recordset(p) AS x (i INT, token TEXT, source TEXT, rule TEXT,
 				account TEXT, account_name TEXT, period TEXT, trigger_sid TEXT, category TEXT, trigger_by TEXT,
 				recurring TEXT, trigger_value TEXT, current_value TEXT, date_fired TEXT, action TEXT,
-				dry_run BIGINT, received BIGINT, kinds TEXT[], locks BOOLEAN[], owner TEXT, lease BIGINT)
+				dry_run BIGINT, received BIGINT, kinds TEXT[], locks BOOLEAN[], owner TEXT, lease BIGINT, rearm BOOLEAN)
 			ORDER BY hashtext(x.account), x.account, x.i
 		LOOP
 			i := f.i;
@@ -461,7 +461,7 @@ var recordFiringsFunc = `CREATE FUNCTION record_firings(p JSONB,
 				SELECT * INTO r FROM record_firing(f.token, f.source, f.rule, f.account, f.account_name,
 					f.period, f.trigger_sid, f.category, f.trigger_by, f.recurring, f.trigger_value,
 					f.current_value, f.date_fired, f.action, f.dry_run, f.received, f.kinds, f.locks,
-					f.owner, f.lease);
+					f.owner, f.lease, f.rearm);
 				o_result := r.o_result;
 				o_inc := r.o_inc;
 				o_trip := r.o_trip;

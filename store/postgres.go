@@ -136,7 +136,10 @@ func redactDSN(dsn string) string {
 }
 
 // pgMigrations are the Postgres schema's versions (schema_version.version
-// is how many have run). Same rules as migrations: append only. The first
+// is how many have run). Same rules as migrations: append only, except
+// that the server-side functions are always created in their current text:
+// a migration that changes one drops it and creates it again, so every
+// database, whatever version it was migrated from, ends with the same. The first
 // is the SQLite schema at its version 3, in Postgres' types: times and
 // booleans BIGINT, ids identity columns, plus the leader leases.
 var pgMigrations = []migration{
@@ -308,6 +311,20 @@ var pgMigrations = []migration{
 			`CREATE INDEX actions_claim_order ON actions ((kind <> 'trip'), next_attempt_at, id) WHERE state = 'available'`,
 		},
 	},
+	{
+		// record_firing looks up the re-arm exception itself (p_rearm), in
+		// the firing's statement: one round trip less per callback.
+		name: "record_firing applies re-arms",
+		stmts: []string{
+			`DROP FUNCTION IF EXISTS record_firings(JSONB)`,
+			`DROP FUNCTION IF EXISTS record_firing(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT,
+				TEXT, TEXT, TEXT, BIGINT, BIGINT, TEXT[], BOOLEAN[], TEXT, BIGINT)`,
+			`DROP FUNCTION IF EXISTS record_firing(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT,
+				TEXT, TEXT, TEXT, BIGINT, BIGINT, TEXT[], BOOLEAN[], TEXT, BIGINT, BOOLEAN)`,
+			recordFiringFunc,
+			recordFiringsFunc,
+		},
+	},
 }
 
 // claimActionsFunc is ClaimActions on Postgres as a server-side function:
@@ -345,7 +362,7 @@ var claimActionsFunc = fmt.Sprintf(`CREATE FUNCTION claim_actions(p_owner TEXT, 
 //
 // p_kinds are the new incident's action kinds (each once), p_locks whether
 // each locks the account; p_owner and p_lease the claim of the trip (an
-// empty owner: none). The result: 'duplicate' (the token was recorded: nothing
+// empty owner: none); p_rearm is Firing.ApplyRearm. The result: 'duplicate' (the token was recorded: nothing
 // written), 'new', 'reopened' or 'repeat' (another firing of an existing
 // incident, not reopened); the incident as it is now; the trip created with
 // a new incident (0: none) and whether it was claimed.
@@ -353,10 +370,11 @@ var recordFiringFunc = fmt.Sprintf(`CREATE FUNCTION record_firing(
 		p_token TEXT, p_source TEXT, p_rule TEXT, p_account TEXT, p_account_name TEXT, p_period TEXT,
 		p_trigger_sid TEXT, p_category TEXT, p_trigger_by TEXT, p_recurring TEXT, p_trigger_value TEXT,
 		p_current_value TEXT, p_date_fired TEXT, p_action TEXT, p_dry_run BIGINT, p_received BIGINT,
-		p_kinds TEXT[], p_locks BOOLEAN[], p_owner TEXT, p_lease BIGINT,
+		p_kinds TEXT[], p_locks BOOLEAN[], p_owner TEXT, p_lease BIGINT, p_rearm BOOLEAN,
 		OUT o_result TEXT, OUT o_inc incidents, OUT o_trip BIGINT, OUT o_claimed BOOLEAN)
 	LANGUAGE plpgsql VOLATILE AS $fn$
 	DECLARE
+		v_period TEXT;
 		v_id BIGINT;
 		v_state TEXT;
 		v_outcome TEXT;
@@ -376,6 +394,14 @@ var recordFiringFunc = fmt.Sprintf(`CREATE FUNCTION record_firing(
 		-- rules of one account in two replicas' batches then queue on it
 		-- instead of locking each other's incidents (claimPG takes it too).
 		PERFORM pg_advisory_xact_lock(%[1]d, hashtext(p_account));
+		IF p_rearm THEN
+			-- Firing.ApplyRearm: after a re-arm, the re-armed generation's period.
+			SELECT p_period || '#' || generation INTO v_period FROM rearms
+				WHERE account_sid = p_account AND rule = p_rule AND period = p_period;
+			IF FOUND THEN
+				p_period := v_period;
+			END IF;
+		END IF;
 		INSERT INTO incidents AS i (rule, account_sid, account_name, period, source, idempotency_token,
 				usage_trigger_sid, usage_category, trigger_by, recurring, trigger_value, current_value,
 				date_fired, action, dry_run, state, detail, firings, created_at, updated_at)
@@ -585,6 +611,7 @@ type pgFiring struct {
 	Locks        []bool   `json:"locks"`
 	Owner        string   `json:"owner"`
 	Lease        int64    `json:"lease"`
+	Rearm        bool     `json:"rearm"`
 }
 
 func newPGFiring(f *Firing, received int64) pgFiring {
@@ -592,7 +619,7 @@ func newPGFiring(f *Firing, received int64) pgFiring {
 		AccountName: f.AccountName, Period: f.Period, TriggerSID: f.UsageTriggerSID, Category: f.UsageCategory,
 		TriggerBy: f.TriggerBy, Recurring: f.Recurring, TriggerValue: f.TriggerValue, CurrentValue: f.CurrentValue,
 		DateFired: f.DateFired, Action: f.Action, DryRun: boolInt(f.DryRun), Received: received,
-		Kinds: []string{}, Locks: []bool{}}
+		Kinds: []string{}, Locks: []bool{}, Rearm: f.ApplyRearm}
 	seen := map[ActionKind]bool{}
 	for _, k := range f.Actions {
 		if !seen[k] {
@@ -620,7 +647,7 @@ func (s *DB) recordFiringOne(ctx context.Context, f *Firing, received int64) (Re
 		row := q.QueryRowContext(ctx, recordFiringCall, p.Token, p.Source, p.Rule, p.Account,
 			p.AccountName, p.Period, p.TriggerSID, p.Category, p.TriggerBy, p.Recurring,
 			p.TriggerValue, p.CurrentValue, p.DateFired, p.Action, p.DryRun, p.Received,
-			p.Kinds, p.Locks, p.Owner, p.Lease)
+			p.Kinds, p.Locks, p.Owner, p.Lease, p.Rearm)
 		inc, err := scanIncident(scanFunc(func(dest ...any) error {
 			return row.Scan(append([]any{&result, &tripID, &claimed}, dest...)...)
 		}))
@@ -657,7 +684,7 @@ var incidentOf = `(o_inc).` + strings.Join(strings.Split(strings.Join(strings.Fi
 
 // recordFiringCall calls record_firing, the incident's columns in incidentCols' order.
 var recordFiringCall = `SELECT o_result, o_trip, o_claimed, ` + incidentOf +
-	` FROM record_firing($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)`
+	` FROM record_firing($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)`
 
 // scanFunc is a scanner from a function.
 type scanFunc func(dest ...any) error

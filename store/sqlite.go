@@ -469,6 +469,11 @@ func (s *DB) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, received
 		return res, fmt.Errorf("look up token: %w", err)
 	}
 
+	if f.ApplyRearm {
+		if f, err = s.rearmedFiring(ctx, tx, f); err != nil {
+			return res, err
+		}
+	}
 	dry := boolInt(f.DryRun)
 	res.Incident, err = scanIncident(tx.StmtContext(ctx, s.wIncidentUpsrt).QueryRowContext(ctx,
 		f.Rule, f.AccountSID, f.AccountName, f.Period, f.Source, f.IdempotencyToken,
@@ -526,6 +531,27 @@ func (s *DB) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, received
 		res.Trip = a
 	}
 	return res, nil
+}
+
+// rearmedFiring is f with the period of its re-arm generation, if a re-arm
+// exception exists for its account, rule and period (Firing.ApplyRearm).
+// An account never re-armed (the usual case) costs no read.
+func (s *DB) rearmedFiring(ctx context.Context, tx *sql.Tx, f *Firing) (*Firing, error) {
+	if _, ok := s.rearmed.Load(f.AccountSID); !ok {
+		return f, nil
+	}
+	var gen int
+	err := tx.QueryRowContext(ctx, `SELECT generation FROM rearms WHERE account_sid = ? AND rule = ? AND period = ?`,
+		f.AccountSID, f.Rule, f.Period).Scan(&gen)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return f, nil
+	case err != nil:
+		return nil, fmt.Errorf("read re-arm: %w", err)
+	}
+	g := *f
+	g.Period = fmt.Sprintf("%s#%d", f.Period, gen)
+	return &g, nil
 }
 
 // reopenTx runs for a firing with a new token that attached to an existing

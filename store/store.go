@@ -182,7 +182,14 @@ type Firing struct {
 	AccountName      string // the subaccount's friendly name at the time
 	// Period names the rule's interval the firing falls in, e.g.
 	// "daily:2026-11-24", "monthly:2026-11", "yearly:2026", "alltime".
-	Period          string
+	Period string
+	// ApplyRearm: Period is a plain period key, and the incident's period is
+	// Period, or "Period#N" while a re-arm exception of generation N exists
+	// for (AccountSID, Rule, Period) (BeginRearm): after a re-arm, a firing
+	// in the same period belongs to the re-armed generation. The store looks
+	// the exception up in the statement (Postgres) or transaction (SQLite)
+	// that records the firing.
+	ApplyRearm      bool
 	UsageTriggerSID string
 	UsageCategory   string
 	TriggerBy       string

@@ -417,6 +417,67 @@ func Run(t *testing.T, open Opener) {
 		}
 	})
 
+	t.Run("FiringsApplyRearms", func(t *testing.T) {
+		s := open(t)
+		rearmable := func(token, rule string) store.Firing {
+			f := Firing(token, rule, "AC1")
+			f.ApplyRearm = true
+			return f
+		}
+		r, err := s.RecordFiring(ctx, rearmable("tok-1", "spend"))
+		if err != nil || !r.NewIncident || r.Incident.Period != "daily:2026-11-24" {
+			t.Fatalf("before any re-arm: %+v %v", r.Incident, err)
+		}
+		if _, err := s.BeginRearm(ctx, "AC1", "spend", "daily:2026-11-24", "5", T0.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		// Several at once (on Postgres, one batch): all of the re-armed
+		// generation, one incident.
+		var wg sync.WaitGroup
+		results := make([]store.RecordResult, 8)
+		errs := make([]error, 8)
+		for i := range results {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				results[i], errs[i] = s.RecordFiring(ctx, rearmable(fmt.Sprintf("tok-g2-%d", i), "spend"))
+			}()
+		}
+		wg.Wait()
+		opened := 0
+		for i, r := range results {
+			if errs[i] != nil || r.Incident.Period != "daily:2026-11-24#2" {
+				t.Fatalf("after the re-arm, firing %d: %+v %v", i, r.Incident, errs[i])
+			}
+			if r.NewIncident {
+				opened++
+			}
+		}
+		if opened != 1 {
+			t.Fatalf("%d firings opened the re-armed incident, want 1", opened)
+		}
+		// Without ApplyRearm the period is taken as given; another rule of
+		// the account is not re-armed.
+		f := Firing("tok-plain", "spend", "AC1")
+		if r, err := s.RecordFiring(ctx, f); err != nil || r.Incident.Period != "daily:2026-11-24" || r.NewIncident {
+			t.Fatalf("plain period: %+v %v", r, err)
+		}
+		if r, err := s.RecordFiring(ctx, rearmable("tok-other", "sms")); err != nil || r.Incident.Period != "daily:2026-11-24" || !r.NewIncident {
+			t.Fatalf("another rule: %+v %v", r, err)
+		}
+		// A second re-arm: generation 3.
+		if _, err := s.BeginRearm(ctx, "AC1", "spend", "daily:2026-11-24", "5", T0.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := s.RecordFiring(ctx, rearmable("tok-g3", "spend")); err != nil || r.Incident.Period != "daily:2026-11-24#3" || !r.NewIncident {
+			t.Fatalf("generation 3: %+v %v", r, err)
+		}
+		// A repeated token lands where it landed, whatever was re-armed since.
+		if r, err := s.RecordFiring(ctx, rearmable("tok-1", "spend")); err != nil || !r.DuplicateToken || r.Incident.Period != "daily:2026-11-24" {
+			t.Fatalf("duplicate token: %+v %v", r, err)
+		}
+	})
+
 	t.Run("ConcurrentClaimersNeverShareAnAccount", func(t *testing.T) {
 		s := open(t)
 		// 20 accounts, 3 incidents each: 60 trips, of which one per account may run at a time.
