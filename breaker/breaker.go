@@ -101,7 +101,6 @@ type Breaker struct {
 	// lastWrite: account SID -> when this process last sent it a status
 	// write (time.Now, monotonic); a read that started before is stale.
 	lastWrite sync.Map
-	shared    bool // other replicas act on the same accounts (Options.SharedQueue)
 
 	velocityLocks keyedMutex // one per subaccount: a velocity rule's trip check and its record (velocity.go)
 
@@ -162,7 +161,6 @@ func New(o Options) *Breaker {
 	callbacks := newCallbackMemo(o.API) // every trigger write goes through it
 	b := &Breaker{
 		common: c, api: callbacks, store: o.Store, writeLease: o.WriteLease,
-		shared: o.SharedQueue,
 	}
 	b.guard = &guard{b: b, slots: map[int64]bool{}}
 	b.engine = NewEngine(EngineOptions{

@@ -666,6 +666,72 @@ func TestPreReadOlderThanOurWriteIsReadAgain(t *testing.T) {
 	}
 }
 
+// On a shared store another replica's status write is not in this
+// process's memory: the store answers the account's last status write with
+// the claimed trip (RecordResult.LastStatusWrite), and a read that started
+// less than a write lease after it (the replicas' clocks may differ by
+// less) is not used. One that started later is.
+func TestPreReadOlderThanAnotherReplicasWriteIsReadAgain(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		readAfter   time.Duration // the read started this long after the other replica's write
+		wantReads   int
+		wantOutcome store.Outcome
+	}{
+		{"the read may predate the write", 0, 1, OutcomeAlreadySuspended},
+		{"the read started a write lease after it", 31 * time.Second, 0, OutcomeSuspended},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t, twoSuspendRules)
+			a := f.api.addAccount("tenant-a", "active")
+			f.reconcile(t)
+			ctx := context.Background()
+			firing := func(token, rule, category, by, owner string) store.RecordResult {
+				r := f.b.Rule(rule)
+				res, err := f.st.RecordFiring(ctx, store.Firing{Source: store.SourceCallback, IdempotencyToken: token,
+					Rule: rule, AccountSID: a.SID, AccountName: a.FriendlyName, Period: PeriodKey(r.Recurring, f.clock.Now()),
+					UsageCategory: category, TriggerBy: by, Recurring: r.Recurring, TriggerValue: "100", CurrentValue: "150",
+					Action: "suspend", Actions: []store.ActionKind{store.ActionTrip}, ReceivedAt: f.clock.Now(),
+					ClaimBy: &store.Claim{Owner: owner, LeaseUntil: f.clock.Now().Add(time.Minute)}})
+				if err != nil || res.Trip.State != store.ActionRunning {
+					t.Fatalf("record %s: %+v, %v", token, res.Trip, err)
+				}
+				return res
+			}
+			// Another replica suspends the account for spend-daily.
+			other := firing("tok-1", "spend-daily", "totalprice", "price", "other-host/00000002")
+			if !other.LastStatusWrite.IsZero() {
+				t.Fatalf("a fresh account's last status write: %s", other.LastStatusWrite)
+			}
+			wrote := f.clock.Now()
+			if _, err := f.st.CompleteAction(ctx, other.Trip.ID, "other-host/00000002", store.Completion{State: store.ActionDone,
+				Outcome: OutcomeSuspended, Attempted: true, WriteSentAt: wrote}); err != nil {
+				t.Fatal(err)
+			}
+			f.api.mu.Lock()
+			f.api.accounts[a.SID].Status = "suspended"
+			f.api.mu.Unlock()
+
+			// This process's firing of sms-daily, with the read it started.
+			f.clock.Advance(c.readAfter)
+			res := firing("tok-2", "sms-daily", "sms", "count", f.b.Engine().Owner())
+			if !res.LastStatusWrite.Equal(wrote) {
+				t.Fatalf("last status write %s, want %s", res.LastStatusWrite, wrote)
+			}
+			pre := make(chan accountRead, 1)
+			// It saw the account active (made up for the later read: that
+			// it was used shows in the write).
+			pre <- accountRead{acct: a, started: time.Now(), at: f.clock.Now()}
+			f.b.handoffs.Store(res.Trip.ID, &handoff{inc: res.Incident, read: pre, lastWrite: res.LastStatusWrite})
+
+			r := f.b.workTrip(ctx, res.Trip)
+			if r.Outcome() != c.wantOutcome || f.api.count("accounts.fetch") != c.wantReads {
+				t.Fatalf("outcome %q after %d reads, want %q after %d", r.Outcome(), f.api.count("accounts.fetch"), c.wantOutcome, c.wantReads)
+			}
+		})
+	}
+}
+
 // A reconcile holds no account's lock between its two passes (a reconcile
 // of thousands of accounts must not hold off their suspensions), and an
 // account re-armed between the passes is planned again on what it has now.

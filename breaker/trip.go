@@ -93,15 +93,13 @@ func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Acco
 	// firing is committed; the worker that runs the claimed trip uses it.
 	var pre chan accountRead
 	claim := b.engine.Claim()
-	// Not with a shared queue: another replica's write to the account could
-	// postdate the read unseen (readAfterWrites knows this process's only).
-	if claim != nil && !b.shared && Suspends(r, b.settings.Load().DryRun) && !b.tokens.has(cb.IdempotencyToken) {
+	if claim != nil && Suspends(r, b.settings.Load().DryRun) && !b.tokens.has(cb.IdempotencyToken) {
 		if cached, ok := b.accounts.Cached(acct.SID); !ok || cached.Status == twilioapi.StatusActive {
 			pre = make(chan accountRead, 1)
 			go func() {
-				start := time.Now()
+				start, at := time.Now(), b.now()
 				a, err := b.readAccount(context.WithoutCancel(ctx), acct.SID)
-				pre <- accountRead{acct: a, err: err, started: start, took: time.Since(start)}
+				pre <- accountRead{acct: a, err: err, started: start, at: at, took: time.Since(start)}
 			}()
 		}
 	}
@@ -139,16 +137,19 @@ func (b *Breaker) Accept(ctx context.Context, r *rules.Rule, acct twilioapi.Acco
 type accountRead struct {
 	acct    twilioapi.Account
 	err     error
-	started time.Time
+	started time.Time // when it started (monotonic; wroteStatus's clock)
+	at      time.Time // the same by the breaker's clock (the store's times)
 	took    time.Duration
 }
 
 // handoff is what the process that recorded a firing hands to the worker of
-// the trip it claimed: the incident as recorded, and the read of the
-// account it started while the firing was committed (nil: none).
+// the trip it claimed: the incident as recorded, the read of the account it
+// started while the firing was committed (nil: none), and the account's
+// last status write the store knew of when the trip was claimed.
 type handoff struct {
-	inc  store.Incident
-	read chan accountRead
+	inc       store.Incident
+	read      chan accountRead
+	lastWrite time.Time
 }
 
 // record records a firing (a callback's or a poll's) and starts its work;
@@ -163,7 +164,7 @@ func (b *Breaker) record(ctx context.Context, pre chan accountRead, f store.Firi
 		b.m.Incidents.WithLabelValues(f.Rule, string(f.Source)).Inc()
 		b.m.ActionsPending.Add(float64(len(f.Actions)))
 		if res.Trip.State == store.ActionRunning && f.ClaimBy != nil && res.Trip.Owner == f.ClaimBy.Owner {
-			b.handoffs.Store(res.Trip.ID, &handoff{inc: res.Incident, read: pre})
+			b.handoffs.Store(res.Trip.ID, &handoff{inc: res.Incident, read: pre, lastWrite: res.LastStatusWrite})
 			b.engine.Submit(res.Trip)
 		} else {
 			b.engine.Wake()
@@ -199,11 +200,12 @@ func (e skip) Error() string { return e.why }
 func (b *Breaker) workTrip(ctx context.Context, a store.Action) Result {
 	var (
 		inc store.Incident
-		pre chan accountRead
+		h   *handoff
 		err error
 	)
-	if h, ok := b.handoffs.LoadAndDelete(a.ID); ok && a.Attempts == 0 {
-		inc, pre = h.(*handoff).inc, h.(*handoff).read
+	if v, ok := b.handoffs.LoadAndDelete(a.ID); ok && a.Attempts == 0 {
+		h = v.(*handoff)
+		inc = h.inc
 	} else if inc, err = b.store.Incident(ctx, a.IncidentID); err != nil {
 		return Retry(fmt.Errorf("read incident: %w", err))
 	}
@@ -214,7 +216,7 @@ func (b *Breaker) workTrip(ctx context.Context, a store.Action) Result {
 	log := b.log.With("incident", inc.ID, "rule", inc.Rule, "account", inc.AccountSID, "account_name", inc.AccountName, "source", inc.Source)
 	suspend := Suspends(r, b.settings.Load().DryRun)
 	var tt tripTimes
-	res, err := b.trip(ctx, a, inc, r, pre, &tt)
+	res, err := b.trip(ctx, a, inc, r, h, &tt)
 	var sk skip
 	switch {
 	case errors.As(err, &sk):
@@ -265,7 +267,7 @@ type tripTimes struct {
 
 // trip verifies incident inc against rule r and the account, then acts.
 // A skip is returned as a skip error; other errors are retried or fail.
-func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, r *rules.Rule, pre chan accountRead, tt *tripTimes) (Result, error) {
+func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, r *rules.Rule, h *handoff, tt *tripTimes) (Result, error) {
 	// Verify.
 	if r == nil {
 		return Result{}, skip{fmt.Sprintf("rule %q no longer exists", inc.Rule)}
@@ -278,15 +280,18 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 	)
 	if cached, ok := b.accounts.Cached(inc.AccountSID); ok && !suspend {
 		acct = cached
-	} else if pre != nil {
+	} else if h != nil && h.read != nil {
 		// Read while the firing was committed, before anything of ours
 		// could write to the account (the trip was claimed in that commit).
 		select {
-		case ar := <-pre:
+		case ar := <-h.read:
 			acct, err, tt.read = ar.acct, ar.err, ar.took
-			if !b.readAfterWrites(inc.AccountSID, ar.started) {
+			if !b.readAfterWrites(inc.AccountSID, ar.started) || !ar.at.After(h.lastWrite.Add(b.writeLease)) {
 				// A status write of ours (another rule's trip, which ended
-				// between this read and the claim) may postdate the read.
+				// between this read and the claim; a reactivation) may
+				// postdate the read: this process's, or, as the store
+				// knows, any replica's. Another replica's clock may differ
+				// from ours by less than a write lease (docs/HA.md).
 				start := time.Now()
 				acct, err = b.readAccount(ctx, inc.AccountSID)
 				tt.read = time.Since(start)

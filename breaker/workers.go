@@ -47,4 +47,3 @@ func (b *Breaker) actionFinished(a store.Action, r Result) {
 		b.m.ActionsPending.Dec()
 	}
 }
-

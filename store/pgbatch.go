@@ -183,14 +183,14 @@ func (s *DB) recordFirings(batch []*pgFiringOp) {
 		ops[i] = &op.pgOp
 	}
 	answered := make([]bool, len(batch))
-	err := s.recordFiringsCall(ctx, args, func(i int, inc Incident, result string, tripID int64, claimed bool, code, msg string) {
+	err := s.recordFiringsCall(ctx, args, func(i int, inc Incident, result string, tripID int64, claimed bool, lastWrite int64, code, msg string) {
 		if i < 0 || i >= len(batch) {
 			return
 		}
 		answered[i] = true
 		op := batch[i]
 		if op.outcome(code, msg); code == "" {
-			op.res = firingResult(op.f, result, tripID, claimed, inc)
+			op.res = firingResult(op.f, result, tripID, claimed, lastWrite, inc)
 		}
 	})
 	for i, op := range batch {
@@ -403,7 +403,7 @@ var completeActionsFunc = `CREATE FUNCTION complete_actions(p JSONB,
 
 // recordFiringsCall runs record_firings on args, one statement, and calls
 // each with the answer of each firing (i: its place in args).
-func (s *DB) recordFiringsCall(ctx context.Context, args []pgFiring, each func(i int, inc Incident, result string, tripID int64, claimed bool, code, msg string)) error {
+func (s *DB) recordFiringsCall(ctx context.Context, args []pgFiring, each func(i int, inc Incident, result string, tripID int64, claimed bool, lastWrite int64, code, msg string)) error {
 	js, err := json.Marshal(args)
 	if err != nil {
 		return err
@@ -420,21 +420,22 @@ func (s *DB) recordFiringsCall(ctx context.Context, args []pgFiring, each func(i
 			msg          string
 			tripID       int64
 			claimed      bool
+			lastWrite    int64
 		)
 		inc, err := scanIncident(scanFunc(func(dest ...any) error {
-			return rows.Scan(append([]any{&i, &result, &tripID, &claimed, &code, &msg}, dest...)...)
+			return rows.Scan(append([]any{&i, &result, &tripID, &claimed, &lastWrite, &code, &msg}, dest...)...)
 		}))
 		if err != nil {
 			return err
 		}
-		each(i, inc, result, tripID, claimed, code, msg)
+		each(i, inc, result, tripID, claimed, lastWrite, code, msg)
 	}
 	return rows.Err() // the commit's error, if any, comes with the end of the rows
 }
 
 // recordFiringsCall calls record_firings: a firing that failed has its
 // error's code and message, and an empty incident.
-var recordFiringsCall = `SELECT i, o_result, o_trip, o_claimed, o_code, o_msg, ` + emptyIfNull(incidentOf) +
+var recordFiringsCall = `SELECT i, o_result, o_trip, o_claimed, o_last_write, o_code, o_msg, ` + emptyIfNull(incidentOf) +
 	` FROM record_firings($1::JSONB)`
 
 // recordFiringsFunc records a batch of firings (pgFiring's JSON), each as
@@ -442,7 +443,7 @@ var recordFiringsCall = `SELECT i, o_result, o_trip, o_claimed, o_code, o_msg, `
 // accounts' lock keys.
 var recordFiringsFunc = `CREATE FUNCTION record_firings(p JSONB,
 		OUT i INT, OUT o_result TEXT, OUT o_inc incidents, OUT o_trip BIGINT, OUT o_claimed BOOLEAN,
-		OUT o_code TEXT, OUT o_msg TEXT)
+		OUT o_last_write BIGINT, OUT o_code TEXT, OUT o_msg TEXT)
 	RETURNS SETOF record LANGUAGE plpgsql VOLATILE AS $fn$
 	DECLARE
 		f RECORD;
@@ -466,11 +467,13 @@ var recordFiringsFunc = `CREATE FUNCTION record_firings(p JSONB,
 				o_inc := r.o_inc;
 				o_trip := r.o_trip;
 				o_claimed := r.o_claimed;
+				o_last_write := r.o_last_write;
 			EXCEPTION WHEN OTHERS THEN
 				o_result := '';
 				o_inc := NULL;
 				o_trip := 0;
 				o_claimed := false;
+				o_last_write := 0;
 				o_code := SQLSTATE;
 				o_msg := SQLERRM;
 			END;

@@ -313,10 +313,12 @@ var pgMigrations = []migration{
 	},
 	{
 		// record_firing looks up the re-arm exception itself (p_rearm), in
-		// the firing's statement: one round trip less per callback.
-		name: "record_firing applies re-arms",
+		// the firing's statement: one round trip less per callback; and
+		// answers the account's last status write with a claimed trip.
+		name: "record_firing applies re-arms, answers the last status write",
 		stmts: []string{
 			`DROP FUNCTION IF EXISTS record_firings(JSONB)`,
+			// Its OUT parameters changed too (o_last_write).
 			`DROP FUNCTION IF EXISTS record_firing(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT,
 				TEXT, TEXT, TEXT, BIGINT, BIGINT, TEXT[], BOOLEAN[], TEXT, BIGINT)`,
 			`DROP FUNCTION IF EXISTS record_firing(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT,
@@ -365,13 +367,14 @@ var claimActionsFunc = fmt.Sprintf(`CREATE FUNCTION claim_actions(p_owner TEXT, 
 // empty owner: none); p_rearm is Firing.ApplyRearm. The result: 'duplicate' (the token was recorded: nothing
 // written), 'new', 'reopened' or 'repeat' (another firing of an existing
 // incident, not reopened); the incident as it is now; the trip created with
-// a new incident (0: none) and whether it was claimed.
+// a new incident (0: none), whether it was claimed and, if it was, the
+// account's last status write (RecordResult.LastStatusWrite, 0: none).
 var recordFiringFunc = fmt.Sprintf(`CREATE FUNCTION record_firing(
 		p_token TEXT, p_source TEXT, p_rule TEXT, p_account TEXT, p_account_name TEXT, p_period TEXT,
 		p_trigger_sid TEXT, p_category TEXT, p_trigger_by TEXT, p_recurring TEXT, p_trigger_value TEXT,
 		p_current_value TEXT, p_date_fired TEXT, p_action TEXT, p_dry_run BIGINT, p_received BIGINT,
 		p_kinds TEXT[], p_locks BOOLEAN[], p_owner TEXT, p_lease BIGINT, p_rearm BOOLEAN,
-		OUT o_result TEXT, OUT o_inc incidents, OUT o_trip BIGINT, OUT o_claimed BOOLEAN)
+		OUT o_result TEXT, OUT o_inc incidents, OUT o_trip BIGINT, OUT o_claimed BOOLEAN, OUT o_last_write BIGINT)
 	LANGUAGE plpgsql VOLATILE AS $fn$
 	DECLARE
 		v_period TEXT;
@@ -383,6 +386,7 @@ var recordFiringFunc = fmt.Sprintf(`CREATE FUNCTION record_firing(
 	BEGIN
 		o_trip := 0;
 		o_claimed := false;
+		o_last_write := 0;
 		SELECT incident_id INTO v_id FROM firings WHERE idempotency_token = p_token;
 		IF FOUND THEN
 			SELECT * INTO o_inc FROM incidents WHERE id = v_id;
@@ -471,6 +475,14 @@ var recordFiringFunc = fmt.Sprintf(`CREATE FUNCTION record_firing(
 		SELECT id INTO o_trip FROM ins WHERE kind = 'trip';
 		o_trip := coalesce(o_trip, 0);
 		o_claimed := o_claimed AND o_trip <> 0;
+		IF o_claimed THEN
+			-- RecordResult.LastStatusWrite (lastStatusWriteQuery).
+			SELECT greatest(
+				coalesce((SELECT max(a.write_sent_at) FROM incidents i JOIN actions a ON a.incident_id = i.id
+					WHERE i.account_sid = p_account), 0),
+				coalesce((SELECT max(created_at) FROM reactivations WHERE account_sid = p_account), 0))
+				INTO o_last_write;
+		END IF;
 	END
 	$fn$`, lockNSAccount)
 
@@ -640,26 +652,27 @@ func (s *DB) recordFiringOne(ctx context.Context, f *Firing, received int64) (Re
 	p := newPGFiring(f, received)
 	return oneAs(ctx, s, func(ctx context.Context, q querier) (RecordResult, error) {
 		var (
-			result  string
-			tripID  int64
-			claimed bool
+			result    string
+			tripID    int64
+			claimed   bool
+			lastWrite int64
 		)
 		row := q.QueryRowContext(ctx, recordFiringCall, p.Token, p.Source, p.Rule, p.Account,
 			p.AccountName, p.Period, p.TriggerSID, p.Category, p.TriggerBy, p.Recurring,
 			p.TriggerValue, p.CurrentValue, p.DateFired, p.Action, p.DryRun, p.Received,
 			p.Kinds, p.Locks, p.Owner, p.Lease, p.Rearm)
 		inc, err := scanIncident(scanFunc(func(dest ...any) error {
-			return row.Scan(append([]any{&result, &tripID, &claimed}, dest...)...)
+			return row.Scan(append([]any{&result, &tripID, &claimed, &lastWrite}, dest...)...)
 		}))
 		if err != nil {
 			return RecordResult{}, err
 		}
-		return firingResult(f, result, tripID, claimed, inc), nil
+		return firingResult(f, result, tripID, claimed, lastWrite, inc), nil
 	})
 }
 
 // firingResult is the RecordResult of f from record_firing's answer.
-func firingResult(f *Firing, result string, tripID int64, claimed bool, inc Incident) RecordResult {
+func firingResult(f *Firing, result string, tripID int64, claimed bool, lastWrite int64, inc Incident) RecordResult {
 	res := RecordResult{Incident: inc}
 	switch result {
 	case "duplicate":
@@ -674,6 +687,7 @@ func firingResult(f *Firing, result string, tripID int64, claimed bool, inc Inci
 			State: ActionAvailable, NextAttemptAt: f.ReceivedAt, CreatedAt: f.ReceivedAt, UpdatedAt: f.ReceivedAt}
 		if claimed {
 			res.Trip.State, res.Trip.Owner, res.Trip.LeaseUntil = ActionRunning, f.ClaimBy.Owner, f.ClaimBy.LeaseUntil
+			res.LastStatusWrite = fromTimeCol(lastWrite)
 		}
 	}
 	return res
@@ -683,7 +697,7 @@ func firingResult(f *Firing, result string, tripID int64, claimed bool, inc Inci
 var incidentOf = `(o_inc).` + strings.Join(strings.Split(strings.Join(strings.Fields(incidentCols), " "), ", "), ", (o_inc).")
 
 // recordFiringCall calls record_firing, the incident's columns in incidentCols' order.
-var recordFiringCall = `SELECT o_result, o_trip, o_claimed, ` + incidentOf +
+var recordFiringCall = `SELECT o_result, o_trip, o_claimed, o_last_write, ` + incidentOf +
 	` FROM record_firing($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)`
 
 // scanFunc is a scanner from a function.

@@ -530,8 +530,22 @@ func (s *DB) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, received
 		}
 		res.Trip = a
 	}
+	if res.Trip.State == ActionRunning {
+		var last int64
+		if err := tx.QueryRowContext(ctx, lastStatusWriteQuery, f.AccountSID, f.AccountSID).Scan(&last); err != nil {
+			return res, fmt.Errorf("read the account's last status write: %w", err)
+		}
+		res.LastStatusWrite = fromTimeCol(last)
+	}
 	return res, nil
 }
+
+// lastStatusWriteQuery is RecordResult.LastStatusWrite (recordFiringFunc has
+// it too).
+const lastStatusWriteQuery = `SELECT max(
+	coalesce((SELECT max(a.write_sent_at) FROM incidents i JOIN actions a ON a.incident_id = i.id
+		WHERE i.account_sid = ?), 0),
+	coalesce((SELECT max(created_at) FROM reactivations WHERE account_sid = ?), 0))`
 
 // rearmedFiring is f with the period of its re-arm generation, if a re-arm
 // exception exists for its account, rule and period (Firing.ApplyRearm).

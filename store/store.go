@@ -246,6 +246,13 @@ type RecordResult struct {
 	// an incident whose trip is unfinished, or ended otherwise, changes only
 	// Firings and UpdatedAt.
 	Reopened bool
+	// LastStatusWrite, when ClaimBy took the trip: when the latest status
+	// write to the account that the store knows of was sent (the newest
+	// WriteSentAt of the account's actions, or its newest reactivation);
+	// zero if none. A read of the account that started before it may not
+	// show that write. (Any other status write of ours is sent under a claim
+	// on the account, and none holds one while the trip is claimed.)
+	LastStatusWrite time.Time
 }
 
 // Incident is one trip: one per (rule, account, period).

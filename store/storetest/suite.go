@@ -478,6 +478,49 @@ func Run(t *testing.T, open Opener) {
 		}
 	})
 
+	t.Run("ClaimedTripAnswersTheLastStatusWrite", func(t *testing.T) {
+		s := open(t)
+		claimed := func(token, rule string, at time.Time) store.RecordResult {
+			t.Helper()
+			f := Firing(token, rule, "AC1")
+			f.ReceivedAt, f.ClaimBy = at, &store.Claim{Owner: "o1", LeaseUntil: at.Add(time.Minute)}
+			r, err := s.RecordFiring(ctx, f)
+			if err != nil || r.Trip.State != store.ActionRunning {
+				t.Fatalf("record %s: %+v %v", token, r, err)
+			}
+			return r
+		}
+		first := claimed("tok-1", "spend", T0)
+		if !first.LastStatusWrite.IsZero() {
+			t.Fatalf("no write yet: %s", first.LastStatusWrite)
+		}
+		sent := T0.Add(time.Second)
+		if _, err := s.CompleteAction(ctx, first.Trip.ID, "o1", store.Completion{State: store.ActionDone,
+			Outcome: store.Outcome("suspended"), Attempted: true, WriteSentAt: sent}); err != nil {
+			t.Fatal(err)
+		}
+		if r := claimed("tok-2", "sms", T0.Add(2*time.Second)); !r.LastStatusWrite.Equal(sent) {
+			t.Fatalf("after a suspension: %s, want %s", r.LastStatusWrite, sent)
+		} else if _, err := s.CompleteAction(ctx, r.Trip.ID, "o1", store.Completion{State: store.ActionDone,
+			Outcome: store.Outcome("already_suspended"), Attempted: true}); err != nil {
+			t.Fatal(err)
+		}
+		reactivated := T0.Add(time.Minute)
+		if _, err := s.RecordReactivation(ctx, store.Reactivation{IncidentID: first.Incident.ID, AccountSID: "AC1",
+			Via: store.ViaManual, Actor: "me", Reason: "test", CreatedAt: reactivated}); err != nil {
+			t.Fatal(err)
+		}
+		if r := claimed("tok-3", "calls", T0.Add(2*time.Minute)); !r.LastStatusWrite.Equal(reactivated) {
+			t.Fatalf("after a reactivation: %s, want %s", r.LastStatusWrite, reactivated)
+		}
+		// Unclaimed (another action holds the account): not answered.
+		f := Firing("tok-4", "voice", "AC1")
+		f.ReceivedAt, f.ClaimBy = T0.Add(2*time.Minute), &store.Claim{Owner: "o2", LeaseUntil: T0.Add(3 * time.Minute)}
+		if r, err := s.RecordFiring(ctx, f); err != nil || r.Trip.State == store.ActionRunning || !r.LastStatusWrite.IsZero() {
+			t.Fatalf("unclaimed: %+v %v", r, err)
+		}
+	})
+
 	t.Run("ConcurrentClaimersNeverShareAnAccount", func(t *testing.T) {
 		s := open(t)
 		// 20 accounts, 3 incidents each: 60 trips, of which one per account may run at a time.
