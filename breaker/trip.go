@@ -410,14 +410,18 @@ func (b *Breaker) ownSuspension(ctx context.Context, a store.Action, inc store.I
 // writeSuspended writes Status=suspended. The moment the request is written
 // is recorded on the action (MarkWriteSent) while Twilio answers, so a
 // process that starts after a crash knows the suspension may be its own;
-// until then the claim holds the account. A write whose outcome is unknown
-// is not repeated before it can no longer land: the retry waits a write
-// lease and keeps the account that long.
+// until then the claim holds the account. Once Twilio has answered, the
+// attempt's result records that moment (Result.WithWriteSent), committed
+// right after: a mark still waiting for its commit then is withdrawn. A
+// write whose outcome is unknown is not repeated before it can no longer
+// land: the retry waits a write lease and keeps the account that long.
 func (b *Breaker) writeSuspended(ctx context.Context, a store.Action, inc store.Incident, evidence string, tt *tripTimes) (Result, error) {
 	var (
 		mu   sync.Mutex
 		sent time.Time
 	)
+	markCtx, answered := context.WithCancel(context.WithoutCancel(ctx))
+	defer answered()
 	first := inc.Source == store.SourceCallback && a.Attempts == 0
 	wctx := twilioapi.OnSent(ctx, func() {
 		b.wroteStatus(inc.AccountSID)
@@ -432,7 +436,8 @@ func (b *Breaker) writeSuspended(ctx context.Context, a store.Action, inc store.
 			b.m.SuspendWriteLatency.Observe(d.Seconds())
 		}
 		go func() {
-			if err := b.store.MarkWriteSent(context.WithoutCancel(ctx), a.ID, a.Owner, a.Attempts, now, now.Add(b.writeLease)); err != nil && !errors.Is(err, store.ErrNotFound) {
+			err := b.store.MarkWriteSent(markCtx, a.ID, a.Owner, a.Attempts, now, now.Add(b.writeLease))
+			if err != nil && !errors.Is(err, store.ErrNotFound) && markCtx.Err() == nil {
 				b.log.Warn("cannot record that the suspend write was sent; until its outcome is recorded a restart would not count it as ours",
 					"action", a.ID, "err", err)
 			}

@@ -268,19 +268,26 @@ func (s *DB) markBatch(batch []*pgMarkOp) {
 		if err != nil {
 			return err
 		}
+		ids := make([]int64, len(args))
+		for i, a := range args {
+			ids[i] = a.ID
+		}
 		// The rows are locked in id order, as complete_actions goes: a
 		// batch of marks and one of completions wait for each other, never
-		// in a circle.
+		// in a circle. They are found by their ids ($2) through the primary
+		// key: a join with the batch may be planned as a read of the whole
+		// table.
 		rows, err := s.w.QueryContext(ctx, `WITH m AS (
 				SELECT * FROM jsonb_to_recordset($1::JSONB) AS m (i INT, id BIGINT, owner TEXT, attempt BIGINT, sent BIGINT, lease BIGINT)
 			), l AS (
-				SELECT a.id FROM actions a JOIN m ON a.id = m.id ORDER BY a.id FOR UPDATE OF a
+				SELECT a.id FROM actions a WHERE a.id = ANY($2::BIGINT[]) ORDER BY a.id FOR UPDATE OF a
 			)
 			UPDATE actions a
 			SET write_sent_at = m.sent, lease_until = GREATEST(a.lease_until, m.lease), updated_at = m.sent
 			FROM m JOIN l ON l.id = m.id
-			WHERE a.id = m.id AND a.state = 'running' AND a.owner = m.owner AND a.attempts = m.attempt AND a.lease_until > m.sent
-			RETURNING m.i`, string(js))
+			WHERE a.id = ANY($2::BIGINT[]) AND a.id = m.id AND a.state = 'running' AND a.owner = m.owner
+				AND a.attempts = m.attempt AND a.lease_until > m.sent
+			RETURNING m.i`, string(js), ids)
 		if err != nil {
 			return err
 		}

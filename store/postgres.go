@@ -323,6 +323,9 @@ var pgMigrations = []migration{
 				TEXT, TEXT, TEXT, BIGINT, BIGINT, TEXT[], BOOLEAN[], TEXT, BIGINT)`,
 			`DROP FUNCTION IF EXISTS record_firing(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT,
 				TEXT, TEXT, TEXT, BIGINT, BIGINT, TEXT[], BOOLEAN[], TEXT, BIGINT, BOOLEAN)`,
+			// The trips that sent a status write, by account (record_firing's
+			// last status write; trips lock their account, so have it).
+			`CREATE INDEX actions_written ON actions (account_sid, write_sent_at) WHERE write_sent_at > 0`,
 			recordFiringFunc,
 			recordFiringsFunc,
 		},
@@ -476,10 +479,12 @@ var recordFiringFunc = fmt.Sprintf(`CREATE FUNCTION record_firing(
 		o_trip := coalesce(o_trip, 0);
 		o_claimed := o_claimed AND o_trip <> 0;
 		IF o_claimed THEN
-			-- RecordResult.LastStatusWrite (lastStatusWriteQuery).
+			-- RecordResult.LastStatusWrite (as lastStatusWriteQuery), through
+			-- actions_written: a plan cached while the table was small could
+			-- otherwise read all of it.
 			SELECT greatest(
-				coalesce((SELECT max(a.write_sent_at) FROM incidents i JOIN actions a ON a.incident_id = i.id
-					WHERE i.account_sid = p_account), 0),
+				coalesce((SELECT max(write_sent_at) FROM actions
+					WHERE account_sid = p_account AND write_sent_at > 0), 0),
 				coalesce((SELECT max(created_at) FROM reactivations WHERE account_sid = p_account), 0))
 				INTO o_last_write;
 		END IF;
