@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -19,6 +20,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // -postgres: fresh schemas for sidebyside
 )
 
 // env is a simulator process and a daemon process on loopback.
@@ -36,6 +39,7 @@ type env struct {
 	client          *http.Client
 	infoLogs        bool     // run the daemon at --log-level info (the default) instead of warn
 	wrap            []string // run the daemon under this command (e.g. strace ...); its pid is then wrap's child
+	stateDSN        string   // with -postgres: the daemon's state (default: -postgres itself)
 }
 
 type account struct {
@@ -223,7 +227,7 @@ reconcile:
 rule_files: ["rules/*.yaml"]
 poll:
   schedule: ""
-`, e.parentSID, e.parentToken, e.simURL, maxConcurrency, cbPort, e.publicURL, adminPort, stateSection())
+`, e.parentSID, e.parentToken, e.simURL, maxConcurrency, cbPort, e.publicURL, adminPort, e.stateSection())
 	cfgPath := filepath.Join(e.dir, "config.yaml")
 	os.WriteFile(cfgPath, []byte(cfg), 0o600)
 	log, _ := os.OpenFile(e.logPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -246,12 +250,45 @@ func (e *env) daemonCommand(cfgPath string) *exec.Cmd {
 }
 
 // stateSection is the config's state: SQLite in the temporary directory,
-// or -postgres.
-func stateSection() string {
+// or -postgres (e.stateDSN when set).
+func (e *env) stateSection() string {
 	if postgresDSN != "" {
-		return fmt.Sprintf("state:\n  postgres:\n    dsn: %q", postgresDSN)
+		dsn := e.stateDSN
+		if dsn == "" {
+			dsn = postgresDSN
+		}
+		return fmt.Sprintf("state:\n  postgres:\n    dsn: %q", dsn)
 	}
 	return "state:\n  path: state/usagebreaker.db"
+}
+
+// freshPostgresSchema creates an empty schema in -postgres's database and
+// points the daemon's state at it (search_path); drop removes it. Each
+// daemon of a side-by-side run starts on an empty state, as with SQLite.
+func (e *env) freshPostgresSchema() (drop func(), err error) {
+	u, err := url.Parse(postgresDSN)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return nil, fmt.Errorf("-postgres: sidebyside needs a URL DSN (postgres://...), got %q", postgresDSN)
+	}
+	db, err := sql.Open("pgx", postgresDSN)
+	if err != nil {
+		return nil, err
+	}
+	schema := "ubbench_" + randHex(6)
+	if _, err := db.Exec(`CREATE SCHEMA ` + schema); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("-postgres: create schema: %w", err)
+	}
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	e.stateDSN = u.String()
+	return func() {
+		if _, err := db.Exec(`DROP SCHEMA ` + schema + ` CASCADE`); err != nil {
+			fmt.Fprintf(os.Stderr, "ubbench: drop schema %s: %v\n", schema, err)
+		}
+		db.Close()
+	}, nil
 }
 
 // logPath is where the daemon's stdout and stderr go: in e.dir, or, with

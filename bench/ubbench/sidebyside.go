@@ -92,6 +92,9 @@ func sidebysideCmd(bin string, keep bool, args []string) error {
 			}
 		}
 	}
+	if *useStrace && postgresDSN != "" {
+		return fmt.Errorf("-strace counts the daemon's fsyncs; with -postgres the commits' fsyncs are the database's")
+	}
 	if *useStrace {
 		path, err := exec.LookPath("strace")
 		if err != nil {
@@ -100,8 +103,12 @@ func sidebysideCmd(bin string, keep bool, args []string) error {
 		sb.strace = path
 	}
 
-	fmt.Printf("sidebyside: %d rounds; burst of %d new firings for distinct subaccounts, %d concurrent senders; %d latency samples (gap %s); contenders %s; %d CPUs; load average %s\n",
-		*rounds, *n, *conc, *nlat, *gap, strings.Join(names, ", "), runtime.NumCPU(), loadavg())
+	state := "SQLite"
+	if postgresDSN != "" {
+		state = "Postgres (-postgres; a fresh schema for each run)"
+	}
+	fmt.Printf("sidebyside: %d rounds; burst of %d new firings for distinct subaccounts, %d concurrent senders; %d latency samples (gap %s); contenders %s; usagebreaker's state on %s; %d CPUs; load average %s\n",
+		*rounds, *n, *conc, *nlat, *gap, strings.Join(names, ", "), state, runtime.NumCPU(), loadavg())
 	results := map[string][]result{}
 	for r := 0; r < *rounds; r++ {
 		order := append(append([]string{}, names[r%len(names):]...), names[:r%len(names)]...)
@@ -211,6 +218,14 @@ func (sb *sideBySide) startUsagebreaker(e *env, traced bool) (*contenderProc, er
 	if err := os.RemoveAll(filepath.Join(e.dir, "state")); err != nil {
 		return nil, err
 	}
+	dropSchema := func() {}
+	if postgresDSN != "" {
+		drop, err := e.freshPostgresSchema()
+		if err != nil {
+			return nil, err
+		}
+		dropSchema = drop
+	}
 	var trace string
 	e.wrap = nil
 	if traced {
@@ -218,6 +233,7 @@ func (sb *sideBySide) startUsagebreaker(e *env, traced bool) (*contenderProc, er
 		e.wrap = []string{sb.strace, "-f", "--seccomp-bpf", "-ttt", "-e", "trace=fsync,fdatasync", "-o", trace}
 	}
 	if err := e.startDaemon(sb.maxConc, 10*time.Minute); err != nil {
+		dropSchema()
 		return nil, err
 	}
 	p := &contenderProc{pid: e.daemon.Process.Pid}
@@ -233,6 +249,7 @@ func (sb *sideBySide) startUsagebreaker(e *env, traced bool) (*contenderProc, er
 		syscall.Kill(p.pid, syscall.SIGTERM) // the daemon itself: strace would only detach
 		e.daemon.Wait()
 		e.daemon = nil
+		dropSchema()
 	}
 	return p, nil
 }
