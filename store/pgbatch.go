@@ -469,7 +469,7 @@ var recordFiringsFunc = `CREATE FUNCTION record_firings(p JSONB,
 				SELECT * INTO r FROM record_firing(f.token, f.source, f.rule, f.account, f.account_name,
 					f.period, f.trigger_sid, f.category, f.trigger_by, f.recurring, f.trigger_value,
 					f.current_value, f.date_fired, f.action, f.dry_run, f.received, f.kinds, f.locks,
-					f.owner, f.lease, f.rearm);
+					f.owner, f.lease, coalesce(f.rearm, false));
 				o_result := r.o_result;
 				o_inc := r.o_inc;
 				o_trip := r.o_trip;

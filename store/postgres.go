@@ -323,13 +323,33 @@ var pgMigrations = []migration{
 				TEXT, TEXT, TEXT, BIGINT, BIGINT, TEXT[], BOOLEAN[], TEXT, BIGINT)`,
 			`DROP FUNCTION IF EXISTS record_firing(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT,
 				TEXT, TEXT, TEXT, BIGINT, BIGINT, TEXT[], BOOLEAN[], TEXT, BIGINT, BOOLEAN)`,
-			// The trips that sent a status write, by account (record_firing's
-			// last status write; trips lock their account, so have it).
+			// The actions that sent a status write, by account (record_firing's
+			// last status write; they lock their account, so have it). Built
+			// in the migration's transaction, not CONCURRENTLY: it blocks
+			// writes to actions while it reads the table once.
 			`CREATE INDEX actions_written ON actions (account_sid, write_sent_at) WHERE write_sent_at > 0`,
 			recordFiringFunc,
 			recordFiringsFunc,
 		},
 	},
+	{
+		// A replica of the previous version, still running during a
+		// rolling upgrade, calls record_firing with 20 arguments and
+		// record_firings with firings that have no "rearm": both answer as
+		// before (p_rearm defaults to false; it read the re-arm itself).
+		// Migration 4 created them without that default.
+		name: "record_firing(s) answer the previous version's calls",
+		stmts: []string{
+			orReplace(recordFiringFunc),
+			orReplace(recordFiringsFunc),
+		},
+	},
+}
+
+// orReplace is a CREATE FUNCTION statement as CREATE OR REPLACE FUNCTION:
+// the same arguments and results, a new body or new defaults.
+func orReplace(create string) string {
+	return strings.Replace(create, "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
 }
 
 // claimActionsFunc is ClaimActions on Postgres as a server-side function:
@@ -367,7 +387,8 @@ var claimActionsFunc = fmt.Sprintf(`CREATE FUNCTION claim_actions(p_owner TEXT, 
 //
 // p_kinds are the new incident's action kinds (each once), p_locks whether
 // each locks the account; p_owner and p_lease the claim of the trip (an
-// empty owner: none); p_rearm is Firing.ApplyRearm. The result: 'duplicate' (the token was recorded: nothing
+// empty owner: none); p_rearm is Firing.ApplyRearm (false when left out: the
+// previous version's call, which read the re-arm itself). The result: 'duplicate' (the token was recorded: nothing
 // written), 'new', 'reopened' or 'repeat' (another firing of an existing
 // incident, not reopened); the incident as it is now; the trip created with
 // a new incident (0: none), whether it was claimed and, if it was, the
@@ -376,7 +397,7 @@ var recordFiringFunc = fmt.Sprintf(`CREATE FUNCTION record_firing(
 		p_token TEXT, p_source TEXT, p_rule TEXT, p_account TEXT, p_account_name TEXT, p_period TEXT,
 		p_trigger_sid TEXT, p_category TEXT, p_trigger_by TEXT, p_recurring TEXT, p_trigger_value TEXT,
 		p_current_value TEXT, p_date_fired TEXT, p_action TEXT, p_dry_run BIGINT, p_received BIGINT,
-		p_kinds TEXT[], p_locks BOOLEAN[], p_owner TEXT, p_lease BIGINT, p_rearm BOOLEAN,
+		p_kinds TEXT[], p_locks BOOLEAN[], p_owner TEXT, p_lease BIGINT, p_rearm BOOLEAN DEFAULT false,
 		OUT o_result TEXT, OUT o_inc incidents, OUT o_trip BIGINT, OUT o_claimed BOOLEAN, OUT o_last_write BIGINT)
 	LANGUAGE plpgsql VOLATILE AS $fn$
 	DECLARE

@@ -540,8 +540,10 @@ func (s *DB) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, received
 	return res, nil
 }
 
-// lastStatusWriteQuery is RecordResult.LastStatusWrite (recordFiringFunc has
-// it too).
+// lastStatusWriteQuery is RecordResult.LastStatusWrite: the newest
+// write_sent_at of the account's actions (found through its incidents) or
+// its newest reactivation. recordFiringFunc reads the same on Postgres, the
+// actions by their own account_sid (index actions_written).
 const lastStatusWriteQuery = `SELECT max(
 	coalesce((SELECT max(a.write_sent_at) FROM incidents i JOIN actions a ON a.incident_id = i.id
 		WHERE i.account_sid = ?), 0),

@@ -595,3 +595,63 @@ func TestPostgresFiringLocksTheAccountFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// During a rolling upgrade a replica of the previous version calls
+// record_firing with its 20 arguments and record_firings with firings that
+// have no "rearm", against the schema this version migrated: both record
+// as before, and this version sees what they recorded.
+func TestPostgresPreviousVersionRecordsFirings(t *testing.T) {
+	dsn := Schema(t)
+	ctx := context.Background()
+	s, err := store.OpenPostgres(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+
+	// The previous version's record_firing call (its recordFiringCall).
+	var result string
+	var trip int64
+	var claimed bool
+	err = db.QueryRowContext(ctx, `SELECT o_result, o_trip, o_claimed FROM record_firing($1, 'callback', 'spend',
+			'AC-old', '', 'daily:2026-11-24', '', '', '', '', '', '12.50', '', 'suspend', 0, $2,
+			ARRAY['trip', 'notify:ops']::TEXT[], ARRAY[true, false]::BOOLEAN[], 'replica-old', $3)`,
+		"tok-old-1", T0.UnixNano(), T0.Add(time.Minute).UnixNano()).Scan(&result, &trip, &claimed)
+	if err != nil {
+		t.Fatalf("the previous version's record_firing: %v", err)
+	}
+	if result != "new" || trip == 0 || !claimed {
+		t.Fatalf("the previous version's record_firing: result %q, trip %d, claimed %v", result, trip, claimed)
+	}
+
+	// The previous version's batch: firings without "rearm".
+	batch := `[{"i": 0, "token": "tok-old-2", "source": "callback", "rule": "spend", "account": "AC-old-2",
+		"account_name": "", "period": "daily:2026-11-24", "trigger_sid": "", "category": "", "trigger_by": "",
+		"recurring": "", "trigger_value": "", "current_value": "12.50", "date_fired": "", "action": "suspend",
+		"dry_run": 0, "received": ` + strconv.FormatInt(T0.UnixNano(), 10) + `, "kinds": ["trip"], "locks": [true],
+		"owner": "", "lease": 0}]`
+	var code string
+	err = db.QueryRowContext(ctx, `SELECT o_result, o_trip, o_code FROM record_firings($1::JSONB)`, batch).Scan(&result, &trip, &code)
+	if err != nil {
+		t.Fatalf("the previous version's record_firings: %v", err)
+	}
+	if result != "new" || trip == 0 || code != "" {
+		t.Fatalf("the previous version's record_firings: result %q, trip %d, error code %q", result, trip, code)
+	}
+
+	// This version sees both: their tokens are duplicates, their trips queued.
+	for _, f := range []store.Firing{Firing("tok-old-1", "spend", "AC-old"), Firing("tok-old-2", "spend", "AC-old-2")} {
+		r, err := s.RecordFiring(ctx, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !r.DuplicateToken || r.Incident.AccountSID != f.AccountSID || r.Incident.Period != f.Period {
+			t.Fatalf("%s after the previous version recorded it: %+v", f.IdempotencyToken, r)
+		}
+	}
+}
