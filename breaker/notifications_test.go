@@ -410,6 +410,54 @@ func TestScheduledReactivation(t *testing.T) {
 	}
 }
 
+// A scheduled reactivation whose write may still land (Twilio answered
+// 503 to a sent request) holds the account, and records the write as its
+// own, until it can no longer land: no trip of the account, in this process
+// or another, reads or writes it meanwhile. Then it tries again.
+func TestScheduledReactivationWriteMayLandHoldsTheAccount(t *testing.T) {
+	f := newOpFixture(t, GuardSettings{})
+	ctx := context.Background()
+	a := f.api.addAccount("auto-a", "active")
+	f.reconcile(t)
+	res := f.trip(t, "spend-auto", a, "a")
+	f.settle(t)
+	f.clock.Advance(time.Hour)
+	f.api.failNext("accounts.update", &twilioapi.Error{Operation: "accounts.update", Status: 503, Message: "service unavailable"})
+	sent := f.clock.Now()
+	f.settle(t)
+	hold := sent.Add(f.b.writeLease)
+	re := f.actions(t, res.Incident.ID)["reactivate"]
+	if re.State != store.ActionAvailable || !re.LeaseUntil.Equal(hold) || !re.NextAttemptAt.Equal(hold) || !re.WriteSentAt.Equal(sent) {
+		t.Fatalf("reactivate action after a write that may land = %+v, want held until %s, sent at %s", re, hold, sent)
+	}
+	if rs, _ := f.st.Reactivations(ctx, []int64{res.Incident.ID}); len(rs) != 0 {
+		t.Fatalf("recorded as reactivated: %+v", rs)
+	}
+
+	// Another rule fires meanwhile: its trip is recorded, but nobody may
+	// claim it while the write may land.
+	other := f.trip(t, "spend-daily", a, "b")
+	if other.Incident.ID == 0 {
+		t.Fatalf("the other rule's firing: %+v", other)
+	}
+	if acts := f.claimAs(t, "other-host/3"); len(acts) != 0 {
+		t.Fatalf("claimed during the reactivation's write lease: %+v", acts)
+	}
+	f.settle(t)
+	if n := f.api.count("accounts.update"); n != 2 { // the suspension, the reactivation that may land
+		t.Fatalf("%d status writes during the write lease, want 2", n)
+	}
+
+	f.clock.Advance(f.b.writeLease + time.Second)
+	f.settle(t)
+	if rs, _ := f.st.Reactivations(ctx, []int64{res.Incident.ID}); len(rs) != 1 {
+		t.Errorf("not reactivated after the write lease: %+v", rs)
+	}
+	if got := f.actions(t, res.Incident.ID)["reactivate"]; got.State != store.ActionDone || got.Outcome != OutcomeReactivated {
+		t.Errorf("reactivate action = %+v", got)
+	}
+}
+
 func TestReactivateRefusals(t *testing.T) {
 	f := newOpFixture(t, GuardSettings{})
 	ctx := context.Background()

@@ -7,6 +7,7 @@ import (
 	"net/mail"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/usagebreaker/usagebreaker/rules"
@@ -36,6 +37,9 @@ type Reactivator struct {
 	api    reactivateAPI // the callback memo over the Twilio API
 	store  reactivateStore
 	writes statusWriter // the trip pipeline (the Breaker)
+	// writeLease is how long a status write whose outcome is unknown may
+	// still land (Options.WriteLease).
+	writeLease time.Duration
 }
 
 // reactivateAPI is the part of the Twilio API reactivation uses.
@@ -77,6 +81,20 @@ type RefusedError struct {
 }
 
 func (e *RefusedError) Error() string { return e.Reason }
+
+// WriteUnknownError is a reactivation whose Status=active write was sent (or
+// may have been) and got no answer saying it was refused (a 5xx, a timeout,
+// a broken connection): it may still land, until a write lease after SentAt.
+type WriteUnknownError struct {
+	Err    error
+	SentAt time.Time
+}
+
+func (e *WriteUnknownError) Error() string {
+	return "set the account active (the write may still land): " + e.Err.Error()
+}
+
+func (e *WriteUnknownError) Unwrap() error { return e.Err }
 
 // ReactivateRequest asks for a reactivation.
 type ReactivateRequest struct {
@@ -194,12 +212,30 @@ func (ra *Reactivator) Reactivate(ctx context.Context, req ReactivateRequest) (R
 		res.WasActive = true
 	} else {
 		ra.writes.wroteStatus(req.AccountSID)
-		acct, err = ra.api.SetAccountStatus(ctx, req.AccountSID, twilioapi.StatusActive)
+		var (
+			mu   sync.Mutex
+			sent time.Time
+		)
+		wctx := twilioapi.OnSent(ctx, func() {
+			mu.Lock()
+			sent = ra.now()
+			mu.Unlock()
+		})
+		acct, err = ra.api.SetAccountStatus(wctx, req.AccountSID, twilioapi.StatusActive)
 		if err != nil {
 			if len(plans) > 0 {
 				// Should the write have landed after all, the reconciler
 				// finishes the recorded re-arms.
 				ra.requestReconcile()
+			}
+			mu.Lock()
+			sentAt := sent
+			mu.Unlock()
+			if s := statusOf(err); !(s >= 400 && s < 500) && (!sentAt.IsZero() || !twilioapi.NotSent(err)) {
+				if sentAt.IsZero() {
+					sentAt = ra.now()
+				}
+				return res, &WriteUnknownError{Err: err, SentAt: sentAt}
 			}
 			return res, fmt.Errorf("set the account active: %w", err)
 		}
@@ -544,8 +580,20 @@ func (ra *Reactivator) workReactivate(ctx context.Context, a store.Action) Resul
 	policy := r.Reactivate.String()
 	res, err := ra.Reactivate(ctx, ReactivateRequest{AccountSID: inc.AccountSID, IncidentID: inc.ID, Via: store.ViaScheduled,
 		Actor: "rule " + r.Name, Reason: "scheduled: reactivate " + policy})
-	var refused *RefusedError
+	var (
+		refused *RefusedError
+		unknown *WriteUnknownError
+	)
 	switch {
+	case errors.As(err, &unknown):
+		// Like a suspend write (trip.go): the account is held, and the
+		// write recorded as this action's, until it can no longer land, so
+		// no trip of any replica reads the account before that.
+		until := ra.now().Add(ra.writeLease)
+		log.Warn("the reactivation's write outcome is unknown; the account is held until it can no longer land",
+			"until", until, "err", err)
+		ra.m.ActionAttemptErrors.WithLabelValues(string(a.Kind)).Inc()
+		return RetryAt(until, err).HoldingAccount(until).WithWriteSent(unknown.SentAt)
 	case errors.As(err, &refused) && refused.Pending:
 		// Another rule's incident of the same burst may still be on its
 		// way to already_suspended: look again after a backoff.

@@ -290,8 +290,10 @@ func (b *Breaker) trip(ctx context.Context, a store.Action, inc store.Incident, 
 				// A status write of ours (another rule's trip, which ended
 				// between this read and the claim; a reactivation) may
 				// postdate the read: this process's, or, as the store
-				// knows, any replica's. Another replica's clock may differ
-				// from ours by less than a write lease (docs/HA.md).
+				// knows, any replica's. A write lands within the Twilio
+				// timeout, so another replica's clock may differ from ours
+				// by up to the rest of the write lease, one timeout
+				// (docs/HA.md).
 				start := time.Now()
 				acct, err = b.readAccount(ctx, inc.AccountSID)
 				tt.read = time.Since(start)
