@@ -168,7 +168,8 @@ func New(o Options) *Breaker {
 		WriteLease: o.WriteLease, RetryMin: o.RetryMin, RetryMax: o.RetryMax,
 		Worker: b.worker, Finished: b.actionFinished, Lease: o.Lease, Shared: o.SharedQueue,
 	})
-	b.reactivator = &Reactivator{common: c, api: callbacks, store: o.Store, writes: b, writeLease: o.WriteLease}
+	b.reactivator = &Reactivator{common: c, api: callbacks, store: o.Store, writes: b, writeLease: o.WriteLease,
+		owner: b.engine.Owner(), lease: b.engine.o.Lease}
 	b.reconciler = &Reconciler{common: c, api: callbacks, callbacks: callbacks, rearms: b.reactivator, fanout: o.Fanout}
 	b.poller = &Poller{common: c, api: callbacks, store: o.Store, trips: b, velocityLocks: &b.velocityLocks, fanout: o.Fanout}
 	return b

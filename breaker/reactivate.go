@@ -40,6 +40,10 @@ type Reactivator struct {
 	// writeLease is how long a status write whose outcome is unknown may
 	// still land (Options.WriteLease).
 	writeLease time.Duration
+	// owner and lease: a manual reactivation's hold on its account (the
+	// engine's name in claims, and its claim lease).
+	owner string
+	lease time.Duration
 }
 
 // reactivateAPI is the part of the Twilio API reactivation uses.
@@ -52,11 +56,14 @@ type reactivateAPI interface {
 }
 
 // reactivateStore is the part of the store reactivation uses: incidents,
-// re-arm exceptions and the reactivation audit.
+// holds, re-arm exceptions and the reactivation audit.
 type reactivateStore interface {
 	Incident(ctx context.Context, id int64) (store.Incident, error)
 	ListIncidents(ctx context.Context, f store.IncidentFilter) ([]store.Incident, error)
 	IncidentActions(ctx context.Context, incidentIDs []int64) (map[int64][]store.Action, error)
+	HoldAccount(ctx context.Context, accountSID, owner string, now, until time.Time) error
+	MarkHoldWriteSent(ctx context.Context, accountSID, owner string, at, until time.Time) error
+	ReleaseAccount(ctx context.Context, accountSID, owner string, until time.Time) error
 	BeginRearm(ctx context.Context, accountSID, rule, period, allowance string, expiresAt time.Time) (store.Rearm, error)
 	CompleteRearm(ctx context.Context, accountSID, rule, period string, generation int, triggerSID, triggerValue string) error
 	OpenRearms(ctx context.Context, accountSID string, now time.Time) ([]store.Rearm, error)
@@ -166,6 +173,19 @@ func (ra *Reactivator) Reactivate(ctx context.Context, req ReactivateRequest) (R
 	unlock := ra.locks.lock(req.AccountSID)
 	defer unlock()
 	defer ra.touchTriggers(req.AccountSID) // before the unlock: a reconcile planned before plans again
+	// Nor while an action of any process does: a scheduled reactivation
+	// runs under its action's claim, a manual one holds the account in the
+	// store (store/holds.go), so no trip of the account is claimed until it
+	// is done, and none can read the account while its write may land.
+	var hold *accountHold
+	if req.Via == store.ViaManual {
+		h, err := ra.hold(ctx, req.AccountSID)
+		if err != nil {
+			return res, err
+		}
+		hold = h
+		defer hold.release(ctx)
+	}
 
 	inc, episode, err := ra.reactivationTarget(ctx, req)
 	if err != nil {
@@ -211,6 +231,12 @@ func (ra *Reactivator) Reactivate(ctx context.Context, req ReactivateRequest) (R
 	if acct.Status == twilioapi.StatusActive {
 		res.WasActive = true
 	} else {
+		if err := hold.markSent(ctx); err != nil {
+			if len(plans) > 0 {
+				ra.requestReconcile() // the recorded re-arms: nothing else changed
+			}
+			return res, err
+		}
 		ra.writes.wroteStatus(req.AccountSID)
 		var (
 			mu   sync.Mutex
@@ -235,6 +261,7 @@ func (ra *Reactivator) Reactivate(ctx context.Context, req ReactivateRequest) (R
 				if sentAt.IsZero() {
 					sentAt = ra.now()
 				}
+				hold.mayLand() // kept until the write can no longer land
 				return res, &WriteUnknownError{Err: err, SentAt: sentAt}
 			}
 			return res, fmt.Errorf("set the account active: %w", err)
@@ -254,6 +281,7 @@ func (ra *Reactivator) Reactivate(ctx context.Context, req ReactivateRequest) (R
 	if err != nil && !errors.Is(err, store.ErrExists) {
 		// The account is active and re-armed; only the record is missing.
 		ra.log.Error("reactivated, but the audit record could not be written", "account", acct.SID, "err", err)
+		hold.mayLand() // the hold's write stands for the record: kept a write lease
 		return res, fmt.Errorf("reactivated, but recording it failed: %w", err)
 	}
 	res.Reactivation = rec
@@ -262,6 +290,72 @@ func (ra *Reactivator) Reactivate(ctx context.Context, req ReactivateRequest) (R
 		"episode", incidentIDs(episode), "via", req.Via, "by", req.Actor, "reason", req.Reason, "rearmed", len(res.Rearmed),
 		"was_active", res.WasActive, "problems", strings.Join(res.Problems, "; "))
 	return res, nil
+}
+
+// accountHold is a manual reactivation's hold on its account in the store
+// (store.HoldStore). Its methods do nothing on a nil hold (a scheduled
+// reactivation, under its action's claim).
+type accountHold struct {
+	ra   *Reactivator
+	sid  string
+	sent time.Time // when its status write was marked sent (zero: none)
+	keep bool      // the write may still land: keep the account a write lease after sent
+}
+
+// hold takes the account for this process, for one claim lease.
+func (ra *Reactivator) hold(ctx context.Context, sid string) (*accountHold, error) {
+	now := ra.now()
+	err := ra.store.HoldAccount(ctx, sid, ra.owner, now, now.Add(ra.lease))
+	switch {
+	case errors.Is(err, store.ErrHeld):
+		return nil, &RefusedError{Reason: "an action of the account is running (a suspension, its calls being ended, or a reactivation); try again in a moment",
+			Pending: true}
+	case err != nil:
+		return nil, fmt.Errorf("hold the account (nothing was changed): %w", err)
+	}
+	return &accountHold{ra: ra, sid: sid}, nil
+}
+
+// markSent records, before the status write is sent, that it is: the hold
+// then lasts a write lease from now, and the write is the account's last
+// (store.RecordResult.LastStatusWrite).
+func (h *accountHold) markSent(ctx context.Context) error {
+	if h == nil {
+		return nil
+	}
+	now := h.ra.now()
+	err := h.ra.store.MarkHoldWriteSent(ctx, h.sid, h.ra.owner, now, now.Add(h.ra.writeLease))
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("the hold on the account passed before the write (the account was not changed); try again: %w", err)
+	case err != nil:
+		return fmt.Errorf("record the write before sending it (the account was not changed): %w", err)
+	}
+	h.sent = now
+	return nil
+}
+
+// mayLand keeps the account after the release until the write can no
+// longer land.
+func (h *accountHold) mayLand() {
+	if h != nil {
+		h.keep = true
+	}
+}
+
+// release ends the hold: at once, or a write lease after the write was
+// sent if it may still land.
+func (h *accountHold) release(ctx context.Context) {
+	if h == nil {
+		return
+	}
+	until := h.ra.now()
+	if h.keep && !h.sent.IsZero() {
+		until = h.sent.Add(h.ra.writeLease)
+	}
+	if err := h.ra.store.ReleaseAccount(context.WithoutCancel(ctx), h.sid, h.ra.owner, until); err != nil {
+		h.ra.log.Warn("cannot release the hold on the account; it lasts until its lease passes", "account", h.sid, "err", err)
+	}
 }
 
 // reactivationTarget finds the suspension a reactivation undoes and the

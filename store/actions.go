@@ -13,13 +13,15 @@ import (
 // and rescues are group-committed (groupcommit.go) like firings; releases and
 // reads run on their own.
 
-// leasedQuery: does another action hold a lease on the account at now?
-// (lease_until > 0 lets the planner use the partial index actions_leased.)
-const leasedQuery = `SELECT EXISTS (SELECT 1 FROM actions WHERE account_sid = ?1 AND lease_until > 0 AND lease_until > ?2)`
+// leasedQuery: does another action hold a lease on the account at now, or
+// a hold (holds.go)? (lease_until > 0 lets the planner use the partial
+// index actions_leased.)
+const leasedQuery = `SELECT EXISTS (SELECT 1 FROM actions WHERE account_sid = ?1 AND lease_until > 0 AND lease_until > ?2)
+	OR EXISTS (SELECT 1 FROM account_holds WHERE account_sid = ?1 AND held_until > ?2)`
 
 // claimQuery claims, for owner ?1 until ?2, up to ?4 available actions due at
 // ?3: at most one per account (the first by the order below), none of an
-// account another action holds a lease on, and no end_calls or notify:*
+// account another action or a hold (holds.go) holds a lease on, and no end_calls or notify:*
 // action while its incident's trip is unfinished (they report or follow its
 // outcome). Trip actions go first, so a burst's suspensions are not queued
 // behind the notifications of the incidents before them.
@@ -41,7 +43,8 @@ const claimQuery = `UPDATE actions SET state = 'running', owner = ?1, lease_unti
 						AND t.state NOT IN ('done', 'failed')))
 				AND (a.account_sid = '' OR NOT EXISTS (
 					SELECT 1 FROM actions o WHERE o.account_sid = a.account_sid AND o.lease_until > 0 AND o.lease_until > ?3
-						AND o.id <> a.id)))
+						AND o.id <> a.id) AND NOT EXISTS (
+					SELECT 1 FROM account_holds h WHERE h.account_sid = a.account_sid AND h.held_until > ?3)))
 		WHERE nth = 1
 		ORDER BY kind <> 'trip', next_attempt_at, id
 		LIMIT ?4)
@@ -337,6 +340,15 @@ func (s *DB) RescueActions(ctx context.Context, now time.Time, writeLease time.D
 				if _, err := tx.StmtContext(ctx, s.wIncidentNote).ExecContext(ctx, detail, at, a.IncidentID); err != nil {
 					return nil, fmt.Errorf("update incident %d: %w", a.IncidentID, err)
 				}
+			}
+		}
+		if all {
+			// The holds of stopped processes (holds.go) end too: at once,
+			// or a write lease from now if they had sent a write.
+			if _, err := tx.ExecContext(ctx, s.q(`UPDATE account_holds SET owner = '',
+					held_until = CASE WHEN write_sent_at = 0 THEN ? WHEN held_until > ? THEN ? ELSE held_until END
+				WHERE held_until > ?`), at, hold, hold, at); err != nil {
+				return nil, fmt.Errorf("end holds: %w", err)
 			}
 		}
 		return acts, nil

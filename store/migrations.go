@@ -296,6 +296,20 @@ var migrations = []migration{
 			`CREATE UNIQUE INDEX actions_step ON actions (step_token, kind) WHERE step_token <> ''`,
 		},
 	},
+	{
+		// Holds (holds.go): a manual reactivation takes its account as a
+		// claim does.
+		name: "account holds",
+		stmts: []string{
+			`CREATE TABLE account_holds (
+				account_sid   TEXT    NOT NULL PRIMARY KEY,
+				owner         TEXT    NOT NULL,
+				held_until    INTEGER NOT NULL,
+				write_sent_at INTEGER NOT NULL DEFAULT 0,
+				created_at    INTEGER NOT NULL
+			) STRICT`,
+		},
+	},
 }
 
 // migrate brings the database to version len(migrations) in one IMMEDIATE transaction

@@ -344,6 +344,22 @@ var pgMigrations = []migration{
 			orReplace(recordFiringsFunc),
 		},
 	},
+	{
+		// Holds (holds.go): a manual reactivation takes its account as a
+		// claim does; record_firing and claim_actions respect them.
+		name: "account holds",
+		stmts: []string{
+			`CREATE TABLE account_holds (
+				account_sid   TEXT   NOT NULL PRIMARY KEY,
+				owner         TEXT   NOT NULL,
+				held_until    BIGINT NOT NULL,
+				write_sent_at BIGINT NOT NULL DEFAULT 0,
+				created_at    BIGINT NOT NULL
+			)`,
+			orReplace(recordFiringFunc),
+			orReplace(claimActionsFunc),
+		},
+	},
 }
 
 // orReplace is a CREATE FUNCTION statement as CREATE OR REPLACE FUNCTION:
@@ -483,7 +499,8 @@ var recordFiringFunc = fmt.Sprintf(`CREATE FUNCTION record_firing(
 		IF p_owner <> '' THEN
 			-- Under the account's lock: the leases of every claim made before it.
 			o_claimed := NOT EXISTS (SELECT 1 FROM actions
-				WHERE account_sid = p_account AND lease_until > 0 AND lease_until > p_received);
+				WHERE account_sid = p_account AND lease_until > 0 AND lease_until > p_received)
+				AND NOT EXISTS (SELECT 1 FROM account_holds WHERE account_sid = p_account AND held_until > p_received);
 		END IF;
 		WITH ins AS (
 			INSERT INTO actions (incident_id, kind, account_sid, state, attempts, next_attempt_at,
@@ -506,7 +523,8 @@ var recordFiringFunc = fmt.Sprintf(`CREATE FUNCTION record_firing(
 			SELECT greatest(
 				coalesce((SELECT max(write_sent_at) FROM actions
 					WHERE account_sid = p_account AND write_sent_at > 0), 0),
-				coalesce((SELECT max(created_at) FROM reactivations WHERE account_sid = p_account), 0))
+				coalesce((SELECT max(created_at) FROM reactivations WHERE account_sid = p_account), 0),
+				coalesce((SELECT write_sent_at FROM account_holds WHERE account_sid = p_account), 0))
 				INTO o_last_write;
 		END IF;
 	END
@@ -590,7 +608,8 @@ var pgClaimQuery = `WITH cand AS (
 				SELECT 1 FROM actions t WHERE t.incident_id = a.incident_id AND t.kind = 'trip'
 					AND t.state NOT IN ('done', 'failed')))
 			AND (a.account_sid = '' OR NOT EXISTS (
-				SELECT 1 FROM actions o WHERE o.account_sid = a.account_sid AND o.lease_until > $3 AND o.id <> a.id))
+				SELECT 1 FROM actions o WHERE o.account_sid = a.account_sid AND o.lease_until > $3 AND o.id <> a.id)
+				AND NOT EXISTS (SELECT 1 FROM account_holds h WHERE h.account_sid = a.account_sid AND h.held_until > $3))
 		ORDER BY a.kind <> 'trip', a.next_attempt_at, a.id
 		LIMIT $6
 		FOR UPDATE OF a SKIP LOCKED

@@ -532,7 +532,7 @@ func (s *DB) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, received
 	}
 	if res.Trip.State == ActionRunning {
 		var last int64
-		if err := tx.QueryRowContext(ctx, lastStatusWriteQuery, f.AccountSID, f.AccountSID).Scan(&last); err != nil {
+		if err := tx.QueryRowContext(ctx, lastStatusWriteQuery, f.AccountSID).Scan(&last); err != nil {
 			return res, fmt.Errorf("read the account's last status write: %w", err)
 		}
 		res.LastStatusWrite = fromTimeCol(last)
@@ -541,13 +541,14 @@ func (s *DB) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, received
 }
 
 // lastStatusWriteQuery is RecordResult.LastStatusWrite: the newest
-// write_sent_at of the account's actions (found through its incidents) or
-// its newest reactivation. recordFiringFunc reads the same on Postgres, the
+// write_sent_at of the account's actions (found through its incidents), its
+// newest reactivation, or its hold's write (holds.go). recordFiringFunc reads the same on Postgres, the
 // actions by their own account_sid (index actions_written).
 const lastStatusWriteQuery = `SELECT max(
 	coalesce((SELECT max(a.write_sent_at) FROM incidents i JOIN actions a ON a.incident_id = i.id
-		WHERE i.account_sid = ?), 0),
-	coalesce((SELECT max(created_at) FROM reactivations WHERE account_sid = ?), 0))`
+		WHERE i.account_sid = ?1), 0),
+	coalesce((SELECT max(created_at) FROM reactivations WHERE account_sid = ?1), 0),
+	coalesce((SELECT write_sent_at FROM account_holds WHERE account_sid = ?1), 0))`
 
 // rearmedFiring is f with the period of its re-arm generation, if a re-arm
 // exception exists for its account, rule and period (Firing.ApplyRearm).

@@ -387,6 +387,8 @@ type Store interface {
 	OperatorStore
 	// VelocityStore: the step firings of velocity rules (velocity.go).
 	VelocityStore
+	// HoldStore: holds on accounts outside the queue (holds.go).
+	HoldStore
 
 	// RecordFiring records a firing and, if its (Rule, AccountSID, Period) has no
 	// incident yet, opens one with an action of each kind in f.Actions.
@@ -427,7 +429,9 @@ type ActionStore interface {
 	// anything). Each is available again, due at now, except that an action
 	// that locks its account keeps the account (and waits) until
 	// now+writeLease: its owner may have sent a status write just before it
-	// stopped. It returns the actions as they were before.
+	// stopped. With all, the holds on accounts (HoldStore) end too: at once,
+	// or at now+writeLease if they had marked a write. It returns the
+	// actions as they were before.
 	RescueActions(ctx context.Context, now time.Time, writeLease time.Duration, all bool) ([]Action, error)
 	// ResumeAvailable makes every available action due at now, whatever its
 	// backoff said (a restart may be the fix it waited for), except

@@ -521,6 +521,130 @@ func Run(t *testing.T, open Opener) {
 		}
 	})
 
+	t.Run("HoldsKeepTheAccount", func(t *testing.T) {
+		s := open(t)
+		onAccount := func(token, rule string) store.Firing { // only actions of the account
+			f := Firing(token, rule, "AC1")
+			f.Actions = []store.ActionKind{store.ActionTrip, store.ActionEndCalls}
+			return f
+		}
+		// A claimed trip: the account cannot be held meanwhile.
+		f := onAccount("tok-1", "spend")
+		f.ClaimBy = &store.Claim{Owner: "o1", LeaseUntil: T0.Add(time.Minute)}
+		first, err := s.RecordFiring(ctx, f)
+		if err != nil || first.Trip.State != store.ActionRunning {
+			t.Fatalf("record: %+v %v", first, err)
+		}
+		if err := s.HoldAccount(ctx, "AC1", "admin", T0, T0.Add(time.Minute)); !errors.Is(err, store.ErrHeld) {
+			t.Fatalf("hold while a trip is claimed: %v, want ErrHeld", err)
+		}
+		if _, err := s.CompleteAction(ctx, first.Trip.ID, "o1", store.Completion{State: store.ActionDone,
+			Outcome: store.Outcome("suspended"), Attempted: true, WriteSentAt: T0}); err != nil {
+			t.Fatal(err)
+		}
+
+		// Held: another owner's hold is refused, its own renews; nothing
+		// of the account is claimed, by a firing or by the queue.
+		at := T0.Add(time.Second)
+		if err := s.HoldAccount(ctx, "AC1", "admin", at, at.Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.HoldAccount(ctx, "AC1", "admin-2", at, at.Add(time.Minute)); !errors.Is(err, store.ErrHeld) {
+			t.Fatalf("another owner's hold: %v, want ErrHeld", err)
+		}
+		if err := s.HoldAccount(ctx, "AC1", "admin", at, at.Add(2*time.Minute)); err != nil {
+			t.Fatalf("renew: %v", err)
+		}
+		g := onAccount("tok-2", "sms")
+		g.ReceivedAt, g.ClaimBy = at, &store.Claim{Owner: "o1", LeaseUntil: at.Add(time.Minute)}
+		second, err := s.RecordFiring(ctx, g)
+		if err != nil || second.Trip.ID == 0 || second.Trip.State != store.ActionAvailable {
+			t.Fatalf("a firing during the hold: %+v %v", second, err)
+		}
+		if acts, err := s.ClaimActions(ctx, store.Claim{Owner: "o2", LeaseUntil: at.Add(time.Minute)}, at, 10); err != nil || len(acts) != 0 {
+			t.Fatalf("claimed during the hold: %+v %v", acts, err)
+		}
+		// Its write: the account's last status write; the hold lasts while
+		// the write may land.
+		sent := at.Add(2 * time.Second)
+		if err := s.MarkHoldWriteSent(ctx, "AC1", "admin-2", sent, sent.Add(20*time.Second)); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("mark by another owner: %v, want ErrNotFound", err)
+		}
+		if err := s.MarkHoldWriteSent(ctx, "AC1", "admin", sent, sent.Add(20*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.ReleaseAccount(ctx, "AC1", "admin", sent.Add(20*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		before := sent.Add(19 * time.Second)
+		if acts, err := s.ClaimActions(ctx, store.Claim{Owner: "o2", LeaseUntil: before.Add(time.Minute)}, before, 10); err != nil || len(acts) != 0 {
+			t.Fatalf("claimed while the released hold's write may land: %+v %v", acts, err)
+		}
+		if err := s.HoldAccount(ctx, "AC1", "admin", before, before.Add(time.Minute)); !errors.Is(err, store.ErrHeld) {
+			t.Fatalf("hold again while the write may land: %v, want ErrHeld", err)
+		}
+		after := sent.Add(21 * time.Second)
+		acts, err := s.ClaimActions(ctx, store.Claim{Owner: "o2", LeaseUntil: after.Add(time.Minute)}, after, 10)
+		if err != nil || len(acts) != 1 || acts[0].ID != second.Trip.ID {
+			t.Fatalf("claim after the hold: %+v %v", acts, err)
+		}
+		if _, err := s.CompleteAction(ctx, second.Trip.ID, "o2", store.Completion{State: store.ActionDone,
+			Outcome: store.Outcome("suspended"), Attempted: true, WriteSentAt: T0}); err != nil {
+			t.Fatal(err)
+		}
+		h := onAccount("tok-3", "calls")
+		h.ReceivedAt, h.ClaimBy = after, &store.Claim{Owner: "o1", LeaseUntil: after.Add(time.Minute)}
+		third, err := s.RecordFiring(ctx, h)
+		if err != nil || third.Trip.State != store.ActionRunning || !third.LastStatusWrite.Equal(sent) {
+			t.Fatalf("a firing after the hold: %+v %v, want its last status write %s", third, err, sent)
+		}
+
+		// Released at once: the account is free; a passed hold is
+		// replaced by another owner's.
+		if err := s.HoldAccount(ctx, "AC2", "admin", T0, T0.Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.ReleaseAccount(ctx, "AC2", "admin", T0); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.HoldAccount(ctx, "AC2", "admin-2", T0, T0.Add(time.Minute)); err != nil {
+			t.Fatalf("hold after a release: %v", err)
+		}
+		if err := s.HoldAccount(ctx, "AC2", "admin", T0.Add(time.Minute), T0.Add(2*time.Minute)); err != nil {
+			t.Fatalf("hold after the other passed: %v", err)
+		}
+		if err := s.MarkHoldWriteSent(ctx, "AC2", "admin-2", T0.Add(time.Minute), T0.Add(2*time.Minute)); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("mark of a hold that passed and was taken: %v, want ErrNotFound", err)
+		}
+	})
+
+	t.Run("RescueAllEndsHolds", func(t *testing.T) {
+		s := open(t)
+		// A process that stopped held two accounts; it had sent a write on the second.
+		if err := s.HoldAccount(ctx, "AC1", "dead", T0, T0.Add(5*time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.HoldAccount(ctx, "AC2", "dead", T0, T0.Add(5*time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.MarkHoldWriteSent(ctx, "AC2", "dead", T0, T0.Add(20*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		start := T0.Add(time.Second)
+		if _, err := s.RescueActions(ctx, start, 20*time.Second, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.HoldAccount(ctx, "AC1", "new", start, start.Add(time.Minute)); err != nil {
+			t.Fatalf("a stopped process's hold without a write lasts past the start: %v", err)
+		}
+		if err := s.HoldAccount(ctx, "AC2", "new", start.Add(19*time.Second), start.Add(time.Minute)); !errors.Is(err, store.ErrHeld) {
+			t.Fatalf("a stopped process's hold whose write may land: %v, want ErrHeld", err)
+		}
+		if err := s.HoldAccount(ctx, "AC2", "new", start.Add(21*time.Second), start.Add(time.Minute)); err != nil {
+			t.Fatalf("after the write lease: %v", err)
+		}
+	})
+
 	t.Run("ConcurrentClaimersNeverShareAnAccount", func(t *testing.T) {
 		s := open(t)
 		// 20 accounts, 3 incidents each: 60 trips, of which one per account may run at a time.
