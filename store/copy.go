@@ -17,6 +17,9 @@ var copyTables = []struct{ name, cols string }{
 	{"actions", actionCols},
 	{"rearms", rearmCols},
 	{"reactivations", reactivationCols},
+	{"approvals", `incident_id, decision, actor, reason, created_at`},
+	{"velocity_steps", stepCols},
+	{"account_holds", `account_sid, owner, held_until, write_sent_at, created_at`},
 }
 
 // CopyTo copies every row of this store (SQLite) into dst (Postgres), ids

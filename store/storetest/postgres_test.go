@@ -312,13 +312,38 @@ func TestPostgresCopyFromSQLite(t *testing.T) {
 	if _, err := src.RecordReactivation(ctx, store.Reactivation{IncidentID: incidents[0], AccountSID: "AC0", Via: store.ViaManual, Actor: "me", Reason: "r", CreatedAt: T0}); err != nil {
 		t.Fatal(err)
 	}
+	decision := store.Approval{IncidentID: incidents[1], Decision: store.DecisionVeto, Actor: "ops", Reason: "load test", CreatedAt: T0}
+	if _, err := src.Decide(ctx, decision); err != nil {
+		t.Fatal(err)
+	}
+	step := store.StepFiring{IdempotencyToken: "tok-step", Rule: "velocity", AccountSID: "AC3", UsageCategory: "sms",
+		TriggerBy: "count", TriggerValue: "+100", CurrentValue: "230", FiredAt: T0, ReceivedAt: T0}
+	if _, err := src.RecordStep(ctx, step); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.HoldAccount(ctx, "AC4", "admin", T0, T0.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.MarkHoldWriteSent(ctx, "AC4", "admin", T0, T0.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
 	dst := openPostgres(t)
 	counts, err := src.CopyTo(ctx, dst)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if counts["incidents"] != 5 || counts["firings"] != 5 || counts["actions"] != 15 || counts["rearms"] != 1 || counts["reactivations"] != 1 {
+	if counts["incidents"] != 5 || counts["firings"] != 5 || counts["actions"] != 16 || counts["rearms"] != 1 || counts["reactivations"] != 1 ||
+		counts["approvals"] != 1 || counts["velocity_steps"] != 1 || counts["account_holds"] != 1 {
 		t.Fatalf("copied %v", counts)
+	}
+	if got, err := dst.Approvals(ctx, []int64{incidents[1]}); err != nil || got[incidents[1]] != decision {
+		t.Fatalf("approval copied as %+v (%v), want %+v", got, err, decision)
+	}
+	if got, err := dst.Step(ctx, "tok-step"); err != nil || got.CurrentValue != "230" || !got.FiredAt.Equal(T0) {
+		t.Fatalf("velocity step copied as %+v (%v)", got, err)
+	}
+	if err := dst.HoldAccount(ctx, "AC4", "other", T0, T0.Add(time.Minute)); !errors.Is(err, store.ErrHeld) {
+		t.Fatalf("the copied hold does not hold: %v", err)
 	}
 	for _, id := range incidents {
 		a, _ := src.Incident(ctx, id)
