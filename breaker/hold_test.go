@@ -17,6 +17,21 @@ func manualReactivation(sid string) ReactivateRequest {
 	return ReactivateRequest{AccountSID: sid, Reason: "customer called", Actor: "test", Via: store.ViaManual}
 }
 
+// suspendedBySpend is a fixture with two suspending rules and an account
+// the first of them suspended.
+func suspendedBySpend(t *testing.T) (*fixture, twilioapi.Account) {
+	t.Helper()
+	f := newFixture(t, twoSuspendRules)
+	a := f.api.addAccount("tenant-a", "active")
+	f.reconcile(t)
+	f.accept(t, "spend-daily", a, callbackFor(a, "tok-spend", "totalprice", "price", "60"))
+	f.b.RunDueOnce(context.Background())
+	if got := f.status(t, a.SID); got != "suspended" {
+		t.Fatalf("after the trip: %s", got)
+	}
+	return f, a
+}
+
 // A manual reactivation holds its account in the store while it reads and
 // writes. A firing of another rule that arrives while Status=active is on
 // its way is recorded, but its trip is claimed by nobody, in this process
@@ -24,15 +39,8 @@ func manualReactivation(sid string) ReactivateRequest {
 // write; once the reactivation is done, the trip reads the account active
 // and suspends it again.
 func TestManualReactivationHoldsTheAccount(t *testing.T) {
-	f := newFixture(t, twoSuspendRules)
+	f, a := suspendedBySpend(t)
 	ctx := context.Background()
-	a := f.api.addAccount("tenant-a", "active")
-	f.reconcile(t)
-	f.accept(t, "spend-daily", a, callbackFor(a, "tok-spend", "totalprice", "price", "60"))
-	f.b.RunDueOnce(ctx)
-	if got := f.status(t, a.SID); got != "suspended" {
-		t.Fatalf("after the trip: %s", got)
-	}
 
 	var (
 		once   sync.Once
@@ -70,12 +78,8 @@ func TestManualReactivationHoldsTheAccount(t *testing.T) {
 // A manual reactivation is refused, and changes nothing, while an action of
 // the account holds a lease (another process's suspension, say).
 func TestManualReactivationWaitsForARunningAction(t *testing.T) {
-	f := newFixture(t, twoSuspendRules)
+	f, a := suspendedBySpend(t)
 	ctx := context.Background()
-	a := f.api.addAccount("tenant-a", "active")
-	f.reconcile(t)
-	f.accept(t, "spend-daily", a, callbackFor(a, "tok-spend", "totalprice", "price", "60"))
-	f.b.RunDueOnce(ctx)
 	f.leaveClaim(t, "sms-daily", a, "tok-sms", "sms", "count", "150") // another process's claim
 
 	_, err := f.b.Reactivator().Reactivate(ctx, manualReactivation(a.SID))
@@ -92,12 +96,8 @@ func TestManualReactivationWaitsForARunningAction(t *testing.T) {
 // a sent request) keeps the account a write lease after sending it: a trip
 // recorded meanwhile is claimed only once the write can no longer land.
 func TestManualReactivationWriteMayLandKeepsTheAccount(t *testing.T) {
-	f := newFixture(t, twoSuspendRules)
+	f, a := suspendedBySpend(t)
 	ctx := context.Background()
-	a := f.api.addAccount("tenant-a", "active")
-	f.reconcile(t)
-	f.accept(t, "spend-daily", a, callbackFor(a, "tok-spend", "totalprice", "price", "60"))
-	f.b.RunDueOnce(ctx)
 
 	f.api.failNext("accounts.update", &twilioapi.Error{Operation: "accounts.update", Status: 503, Message: "service unavailable"})
 	_, err := f.b.Reactivator().Reactivate(ctx, manualReactivation(a.SID))

@@ -17,6 +17,23 @@ import (
 	"github.com/usagebreaker/usagebreaker/store"
 )
 
+// openWithSQL opens the store on dsn, and a plain pool on the same schema
+// for what the test does behind the store's back; both close with the test.
+func openWithSQL(t *testing.T, dsn string) (*store.DB, *sql.DB) {
+	t.Helper()
+	s, err := store.OpenPostgres(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return s, db
+}
+
 // Replicas that start together migrate the schema once.
 func TestPostgresMigrateTogether(t *testing.T) {
 	dsn := Schema(t)
@@ -49,16 +66,7 @@ func TestPostgresTwoProcessesClaim(t *testing.T) {
 	}
 	dsn := Schema(t)
 	ctx := context.Background()
-	s, err := store.OpenPostgres(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	db, err := sql.Open("pgx", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	s, db := openWithSQL(t, dsn)
 	// running: a row per account while a claimer runs an action of it. Its
 	// primary key makes a second concurrent claim of the account visible.
 	if _, err := db.ExecContext(ctx, `CREATE TABLE running (account_sid TEXT PRIMARY KEY, action_id BIGINT NOT NULL)`); err != nil {
@@ -144,16 +152,7 @@ func TestPostgresClaimerProcess(t *testing.T) {
 		t.Skip("run by TestPostgresTwoProcessesClaim")
 	}
 	ctx := context.Background()
-	s, err := store.OpenPostgres(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	db, err := sql.Open("pgx", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	s, db := openWithSQL(t, dsn)
 	for idle := 0; idle < 20; {
 		now := time.Now()
 		got, err := s.ClaimActions(ctx, store.Claim{Owner: owner, LeaseUntil: now.Add(time.Minute)}, now, 4)
@@ -557,21 +556,12 @@ func TestPostgresBatchedFirings(t *testing.T) {
 func TestPostgresFiringLocksTheAccountFirst(t *testing.T) {
 	dsn := Schema(t)
 	ctx := context.Background()
-	s, err := store.OpenPostgres(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, db := openWithSQL(t, dsn)
 	const account = "AC-lock-order"
 	first, err := s.RecordFiring(ctx, Firing("tok-1", "rule-1", account))
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := sql.Open("pgx", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 
 	// Another replica's batch holds the account's lock (store's lockNSAccount).
 	holder, err := db.BeginTx(ctx, nil)
@@ -628,22 +618,13 @@ func TestPostgresFiringLocksTheAccountFirst(t *testing.T) {
 func TestPostgresPreviousVersionRecordsFirings(t *testing.T) {
 	dsn := Schema(t)
 	ctx := context.Background()
-	s, err := store.OpenPostgres(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	db, err := sql.Open("pgx", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	s, db := openWithSQL(t, dsn)
 
 	// The previous version's record_firing call (its recordFiringCall).
 	var result string
 	var trip int64
 	var claimed bool
-	err = db.QueryRowContext(ctx, `SELECT o_result, o_trip, o_claimed FROM record_firing($1, 'callback', 'spend',
+	err := db.QueryRowContext(ctx, `SELECT o_result, o_trip, o_claimed FROM record_firing($1, 'callback', 'spend',
 			'AC-old', '', 'daily:2026-11-24', '', '', '', '', '', '12.50', '', 'suspend', 0, $2,
 			ARRAY['trip', 'notify:ops']::TEXT[], ARRAY[true, false]::BOOLEAN[], 'replica-old', $3)`,
 		"tok-old-1", T0.UnixNano(), T0.Add(time.Minute).UnixNano()).Scan(&result, &trip, &claimed)
