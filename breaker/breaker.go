@@ -169,7 +169,7 @@ func New(o Options) *Breaker {
 		Worker: b.worker, Finished: b.actionFinished, Lease: o.Lease, Shared: o.SharedQueue,
 	})
 	b.reactivator = &Reactivator{common: c, api: callbacks, store: o.Store, writes: b, writeLease: o.WriteLease,
-		owner: b.engine.Owner(), lease: b.engine.o.Lease}
+		owner: b.engine.Owner(), lease: b.engine.o.Lease, holdWait: defaultHoldWait}
 	b.reconciler = &Reconciler{common: c, api: callbacks, callbacks: callbacks, rearms: b.reactivator, fanout: o.Fanout}
 	b.poller = &Poller{common: c, api: callbacks, store: o.Store, trips: b, velocityLocks: &b.velocityLocks, fanout: o.Fanout}
 	return b

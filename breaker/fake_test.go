@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/usagebreaker/usagebreaker/internal/decimal"
 	"github.com/usagebreaker/usagebreaker/twilioapi"
@@ -35,6 +36,9 @@ type fakeAPI struct {
 	// "written" (the caller's OnSent hook has run) and before it is applied
 	// or refused: a test blocks there to look at the state mid-write.
 	onStatusSent func(sid, status string)
+	// statusDeadline is the deadline of the last SetAccountStatus call's
+	// context (zero: none).
+	statusDeadline time.Time
 }
 
 // notSent wraps an injected error that fails a request before it was
@@ -154,6 +158,7 @@ func (f *fakeAPI) SetAccountStatus(ctx context.Context, sid, status string) (twi
 	f.mu.Lock()
 	err := f.call("accounts.update")
 	hook := f.onStatusSent
+	f.statusDeadline, _ = ctx.Deadline()
 	f.mu.Unlock()
 	var ns notSent
 	if errors.As(err, &ns) {

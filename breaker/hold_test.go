@@ -75,12 +75,14 @@ func TestManualReactivationHoldsTheAccount(t *testing.T) {
 	}
 }
 
-// A manual reactivation is refused, and changes nothing, while an action of
-// the account holds a lease (another process's suspension, say).
+// A manual reactivation waits a while for an action of the account that
+// holds a lease (another process's suspension, say), then is refused and
+// changes nothing.
 func TestManualReactivationWaitsForARunningAction(t *testing.T) {
 	f, a := suspendedBySpend(t)
 	ctx := context.Background()
 	f.leaveClaim(t, "sms-daily", a, "tok-sms", "sms", "count", "150") // another process's claim
+	f.b.reactivator.holdWait = 3 * holdPoll                           // the test's clock stands still: the claim never passes
 
 	_, err := f.b.Reactivator().Reactivate(ctx, manualReactivation(a.SID))
 	var refused *RefusedError
@@ -93,8 +95,9 @@ func TestManualReactivationWaitsForARunningAction(t *testing.T) {
 }
 
 // A manual reactivation whose write may still land (Twilio answered 503 to
-// a sent request) keeps the account a write lease after sending it: a trip
-// recorded meanwhile is claimed only once the write can no longer land.
+// a sent request) keeps the account a write lease after the last moment an
+// attempt could be sent: a trip recorded meanwhile is claimed only once the
+// write can no longer land.
 func TestManualReactivationWriteMayLandKeepsTheAccount(t *testing.T) {
 	f, a := suspendedBySpend(t)
 	ctx := context.Background()
@@ -106,7 +109,7 @@ func TestManualReactivationWriteMayLandKeepsTheAccount(t *testing.T) {
 		t.Fatalf("reactivation whose write may land: %v", err)
 	}
 	sms := f.accept(t, "sms-daily", a, callbackFor(a, "tok-sms", "sms", "count", "150"))
-	f.clock.Advance(f.b.writeLease - time.Second)
+	f.clock.Advance(f.b.writeLease/2 + f.b.writeLease - time.Second) // the last moment it could be sent, and a write lease
 	if acts := f.claimAs(t, "other-host/3"); len(acts) != 0 {
 		t.Fatalf("claimed while the reactivation's write may land: %+v", acts)
 	}
@@ -114,5 +117,70 @@ func TestManualReactivationWriteMayLandKeepsTheAccount(t *testing.T) {
 	acts := f.claimAs(t, "other-host/3")
 	if len(acts) != 1 || acts[0].IncidentID != sms.Incident.ID || acts[0].Kind != store.ActionTrip {
 		t.Fatalf("claim after the write lease: %+v", acts)
+	}
+}
+
+// The status write of a manual reactivation is sent only while its hold
+// covers a send: its context ends half a write lease after the mark, and
+// the hold lasts a write lease after that, however long the client waits
+// for a slot or retries after a 429.
+func TestManualReactivationSendsOnlyWhileHeld(t *testing.T) {
+	f, a := suspendedBySpend(t)
+	ctx := context.Background()
+	mark := f.clock.Now()
+	lastSend := mark.Add(f.b.writeLease / 2)
+	var once sync.Once
+	f.api.onStatusSent = func(_, status string) {
+		if status != twilioapi.StatusActive {
+			return
+		}
+		once.Do(func() {
+			end := lastSend.Add(f.b.writeLease)
+			for _, at := range []time.Time{lastSend, end.Add(-time.Second)} {
+				if err := f.st.HoldAccount(ctx, a.SID, "other-host/3", at, at.Add(time.Minute)); !errors.Is(err, store.ErrHeld) {
+					t.Errorf("another hold at %s, during the write: %v, want ErrHeld", at, err)
+				}
+			}
+		})
+	}
+	start := time.Now()
+	if _, err := f.b.Reactivator().Reactivate(ctx, manualReactivation(a.SID)); err != nil {
+		t.Fatal(err)
+	}
+	f.api.mu.Lock()
+	deadline := f.api.statusDeadline
+	f.api.mu.Unlock()
+	if deadline.IsZero() || deadline.Before(start) || deadline.After(time.Now().Add(f.b.writeLease/2)) {
+		t.Fatalf("the write's context ends at %s, want within half a write lease (%s) of the mark", deadline, f.b.writeLease/2)
+	}
+	// Done and recorded: released at once.
+	if err := f.st.HoldAccount(ctx, a.SID, "other-host/3", f.clock.Now(), f.clock.Now().Add(time.Minute)); err != nil {
+		t.Fatalf("a hold after the reactivation: %v", err)
+	}
+}
+
+// A manual reactivation that finds an action of the account running (the
+// end_calls right after a suspension, another process's trip) waits for it
+// to finish, then goes on.
+func TestManualReactivationWaitsForTheActionToFinish(t *testing.T) {
+	f, a := suspendedBySpend(t)
+	ctx := context.Background()
+	sms := f.leaveClaim(t, "sms-daily", a, "tok-sms", "sms", "count", "150")
+	done := make(chan error, 1)
+	go func() {
+		time.Sleep(2 * holdPoll)
+		_, err := f.st.CompleteAction(ctx, sms.Trip.ID, deadOwner, store.Completion{State: store.ActionDone,
+			Outcome: OutcomeAlreadySuspended, Detail: "the account was already suspended", Attempted: true})
+		done <- err
+	}()
+	res, err := f.b.Reactivator().Reactivate(ctx, manualReactivation(a.SID))
+	if err != nil {
+		t.Fatalf("reactivation after the other process's trip ended: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := f.status(t, a.SID); got != "active" || len(res.Episode) != 1 || res.Episode[0].ID != sms.Incident.ID {
+		t.Fatalf("account %s, episode %+v", got, res.Episode)
 	}
 }

@@ -41,10 +41,19 @@ type Reactivator struct {
 	// still land (Options.WriteLease).
 	writeLease time.Duration
 	// owner and lease: a manual reactivation's hold on its account (the
-	// engine's name in claims, and its claim lease).
-	owner string
-	lease time.Duration
+	// engine's name in claims, and its claim lease); holdWait: how long it
+	// waits for an action of the account to finish before it refuses.
+	owner    string
+	lease    time.Duration
+	holdWait time.Duration
 }
+
+// holdPoll is how often a manual reactivation tries again to hold an
+// account while an action of it runs; defaultHoldWait how long it tries.
+const (
+	holdPoll        = 100 * time.Millisecond
+	defaultHoldWait = 10 * time.Second
+)
 
 // reactivateAPI is the part of the Twilio API reactivation uses.
 type reactivateAPI interface {
@@ -168,15 +177,12 @@ func (ra *Reactivator) Reactivate(ctx context.Context, req ReactivateRequest) (R
 	if strings.TrimSpace(req.Reason) == "" {
 		return res, &RefusedError{Reason: "a reason is required"}
 	}
-	// Not while the reconciler or an action of this process works on the
-	// account.
-	unlock := ra.locks.lock(req.AccountSID)
-	defer unlock()
-	defer ra.touchTriggers(req.AccountSID) // before the unlock: a reconcile planned before plans again
-	// Nor while an action of any process does: a scheduled reactivation
-	// runs under its action's claim, a manual one holds the account in the
-	// store (store/holds.go), so no trip of the account is claimed until it
-	// is done, and none can read the account while its write may land.
+	// Not while an action of any process works on the account: a
+	// scheduled reactivation runs under its action's claim, a manual one
+	// holds the account in the store (store/holds.go), so no trip of the
+	// account is claimed until it is done, and none can read the account
+	// while its write may land. The hold comes first: an action of this
+	// process that holds the account may need its lock to finish.
 	var hold *accountHold
 	if req.Via == store.ViaManual {
 		h, err := ra.hold(ctx, req.AccountSID)
@@ -186,6 +192,10 @@ func (ra *Reactivator) Reactivate(ctx context.Context, req ReactivateRequest) (R
 		hold = h
 		defer hold.release(ctx)
 	}
+	// Nor while the reconciler works on it.
+	unlock := ra.locks.lock(req.AccountSID)
+	defer unlock()
+	defer ra.touchTriggers(req.AccountSID) // before the unlock: a reconcile planned before plans again
 
 	inc, episode, err := ra.reactivationTarget(ctx, req)
 	if err != nil {
@@ -231,18 +241,20 @@ func (ra *Reactivator) Reactivate(ctx context.Context, req ReactivateRequest) (R
 	if acct.Status == twilioapi.StatusActive {
 		res.WasActive = true
 	} else {
-		if err := hold.markSent(ctx); err != nil {
+		sendCtx, err := hold.markSent(ctx)
+		if err != nil {
 			if len(plans) > 0 {
 				ra.requestReconcile() // the recorded re-arms: nothing else changed
 			}
 			return res, err
 		}
+		defer sendCtx.cancel()
 		ra.writes.wroteStatus(req.AccountSID)
 		var (
 			mu   sync.Mutex
 			sent time.Time
 		)
-		wctx := twilioapi.OnSent(ctx, func() {
+		wctx := twilioapi.OnSent(sendCtx.ctx, func() {
 			mu.Lock()
 			sent = ra.now()
 			mu.Unlock()
@@ -296,16 +308,29 @@ func (ra *Reactivator) Reactivate(ctx context.Context, req ReactivateRequest) (R
 // (store.HoldStore). Its methods do nothing on a nil hold (a scheduled
 // reactivation, under its action's claim).
 type accountHold struct {
-	ra   *Reactivator
-	sid  string
-	sent time.Time // when its status write was marked sent (zero: none)
-	keep bool      // the write may still land: keep the account a write lease after sent
+	ra     *Reactivator
+	sid    string
+	sendBy time.Time // no attempt of the status write is sent after this (zero: no write)
+	keep   bool      // the write may still land: keep the account a write lease after sendBy
 }
 
-// hold takes the account for this process, for one claim lease.
+// hold takes the account for this process, for one claim lease. While an
+// action of the account runs (the end_calls after a suspension, say), it
+// waits for it, up to holdWait.
 func (ra *Reactivator) hold(ctx context.Context, sid string) (*accountHold, error) {
-	now := ra.now()
-	err := ra.store.HoldAccount(ctx, sid, ra.owner, now, now.Add(ra.lease))
+	var err error
+	for waitUntil := time.Now().Add(ra.holdWait); ; {
+		now := ra.now()
+		err = ra.store.HoldAccount(ctx, sid, ra.owner, now, now.Add(ra.lease))
+		if !errors.Is(err, store.ErrHeld) || !time.Now().Before(waitUntil) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(holdPoll):
+		}
+	}
 	switch {
 	case errors.Is(err, store.ErrHeld):
 		return nil, &RefusedError{Reason: "an action of the account is running (a suspension, its calls being ended, or a reactivation); try again in a moment",
@@ -316,23 +341,35 @@ func (ra *Reactivator) hold(ctx context.Context, sid string) (*accountHold, erro
 	return &accountHold{ra: ra, sid: sid}, nil
 }
 
-// markSent records, before the status write is sent, that it is: the hold
-// then lasts a write lease from now, and the write is the account's last
-// (store.RecordResult.LastStatusWrite).
-func (h *accountHold) markSent(ctx context.Context) error {
+// sendContext is the context the status write is sent under: for a hold,
+// it ends when the hold no longer covers a send (the client's wait for a
+// slot and its retries after a 429 included).
+type sendContext struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// markSent records, before the status write is sent, that it will be, no
+// later than half a write lease from now: the hold lasts a write lease
+// after that, whatever the attempts, and the write is the account's last
+// status write (store.RecordResult.LastStatusWrite). Refused if the hold
+// has passed or an action of the account was claimed meanwhile.
+func (h *accountHold) markSent(ctx context.Context) (sendContext, error) {
 	if h == nil {
-		return nil
+		return sendContext{ctx: ctx, cancel: func() {}}, nil
 	}
 	now := h.ra.now()
-	err := h.ra.store.MarkHoldWriteSent(ctx, h.sid, h.ra.owner, now, now.Add(h.ra.writeLease))
+	by := now.Add(h.ra.writeLease / 2)
+	err := h.ra.store.MarkHoldWriteSent(ctx, h.sid, h.ra.owner, now, by.Add(h.ra.writeLease))
 	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return fmt.Errorf("the hold on the account passed before the write (the account was not changed); try again: %w", err)
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrHeld):
+		return sendContext{}, fmt.Errorf("the hold on the account passed before the write (the account was not changed); try again: %w", err)
 	case err != nil:
-		return fmt.Errorf("record the write before sending it (the account was not changed): %w", err)
+		return sendContext{}, fmt.Errorf("record the write before sending it (the account was not changed): %w", err)
 	}
-	h.sent = now
-	return nil
+	h.sendBy = by
+	c, cancel := context.WithTimeout(ctx, h.ra.writeLease/2)
+	return sendContext{ctx: c, cancel: cancel}, nil
 }
 
 // mayLand keeps the account after the release until the write can no
@@ -343,15 +380,15 @@ func (h *accountHold) mayLand() {
 	}
 }
 
-// release ends the hold: at once, or a write lease after the write was
-// sent if it may still land.
+// release ends the hold: at once, or a write lease after the last moment
+// the write could be sent if it may still land.
 func (h *accountHold) release(ctx context.Context) {
 	if h == nil {
 		return
 	}
 	until := h.ra.now()
-	if h.keep && !h.sent.IsZero() {
-		until = h.sent.Add(h.ra.writeLease)
+	if h.keep && !h.sendBy.IsZero() {
+		until = h.sendBy.Add(h.ra.writeLease)
 	}
 	if err := h.ra.store.ReleaseAccount(context.WithoutCancel(ctx), h.sid, h.ra.owner, until); err != nil {
 		h.ra.log.Warn("cannot release the hold on the account; it lasts until its lease passes", "account", h.sid, "err", err)

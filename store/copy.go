@@ -50,6 +50,12 @@ func (s *DB) CopyTo(ctx context.Context, dst *DB) (map[string]int, error) {
 		}
 		counts[t.name] = c
 	}
+	// The holds of the stopped SQLite daemon (holds.go) end, except those
+	// that marked a write, which may still land until they pass.
+	if _, err := tx.ExecContext(ctx, `UPDATE account_holds SET owner = '',
+			held_until = CASE WHEN write_sent_at = 0 THEN 0 ELSE held_until END`); err != nil {
+		return nil, fmt.Errorf("store: copy: end the holds: %w", err)
+	}
 	for _, t := range []string{"incidents", "actions", "reactivations"} {
 		if _, err := tx.ExecContext(ctx, `SELECT setval(pg_get_serial_sequence('`+t+`', 'id'),
 			COALESCE((SELECT max(id) FROM `+t+`), 0) + 1, false)`); err != nil {

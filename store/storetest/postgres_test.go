@@ -326,13 +326,16 @@ func TestPostgresCopyFromSQLite(t *testing.T) {
 	if err := src.MarkHoldWriteSent(ctx, "AC4", "admin", T0, T0.Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
+	if err := src.HoldAccount(ctx, "AC5", "admin", T0, T0.Add(time.Minute)); err != nil { // no write
+		t.Fatal(err)
+	}
 	dst := openPostgres(t)
 	counts, err := src.CopyTo(ctx, dst)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if counts["incidents"] != 5 || counts["firings"] != 5 || counts["actions"] != 16 || counts["rearms"] != 1 || counts["reactivations"] != 1 ||
-		counts["approvals"] != 1 || counts["velocity_steps"] != 1 || counts["account_holds"] != 1 {
+		counts["approvals"] != 1 || counts["velocity_steps"] != 1 || counts["account_holds"] != 2 {
 		t.Fatalf("copied %v", counts)
 	}
 	if got, err := dst.Approvals(ctx, []int64{incidents[1]}); err != nil || got[incidents[1]] != decision {
@@ -342,7 +345,10 @@ func TestPostgresCopyFromSQLite(t *testing.T) {
 		t.Fatalf("velocity step copied as %+v (%v)", got, err)
 	}
 	if err := dst.HoldAccount(ctx, "AC4", "other", T0, T0.Add(time.Minute)); !errors.Is(err, store.ErrHeld) {
-		t.Fatalf("the copied hold does not hold: %v", err)
+		t.Fatalf("a copied hold whose write may land does not hold: %v", err)
+	}
+	if err := dst.HoldAccount(ctx, "AC5", "other", T0, T0.Add(time.Minute)); err != nil {
+		t.Fatalf("a copied hold without a write still holds: %v", err)
 	}
 	for _, id := range incidents {
 		a, _ := src.Incident(ctx, id)
@@ -659,5 +665,87 @@ func TestPostgresPreviousVersionRecordsFirings(t *testing.T) {
 		if !r.DuplicateToken || r.Incident.AccountSID != f.AccountSID || r.Incident.Period != f.Period {
 			t.Fatalf("%s after the previous version recorded it: %+v", f.IdempotencyToken, r)
 		}
+	}
+}
+
+// A hold and a firing's claim of the same account, at once: never both
+// (the hold takes the account's lock, as record_firing does).
+func TestPostgresHoldAndClaimExcludeEachOther(t *testing.T) {
+	s := openPostgres(t)
+	ctx := context.Background()
+	for i := range 100 {
+		acct := fmt.Sprintf("AC%d", i)
+		var (
+			wg      sync.WaitGroup
+			holdErr error
+			r       store.RecordResult
+			recErr  error
+		)
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			holdErr = s.HoldAccount(ctx, acct, "admin", T0, T0.Add(time.Minute))
+		}()
+		go func() {
+			defer wg.Done()
+			f := Firing(fmt.Sprintf("tok-%d", i), "spend", acct)
+			f.ClaimBy = &store.Claim{Owner: "o1", LeaseUntil: T0.Add(time.Minute)}
+			r, recErr = s.RecordFiring(ctx, f)
+		}()
+		wg.Wait()
+		if recErr != nil || (holdErr != nil && !errors.Is(holdErr, store.ErrHeld)) {
+			t.Fatalf("%s: hold %v, firing %v", acct, holdErr, recErr)
+		}
+		if held, claimed := holdErr == nil, r.Trip.State == store.ActionRunning; held == claimed {
+			t.Fatalf("%s: held %v and trip claimed %v: exactly one must win", acct, held, claimed)
+		}
+	}
+}
+
+// A schema at version 4, as the previous version migrated it (record_firing
+// without the default of its re-arm argument), is brought up to date: the
+// previous version's 20-argument call works after it.
+func TestPostgresMigrationFromVersion4(t *testing.T) {
+	dsn := Schema(t)
+	ctx := context.Background()
+	s, db := openWithSQL(t, dsn)
+	s.Close()
+	var def string
+	if err := db.QueryRowContext(ctx, `SELECT pg_get_functiondef('record_firing'::regproc)`).Scan(&def); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(def, "DEFAULT false") {
+		t.Fatalf("record_firing has no default for p_rearm:\n%s", def)
+	}
+	v4 := strings.Replace(def, "p_rearm boolean DEFAULT false", "p_rearm boolean", 1)
+	for _, stmt := range []string{
+		`DROP TABLE account_holds`, // migration 6
+		`DROP FUNCTION record_firing(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT,
+			TEXT, TEXT, TEXT, BIGINT, BIGINT, TEXT[], BOOLEAN[], TEXT, BIGINT, BOOLEAN)`,
+		v4,
+		`UPDATE schema_version SET version = 4`,
+	} {
+		if _, err := db.ExecContext(ctx, stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	var defaults int
+	if err := db.QueryRowContext(ctx, `SELECT pronargdefaults FROM pg_proc WHERE proname = 'record_firing'`).Scan(&defaults); err != nil || defaults != 0 {
+		t.Fatalf("the version-4 function: %d defaults (%v)", defaults, err)
+	}
+	s2, err := store.OpenPostgres(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	var result string
+	err = db.QueryRowContext(ctx, `SELECT o_result FROM record_firing('tok-old', 'callback', 'spend', 'AC-old', '',
+			'daily:2026-11-24', '', '', '', '', '', '12.50', '', 'suspend', 0, $1,
+			ARRAY['trip']::TEXT[], ARRAY[true]::BOOLEAN[], '', 0)`, T0.UnixNano()).Scan(&result)
+	if err != nil || result != "new" {
+		t.Fatalf("the previous version's call after the migration: %q, %v", result, err)
+	}
+	if err := s2.HoldAccount(ctx, "AC-old", "admin", T0, T0.Add(time.Minute)); err != nil {
+		t.Fatalf("a hold after the migration: %v", err)
 	}
 }

@@ -618,6 +618,24 @@ func Run(t *testing.T, open Opener) {
 		}
 	})
 
+	t.Run("HoldWriteRefusedAfterAClaim", func(t *testing.T) {
+		s := open(t)
+		if err := s.HoldAccount(ctx, "AC1", "admin", T0, T0.Add(30*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		// Another process, whose clock is ahead, finds the hold passed and
+		// claims a trip; the holder's mark, by its own clock still inside
+		// the hold, is refused: it must not write.
+		f := Firing("tok-1", "spend", "AC1")
+		f.ReceivedAt, f.ClaimBy = T0.Add(30*time.Second), &store.Claim{Owner: "o2", LeaseUntil: T0.Add(90 * time.Second)}
+		if r, err := s.RecordFiring(ctx, f); err != nil || r.Trip.State != store.ActionRunning {
+			t.Fatalf("the claim once the hold passed: %+v %v", r, err)
+		}
+		if err := s.MarkHoldWriteSent(ctx, "AC1", "admin", T0.Add(29*time.Second), T0.Add(time.Minute)); !errors.Is(err, store.ErrHeld) {
+			t.Fatalf("the hold's mark after another's claim: %v, want ErrHeld", err)
+		}
+	})
+
 	t.Run("RescueAllEndsHolds", func(t *testing.T) {
 		s := open(t)
 		// A process that stopped held two accounts; it had sent a write on the second.
