@@ -159,6 +159,22 @@ func TestManualReactivationSendsOnlyWhileHeld(t *testing.T) {
 	}
 }
 
+// refusalSignal is the reactivation's store, telling when a hold was
+// refused.
+type refusalSignal struct {
+	reactivateStore
+	refused chan struct{}
+	once    sync.Once
+}
+
+func (r *refusalSignal) HoldAccount(ctx context.Context, sid, owner string, now, until time.Time) error {
+	err := r.reactivateStore.HoldAccount(ctx, sid, owner, now, until)
+	if errors.Is(err, store.ErrHeld) {
+		r.once.Do(func() { close(r.refused) })
+	}
+	return err
+}
+
 // A manual reactivation that finds an action of the account running (the
 // end_calls right after a suspension, another process's trip) waits for it
 // to finish, then goes on.
@@ -166,9 +182,11 @@ func TestManualReactivationWaitsForTheActionToFinish(t *testing.T) {
 	f, a := suspendedBySpend(t)
 	ctx := context.Background()
 	sms := f.leaveClaim(t, "sms-daily", a, "tok-sms", "sms", "count", "150")
+	sig := &refusalSignal{reactivateStore: f.b.reactivator.store, refused: make(chan struct{})}
+	f.b.reactivator.store = sig
 	done := make(chan error, 1)
 	go func() {
-		time.Sleep(2 * holdPoll)
+		<-sig.refused // the reactivation found the account held, and waits
 		_, err := f.st.CompleteAction(ctx, sms.Trip.ID, deadOwner, store.Completion{State: store.ActionDone,
 			Outcome: OutcomeAlreadySuspended, Detail: "the account was already suspended", Attempted: true})
 		done <- err
