@@ -12,6 +12,9 @@ import (
 // (and fsyncs the WAL) before returning.
 //
 //   - new: every firing opens an incident with two actions (the worst case);
+//   - claimed: as new, for a distinct account each, with the trip claimed by
+//     the recording process (a callback's firing: ClaimBy, so the account's
+//     leases and last status write are read too);
 //   - attach: every firing is a new token for one existing incident;
 //   - duplicate: every firing repeats a recorded token (read-only transaction).
 //
@@ -19,7 +22,7 @@ import (
 // GOMAXPROCS (16 is closer to an HTTP server taking a burst of callbacks, and
 // shows the group commit). firings/s is reported.
 func BenchmarkRecordFiring(b *testing.B) {
-	for _, mode := range []string{"new", "attach", "duplicate"} {
+	for _, mode := range []string{"new", "claimed", "attach", "duplicate"} {
 		for _, par := range []int{0, 1, 16} {
 			name := mode + "/sequential"
 			if par > 0 {
@@ -42,6 +45,10 @@ func BenchmarkRecordFiring(b *testing.B) {
 					case "new":
 						f.IdempotencyToken = fmt.Sprint("tok-", n)
 						f.Period = fmt.Sprint("daily:", n)
+					case "claimed":
+						f.IdempotencyToken = fmt.Sprint("tok-", n)
+						f.AccountSID = fmt.Sprintf("AC%032x", n)
+						f.ClaimBy = &Claim{Owner: "bench", LeaseUntil: t0.Add(time.Hour)}
 					case "attach":
 						f.IdempotencyToken = fmt.Sprint("tok-", n)
 					}

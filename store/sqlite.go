@@ -113,6 +113,7 @@ type DB struct {
 	wTripReopen    *sql.Stmt
 	wEndCallsRedo  *sql.Stmt
 	wIncidentReopn *sql.Stmt
+	wLastWrite     *sql.Stmt // SQLite only: recordFiringFunc reads the same on Postgres
 
 	// Prepared on r.
 	rIncident     *sql.Stmt
@@ -326,14 +327,15 @@ func (s *DB) prepare(ctx context.Context) error {
 		{s.w, &s.wSavepoint, `SAVEPOINT firing`},
 		{s.w, &s.wRelease, `RELEASE firing`},
 		{s.w, &s.wRollbackTo, `ROLLBACK TO firing`},
+		{s.w, &s.wLastWrite, lastStatusWriteQuery},
 
 		{s.r, &s.rIncident, `SELECT ` + incidentCols + ` FROM incidents WHERE id = ?`},
 		{s.r, &s.rCountPending, `SELECT count(*) FROM actions WHERE state IN ('available', 'running') AND kind <> 'reactivate'`},
 		{s.r, &s.rActions, `SELECT ` + actionCols + ` FROM actions WHERE incident_id = ? ORDER BY id`},
 	}
 	for _, st := range stmts {
-		if s.pg && st.text == claimQuery {
-			continue // claimPG (postgres.go)
+		if s.pg && (st.text == claimQuery || st.text == lastStatusWriteQuery) {
+			continue // claimPG and recordFiringFunc (postgres.go)
 		}
 		p, err := st.db.PrepareContext(ctx, s.q(st.text))
 		if err != nil {
@@ -383,7 +385,7 @@ func (s *DB) closeDBs() error {
 		s.wFiringLookup, s.wIncidentByID, s.wIncidentUpsrt, s.wFiringInsert, s.wActionInsert,
 		s.wLeased, s.wClaim, s.wMark, s.wComplete, s.wIncidentNote, s.wIncidentEnd,
 		s.wSavepoint, s.wRelease, s.wRollbackTo,
-		s.wTripOf, s.wTripReopen, s.wEndCallsRedo, s.wIncidentReopn,
+		s.wTripOf, s.wTripReopen, s.wEndCallsRedo, s.wIncidentReopn, s.wLastWrite,
 		s.rIncident, s.rCountPending, s.rActions,
 	} {
 		if st != nil {
@@ -532,7 +534,7 @@ func (s *DB) recordFiringTx(ctx context.Context, tx *sql.Tx, f *Firing, received
 	}
 	if res.Trip.State == ActionRunning {
 		var last int64
-		if err := tx.QueryRowContext(ctx, lastStatusWriteQuery, f.AccountSID).Scan(&last); err != nil {
+		if err := tx.StmtContext(ctx, s.wLastWrite).QueryRowContext(ctx, f.AccountSID).Scan(&last); err != nil {
 			return res, fmt.Errorf("read the account's last status write: %w", err)
 		}
 		res.LastStatusWrite = fromTimeCol(last)
