@@ -247,6 +247,9 @@ func (s *DB) OpenRearms(ctx context.Context, accountSID string, now time.Time) (
 	if err != nil {
 		return nil, fmt.Errorf("store: open re-arms: %w", err)
 	}
+	if _, ok := s.rearmed.Load(accountSID); !ok && !s.pg { // as RearmFor
+		return nil, nil // no re-arm ever: no read for each account of a reconcile
+	}
 	rows, err := s.r.QueryContext(ctx, s.q(`SELECT `+rearmCols+` FROM rearms
 		WHERE account_sid = ? AND expires_at > ? ORDER BY rule, period`), accountSID, at)
 	if err != nil {

@@ -72,8 +72,9 @@ type DB struct {
 	closeErr  error
 
 	// rearmed holds every account SID with a row in rearms (loaded at open;
-	// BeginRearm adds to it), so RearmFor, on every callback's path, reads
-	// the database only for accounts that were ever re-armed. This process
+	// BeginRearm adds to it), so RearmFor, on every callback's path, and
+	// OpenRearms, for every account of a reconcile, read the database only
+	// for accounts that were ever re-armed. This process
 	// is the database's only writer (the daemon holds its lock).
 	rearmed sync.Map
 
