@@ -41,8 +41,9 @@ func TestCheckpointsRunInTheBackground(t *testing.T) {
 	}
 }
 
-// RearmFor answers from memory for accounts never re-armed, and a re-arm is
-// found again after a restart.
+// RearmFor and OpenRearms answer from memory for accounts never re-armed (on
+// every callback's path and for every account of a reconcile), and a re-arm
+// is found again after a restart.
 func TestRearmForAfterReopen(t *testing.T) {
 	s, path := openTest(t)
 	ctx := context.Background()
@@ -66,5 +67,12 @@ func TestRearmForAfterReopen(t *testing.T) {
 	}
 	if _, err := s2.RearmFor(ctx, "AC1", "r", "daily:2026-11-25"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("RearmFor of another period: %v", err)
+	}
+	open, err := s2.OpenRearms(ctx, "AC1", t0)
+	if err != nil || len(open) != 1 || open[0].Rule != "r" || open[0].Generation != 2 {
+		t.Fatalf("OpenRearms after reopen = %+v, %v", open, err)
+	}
+	if open, err := s2.OpenRearms(ctx, "AC2", t0); err != nil || len(open) != 0 {
+		t.Fatalf("OpenRearms of an account never re-armed = %+v, %v", open, err)
 	}
 }

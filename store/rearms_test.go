@@ -275,33 +275,3 @@ func TestReactivations(t *testing.T) {
 		t.Fatalf("Reactivations = %+v, %v", got, err)
 	}
 }
-
-// TestOpenRearmsAfterReopen: OpenRearms, like RearmFor, answers for an
-// account never re-armed without a read (the reconciler asks for every
-// account), so the set of re-armed accounts must survive a restart.
-func TestOpenRearmsAfterReopen(t *testing.T) {
-	s, path := openTest(t)
-	ctx := context.Background()
-	end := time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)
-	if _, err := s.BeginRearm(ctx, "AC1", "r", "daily:2026-11-24", "50", end); err != nil {
-		t.Fatal(err)
-	}
-	if open, err := s.OpenRearms(ctx, "AC2", end.Add(-time.Hour)); err != nil || len(open) != 0 {
-		t.Fatalf("OpenRearms of an account never re-armed = %+v, %v", open, err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s2, err := Open(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s2.Close()
-	open, err := s2.OpenRearms(ctx, "AC1", end.Add(-time.Hour))
-	if err != nil || len(open) != 1 || open[0].Rule != "r" || open[0].Generation != 2 {
-		t.Fatalf("OpenRearms after reopening = %+v, %v", open, err)
-	}
-	if _, err := s2.RearmFor(ctx, "AC1", "r", "daily:2026-11-24"); err != nil {
-		t.Fatalf("RearmFor after reopening: %v", err)
-	}
-}
